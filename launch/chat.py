@@ -1,0 +1,31 @@
+r"""Loads a model and prints its greedy reply to one chat message.
+
+  python launch/chat.py --model=smollm2-135m-instruct \
+      --prompt="Give me three tips for learning a language." --max_new_tokens=64
+"""
+
+from absl import app
+from absl import flags
+
+import srlm_jax
+
+_MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
+                             'Hugging Face directory, .gguf file or smollm2-135m-instruct.')
+_PROMPT = flags.DEFINE_string('prompt', 'What is the capital of France?', 'The user message.')
+_SYSTEM = flags.DEFINE_string('system', None, 'An optional system message.')
+_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to generate at most.')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Param dtype (default: file).')
+
+
+def main(argv):
+  del argv
+  model = srlm_jax.load(_MODEL.value, dtype=_DTYPE.value)
+  messages = [{'role': 'system', 'content': _SYSTEM.value}] if _SYSTEM.value else []
+  messages.append({'role': 'user', 'content': _PROMPT.value})
+  [[reply]] = srlm_jax.generate(model, [messages], max_new_tokens=_MAX_NEW_TOKENS.value,
+                                progress=False)
+  print(reply)
+
+
+if __name__ == '__main__':
+  app.run(main)

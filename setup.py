@@ -1,0 +1,42 @@
+"""srlm_jax: Self-Rewarding Language Models in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name='srlm_jax',
+    version='0.1.0',
+    description='Self-Rewarding Language Models in JAX: sample, self-judge, DPO, repeat.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['srlm_jax', 'srlm_jax.*']),
+    package_data={'srlm_jax': ['data/*.jsonl', 'data/*.md']},
+    python_requires='>=3.10',
+    # Ranges that hold both on CPU machines (Python 3.11, jax 0.10) and on the GPU image
+    # (Python 3.12, jax 0.11 with its own flax/optax/orbax/transformers).
+    install_requires=[
+        'jax>=0.10,<0.12',
+        'flax>=0.10',
+        'optax>=0.2.4',
+        'orbax-checkpoint>=0.11',
+        'numpy>=1.26',
+        'transformers>=4.51,<6',
+        'tokenizers>=0.21',
+        'sentencepiece>=0.2',
+        'safetensors>=0.4',
+        'gguf>=0.10',
+        'ml-collections>=0.1.1',
+        'absl-py>=1.4',
+        'tqdm>=4.66',
+    ],
+    extras_require={
+        # transformers' PyTorch Llama is the numerical reference; torch 2.13.0 is the CPU build
+        # already on disk on the project's machines.
+        'test': [
+            'pytest>=8',
+            'hypothesis>=6.100',
+            'torch==2.13.0',
+            'accelerate>=1.0',
+            'scipy>=1.11',
+        ],
+    },
+)

