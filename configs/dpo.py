@@ -16,7 +16,9 @@ VARIANTS = {
     '': {},
     'dpo': {},
     'ipo': {'loss': 'ipo'},
-    'rpo': {'loss': 'dpo', 'loss_options': {'nll_weight': 1.0}},  # Iterative RPO: DPO + NLL
+    'rpo': {'loss': 'rpo', 'loss_options': {'nll_weight': 1.0}},  # Iterative RPO: DPO + NLL
+    'simpo': {'loss': 'simpo', 'reference': 'none', 'beta': 2.0,
+              'loss_options': {'gamma': 0.5}},  # reference-free
 }
 
 
@@ -31,12 +33,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.max_len = 512  # tokens per sequence (prompt + response); longer responses are truncated
   c.seed = 0  # root of all randomness: data order and the step rngs
 
-  c.loss = 'dpo'  # losses.get(name): dpo | ipo | ... (see srlm_jax/losses.py)
+  c.loss = 'sigmoid'  # losses.get(name): sigmoid (DPO) | ipo | hinge | robust | rpo | simpo
   c.beta = 0.1  # KL strength of the implicit reward
   c.loss_options = ml_collections.ConfigDict()  # extra keyword options of the loss
   c.loss_options.label_smoothing = 0.0  # conservative DPO: assumed label-flip probability
-  c.reference = 'precomputed'  # 'precomputed': ref log-probs once per dataset (one model in
-  #   memory); 'online': a frozen ref params tree scored with each batch
+  # 'precomputed': ref log-probs once per dataset (one model in memory); 'online': a frozen
+  # ref params tree scored with each batch; 'none': zeros (reference-free losses such as simpo)
+  c.reference = 'precomputed'
 
   c.batch_size = 16  # preference pairs per optimizer step (all micro-batches together)
   c.grad_accum = 1  # micro-batches per step, accumulated in-step by lax.scan

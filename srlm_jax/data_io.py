@@ -98,7 +98,7 @@ def _raw_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], list[boo
   return p + r, [False] * len(p) + [True] * len(r)
 
 
-def _pack(rows: Sequence[tuple[list[int], list[bool]]], max_len: int, pad_id: int) -> dict:
+def pack(rows: Sequence[tuple[list[int], list[bool]]], max_len: int, pad_id: int) -> dict:
   """Returns the padded inputs/targets/loss_mask/mask arrays of (ids, is_target) rows."""
   n = len(rows)
   out = {'inputs': np.full((n, max_len), pad_id, np.int32),
@@ -136,7 +136,7 @@ def tokenize_sft(records: Sequence[Record], tokenizer, max_len: int,
     else:
       dropped.append(f'{record[0]}:{record[1]}')
   _report(dropped, len(records), max_len)
-  return _pack(rows, max_len, tokenizer.pad_id)
+  return pack(rows, max_len, tokenizer.pad_id)
 
 
 def tokenize_dpo(records: Sequence[Record], tokenizer, max_len: int,
@@ -154,8 +154,8 @@ def tokenize_dpo(records: Sequence[Record], tokenizer, max_len: int,
     else:
       dropped.append(f'{record[0]}:{record[1]}')
   _report(dropped, len(records), max_len)
-  return {'chosen': _pack(chosen, max_len, tokenizer.pad_id),
-          'rejected': _pack(rejected, max_len, tokenizer.pad_id)}
+  return {'chosen': pack(chosen, max_len, tokenizer.pad_id),
+          'rejected': pack(rejected, max_len, tokenizer.pad_id)}
 
 
 def _report(dropped: list[str], total: int, max_len: int) -> None:

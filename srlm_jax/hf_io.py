@@ -190,18 +190,21 @@ def _load(config, mesh, expected, read):
   else:
     shardings = _flat(sharding.param_shardings(mesh, _unflat(shapes)))
   dtype = np.dtype(jnp.dtype(config.param_dtype))
-  params = {}
-  for path, hf_names, _ in _param_names(config):
-    kernel, stacked, shape = path.endswith('/kernel'), path.startswith('layers/'), shapes[path].shape
-    per_tensor = shape[1:] if stacked else shape
+  names = list(_param_names(config))
+  for path, hf_names, _ in names:  # check every tensor before reading any
+    kernel, shape = path.endswith('/kernel'), shapes[path].shape
+    per_tensor = shape[1:] if path.startswith('layers/') else shape
     for name in hf_names:
       expected(name, per_tensor[::-1] if kernel else per_tensor)
+  params = {}
+  for path, hf_names, _ in names:
+    kernel, stacked, shape = path.endswith('/kernel'), path.startswith('layers/'), shapes[path].shape
 
     @functools.lru_cache(maxsize=None)  # replicated shards share one read
     def shard(key, hf_names=hf_names, kernel=kernel, stacked=stacked):
       index = tuple(slice(*s) for s in key)
-      names, rest = (hf_names[index[0]], index[1:]) if stacked else (hf_names, index)
-      parts = [read(n, rest[::-1]).T if kernel else read(n, rest) for n in names]
+      tensors, rest = (hf_names[index[0]], index[1:]) if stacked else (hf_names, index)
+      parts = [read(n, rest[::-1]).T if kernel else read(n, rest) for n in tensors]
       out = np.stack(parts) if stacked else parts[0]
       return np.ascontiguousarray(out.astype(dtype, copy=False))
 

@@ -16,6 +16,7 @@ dataset (`compute_ref_logps`, one model in memory) or per batch from a frozen tr
 (`make_online_ref`).
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -224,17 +225,12 @@ def _jit_logps(config, params, seq):
 def dataset_logps(config, params, seqs, batch_size: int = 16, mesh: Optional[Mesh] = None):
   """Returns host float32 [N] log-probs and token counts of every row of a sequence dataset."""
   logps, counts = [], []
-  with jax.set_mesh(mesh) if mesh is not None else _null():
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for batch, n in data_io.batches_in_order(seqs, batch_size):
       lp, c = jax.device_get(_jit_logps(config, params, put_batch(mesh, batch)))
       logps.append(lp[:n])
       counts.append(c[:n])
   return np.concatenate(logps), np.concatenate(counts)
-
-
-def _null():
-  import contextlib  # pylint: disable=g-import-not-at-top
-  return contextlib.nullcontext()
 
 
 def compute_ref_logps(config, params, dataset, batch_size: int = 16, mesh=None) -> dict:
@@ -284,3 +280,164 @@ def dpo_eval(config, dataset, loss: str, beta: float, loss_options=None, batch_s
         rejected_lengths=jnp.asarray(nr), **dict(loss_options or {}))
     return {k: float(v) for k, v in metrics.items()}
   return evaluate
+
+
+# --- the host loop ------------------------------------------------------------------------------
+
+class _Log:
+  """Appends metrics to workdir/metrics.jsonl, and to TensorBoard when it is importable."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.tb = None
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      try:
+        from torch.utils.tensorboard import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        SummaryWriter = None  # pylint: disable=invalid-name
+    if SummaryWriter is not None:
+      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: dict) -> None:
+    metrics = {k: float(v) for k, v in metrics.items()}
+    with open(self.path, 'a', encoding='utf-8') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(k, v, step)
+      self.tb.flush()
+
+
+def _check_finite(metrics: dict, step: int, ckpts: checkpoint.Checkpoints) -> None:
+  """Raises FloatingPointError naming the step when the loss or grad norm is not finite."""
+  for name in ('loss', 'grad_norm'):
+    if name in metrics and not np.isfinite(metrics[name]):
+      ckpts.wait()
+      raise FloatingPointError(
+          f'step {step}: {name} is {float(metrics[name])}; training stopped without saving '
+          f'this state (last good checkpoint: step {ckpts.latest_step()} in {ckpts.directory})')
+
+
+def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[int], Any],
+               num_steps: int, *, workdir: str, mesh: Mesh, shardings: TrainState, rng=None,
+               checkpoint_every: int = 200, keep: int = 3, log_every: int = 1,
+               prepare: Optional[Callable[[Any], Any]] = None,
+               eval_fn: Optional[Callable[[Any], dict]] = None, eval_every: int = 0,
+               progress: bool = True) -> TrainState:
+  """Runs step_fn from the latest checkpoint in workdir (else init_fn()) to num_steps.
+
+  get_batch(i) gives the host batch of update i (a pure function of i, so resuming replays the
+  same data); prepare maps the device batch (e.g. adds online reference log-probs). Metrics go
+  to workdir/metrics.jsonl every log_every updates; checkpoints every checkpoint_every and at
+  the end. A non-finite loss or grad norm raises FloatingPointError before anything is saved.
+  """
+  import tqdm  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  rng = jax.random.key(0) if rng is None else rng
+  step = jit_step(step_fn, mesh, shardings)
+  log = _Log(workdir)
+  with checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), checkpoint_every,
+                              keep) as ckpts:
+    start = ckpts.latest_step()
+    if start is None:
+      state, start = init_fn(), 0
+    else:
+      state = ckpts.restore(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
+      logging.info('resumed from %s at step %d', ckpts.directory, start)
+    bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps, disable=not progress)
+    for i in bar:
+      batch = put_batch(mesh, get_batch(i))
+      if prepare is not None:
+        batch = prepare(batch)
+      state, metrics = step(state, batch, rng)
+      metrics = jax.device_get(metrics)
+      done = i + 1
+      _check_finite(metrics, done, ckpts)
+      bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}')
+      if done % log_every == 0 or done == num_steps:
+        log.write(done, metrics)
+      if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
+        log.write(done, {f'eval/{k}': v for k, v in eval_fn(state.params).items()})
+      ckpts.save(done, state, force=done == num_steps)
+  return state
+
+
+# --- whole runs (what launch/sft.py and launch/dpo.py call) ------------------------------------
+
+def _setup(cfg, model):
+  """Returns (model, mesh, compute config): loads cfg.model unless a model is given."""
+  if model is None:
+    import srlm_jax  # pylint: disable=g-import-not-at-top
+    model = srlm_jax.load(cfg.model)
+  mesh = sharding.make_mesh(*cfg.mesh)
+  return model, mesh, model.config.replace(dtype=cfg.dtype, remat=cfg.remat)
+
+
+def _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, **kwargs):
+  init_fn, shardings = make_init(model.params, optimizer, mesh)
+  state = train_loop(
+      step_fn, init_fn, lambda i: data_io.batch_at(dataset, i, cfg.batch_size, cfg.seed),
+      num_steps, workdir=workdir, mesh=mesh, shardings=shardings, rng=jax.random.key(cfg.seed),
+      checkpoint_every=cfg.checkpoint_every, keep=cfg.keep, log_every=cfg.log_every,
+      eval_every=cfg.eval_every, **kwargs)
+  if cfg.export_params:
+    checkpoint.save_params(os.path.join(workdir, 'params'), state.params)
+  return state
+
+
+def _num_steps(cfg, n: int) -> int:
+  return cfg.num_steps or max(1, int(cfg.num_epochs * n) // cfg.batch_size)
+
+
+def run_sft(cfg, workdir: str, model=None) -> TrainState:
+  """Fine-tunes cfg.model (or `model`: .config, .params, .tokenizer) on cfg.train_data."""
+  model, mesh, mc = _setup(cfg, model)
+  load = functools.partial(data_io.load_sft, tokenizer=model.tokenizer, max_len=cfg.max_len,
+                           chat_template=cfg.chat_template)
+  dataset = load(cfg.train_data)
+  num_steps = _num_steps(cfg, data_io.num_examples(dataset))
+  optimizer = make_optimizer(cfg, num_steps)
+  step_fn = make_sft_step(mc, optimizer, lr_schedule(cfg, num_steps), cfg.grad_accum)
+  eval_fn = sft_eval(mc, load(cfg.eval_data), cfg.batch_size, mesh) if cfg.eval_data else None
+  return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer,
+              eval_fn=eval_fn)
+
+
+def run_dpo(cfg, workdir: str, model=None, ref_params=None) -> TrainState:
+  """Trains cfg.model (or `model`) with DPO on cfg.train_data against a frozen reference."""
+  model, mesh, mc = _setup(cfg, model)
+  if ref_params is None:
+    ref_params = model.params
+    if cfg.ref_model:
+      import srlm_jax  # pylint: disable=g-import-not-at-top
+      ref_params = srlm_jax.load(cfg.ref_model).params
+  ref_params = jax.device_put(ref_params, sharding.param_shardings(mesh, ref_params))
+  load = functools.partial(data_io.load_dpo, tokenizer=model.tokenizer, max_len=cfg.max_len,
+                           chat_template=cfg.chat_template)
+  score = functools.partial(compute_ref_logps, mc, ref_params, batch_size=cfg.batch_size,
+                            mesh=mesh)
+  dataset, prepare = load(cfg.train_data), None
+  if cfg.reference == 'precomputed':
+    dataset = score(dataset)
+  elif cfg.reference == 'online':
+    prepare = make_online_ref(mc, ref_params, mesh)
+  elif cfg.reference == 'none':
+    dataset = zero_ref_logps(dataset)
+  else:
+    raise ValueError(f'reference={cfg.reference!r}: expected precomputed, online or none')
+  eval_fn = None
+  if cfg.eval_data:
+    eval_set = load(cfg.eval_data)
+    eval_set = zero_ref_logps(eval_set) if cfg.reference == 'none' else score(eval_set)
+    eval_fn = dpo_eval(mc, eval_set, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),
+                       cfg.batch_size, mesh)
+  if cfg.reference != 'online':
+    del ref_params, score  # only one model stays in memory
+  num_steps = _num_steps(cfg, data_io.num_examples(dataset))
+  optimizer = make_optimizer(cfg, num_steps)
+  step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),
+                          lr_schedule(cfg, num_steps), cfg.grad_accum)
+  return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, prepare=prepare,
+              eval_fn=eval_fn)

@@ -23,11 +23,13 @@ _GGUF_TO_HF = {
 }
 
 
-def torch_logits(model, tokens, mask=None) -> np.ndarray:
-  """Returns float32 logits [B, T, V] of a torch causal LM, positions counting real tokens only."""
+def torch_logits(model, tokens, mask=None, positions=None) -> np.ndarray:
+  """Returns float32 logits [B, T, V] of a torch causal LM (positions default to real-token counts)."""
   tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
   mask = torch.ones_like(tokens) if mask is None else torch.as_tensor(np.asarray(mask)).long()
-  positions = (mask.cumsum(-1) - 1).clamp(min=0)
+  if positions is None:
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+  positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
   with torch.no_grad():
     out = model(input_ids=tokens, attention_mask=mask, position_ids=positions)
   return out.logits.float().numpy()

@@ -129,7 +129,7 @@ def test_sharded_forward_equals_one_device():
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   with jax.set_mesh(mesh):
-    logits = llama.forward(config, sharded, *sharding.shard_batch(mesh, tokens),
+    logits = llama.forward(config, sharded, sharding.shard_batch(mesh, tokens),
                            mask=sharding.shard_batch(mesh, mask))
   assert _rel(logits, expected) < 1e-5
 

@@ -1,0 +1,27 @@
+r"""DPO on preference pairs against a frozen reference (AI Feedback Training: M_t -> M_{t+1}).
+
+  python launch/dpo.py --config=configs/dpo.py --workdir=/tmp/srlm/dpo \
+      --config.model=/tmp/srlm/m1_hf --config.train_data=/tmp/srlm/pairs.jsonl
+
+Resumes from the latest checkpoint in --workdir; the final params go to --workdir/params.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from srlm_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics.jsonl and params go here.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  train.run_dpo(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

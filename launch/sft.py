@@ -1,0 +1,27 @@
+r"""Supervised fine-tuning (loss on response tokens only): seed IFT + EFT data -> M1.
+
+  python launch/sft.py --config=configs/sft.py --workdir=/tmp/srlm/sft \
+      --config.model=smollm2-135m-instruct --config.train_data=/data/seed.jsonl
+
+Resumes from the latest checkpoint in --workdir; the final params go to --workdir/params.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from srlm_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics.jsonl and params go here.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  train.run_sft(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,431 @@
+"""Batched sampling from a Llama: one prefill, then a device-side `lax.while_loop` decode.
+
+Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, M new-token bucket,
+S = P + M cache slots, V vocabulary, K candidate tokens (top-k), W longest stop sequence.
+
+A call runs in two jitted functions (the tunix layout):
+  1. `prefill`: the left-padded prompts, minus their last token, go through the model once and fill
+     a KV cache of S slots; the cache rows are then repeated N times, so the N samples of a prompt
+     share one prefill. It returns a `DecodeState`, a dataclass pytree holding the cache.
+  2. `decode`: a `lax.while_loop` of `decode_step` over the state (donated, so the cache is updated
+     in place) feeds one token per row per step, the prompt's last token first, until every row is
+     done or max_new_tokens is reached.
+Cache slots per row are [left padding | prompt | generated]: the last prompt token sits at slot P-1,
+generated token t is fed at slot P+t. The kv mask marks real prompt slots and all generated slots
+(causality hides the future); RoPE positions count real tokens only, so padding changes nothing.
+
+Static shapes: `sample` left-pads prompts to P = bucket(length) and sizes buffers for
+M = bucket(max_new_tokens), powers of two from 32, so a run compiles once per (batch, P, M) and
+sampling mode. temperature, top_p, min_p and max_new_tokens are device scalars (changing them does
+not recompile); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1,
+min_p > 0), top_k itself, eos ids and stop sequences are static, since they decide which ops run:
+greedy is one argmax, and no sort over V is ever done (top-p works on a top-k candidate set and
+falls back to an exact bisection over V in the rare step where the candidates hold too little mass).
+
+Filters follow Hugging Face's order: logits / temperature, top-k (exactly k tokens), top-p (the
+most likely tokens until their mass reaches top_p, renormalised over the top-k survivors), min-p
+(probability >= min_p times the most likely token's). A token is then drawn by inverse CDF from a
+per-row uniform; row j of prompt i uses key fold_in(key, prompt_id_i * N + j) with the step folded
+in, so a sample does not depend on how the prompts were batched.
+
+Log-probs are those of the sampled token under the model's raw distribution (log-softmax of the
+logits at temperature 1, no filtering), which is what DPO needs.
+"""
+
+import contextlib
+import dataclasses
+import enum
+import functools
+from typing import Any, Optional, Sequence, Union
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from srlm_jax import llama, sharding
+
+Array = jax.Array
+P = jax.sharding.PartitionSpec
+MIN_BUCKET = 32  # smallest prompt and new-token bucket
+TOP_P_CANDIDATES = 256  # top-p without top-k looks for the nucleus among this many tokens first
+DEFAULT_ROWS = 64  # rows (prompts * n) per device batch in `generate`
+
+
+class StopReason(enum.IntEnum):
+  EOS = 0  # an eos id was sampled (it is the last token of the row)
+  STOP_SEQUENCE = 1  # the row's last tokens are one of the stop sequences
+  MAX_TOKENS = 2  # max_new_tokens were generated
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """What `sample` returns; rows are prompt-major: row i*N + j is sample j of prompt i."""
+  tokens: Array  # [R, max_new] int32: generated ids, the eos / stop tokens included, pad after
+  lengths: Array  # [R] int32: tokens generated (the eos / stop tokens included)
+  logprobs: Array  # [R, max_new] float32: raw-model log-prob of each token, 0 after the end
+  stop_reason: Array  # [R] int32 StopReason
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The decode loop's carry."""
+  step: Array  # [] int32: tokens generated so far
+  cache: dict  # {'k', 'v'} [L, R, S, K, Dh]
+  kv_mask_RS: Array  # real prompt slots and every generated slot
+  token_R: Array  # the token fed at this step
+  position_R: Array  # its RoPE position
+  key_R: Array  # per-row PRNG keys
+  tail_RW: Array  # the last W generated tokens (-1 before the first), matched to stop sequences
+  tokens_RM: Array
+  logprobs_RM: Array
+  done_R: Array
+  length_R: Array
+  reason_R: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """The static sampling settings (a jit cache key)."""
+  greedy: bool = True
+  top_k: int = 0
+  use_top_p: bool = False
+  use_min_p: bool = False
+  eos_ids: tuple[int, ...] = ()
+  stop_seqs: tuple[tuple[int, ...], ...] = ()
+  pad_id: int = 0
+  top_p_candidates: int = TOP_P_CANDIDATES
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+  """Returns the smallest power of two that is >= n and >= minimum."""
+  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _rows(x, spec=P(sharding.BATCH)):
+  return sharding.constrain(x, spec)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'mode'))
+def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_mask_BP: Array,
+            key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int,
+            mode: Mode) -> DecodeState:
+  """Returns the decode state after one pass over the prompts (all but their last token)."""
+  b, p = prompt_tokens_BP.shape
+  m = max_new_bucket
+  mask_BP = prompt_mask_BP.astype(bool)
+  kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((b, m), bool)], axis=1)
+  positions_BP = llama.default_positions(mask_BP)
+  cache = llama.init_cache(config, b, p + m)
+  cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE), cache)
+  # The logits are unused, so XLA drops the [B, P, V] projection.
+  _, cache = llama.Llama(config).apply(
+      {'params': params}, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], kv_mask_BS,
+      cache=cache, cache_index=0)
+  rep = lambda x, axis=0: jnp.repeat(x, n, axis=axis)
+  cache = jax.tree.map(lambda c: sharding.constrain(rep(c, 1), sharding.CACHE), cache)
+  r = b * n
+  row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
+  w = max([len(s) for s in mode.stop_seqs], default=1)
+  return DecodeState(
+      step=jnp.zeros((), jnp.int32), cache=cache,
+      kv_mask_RS=_rows(rep(kv_mask_BS), P(sharding.BATCH, None)),
+      token_R=_rows(rep(prompt_tokens_BP[:, -1].astype(jnp.int32))),
+      position_R=_rows(rep(positions_BP[:, -1])),
+      key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
+      tail_RW=jnp.full((r, w), -1, jnp.int32),
+      tokens_RM=jnp.full((r, m), mode.pad_id, jnp.int32),
+      logprobs_RM=jnp.zeros((r, m), jnp.float32),
+      done_R=jnp.zeros((r,), bool), length_R=jnp.zeros((r,), jnp.int32),
+      reason_R=jnp.full((r,), int(StopReason.MAX_TOKENS), jnp.int32))
+
+
+def _first_above(c_RX: Array, t_R: Array, w_RX: Array) -> Array:
+  """Returns per row the first index with c > t (c = cumsum(w)), else the last one with w > 0."""
+  x = c_RX.shape[1]
+  i_R = jnp.sum(c_RX <= t_R[:, None], axis=1)
+  last_R = x - 1 - jnp.argmax(w_RX[:, ::-1] > 0, axis=1)
+  return jnp.where(i_R < x, i_R, last_R).astype(jnp.int32)
+
+
+def _inverse_cdf(w_RX: Array, u_R: Array, block: int = 256) -> Array:
+  """Returns one index per row drawn with probability w / sum(w), from uniforms u in [0, 1)."""
+  r, x = w_RX.shape
+  if x <= 4 * block:
+    c_RX = jnp.cumsum(w_RX, axis=1)
+    return _first_above(c_RX, u_R * c_RX[:, -1], w_RX)
+  # Two levels (blocks, then within the chosen block): a cumsum over V is slow on CPU.
+  nb = -(-x // block)
+  w_RNB = jnp.pad(w_RX, ((0, 0), (0, nb * block - x))).reshape(r, nb, block)
+  mass_RN = jnp.sum(w_RNB, axis=2)
+  c_RN = jnp.cumsum(mass_RN, axis=1)
+  t_R = u_R * c_RN[:, -1]
+  j_R = _first_above(c_RN, t_R, mass_RN)
+  inner_RB = jnp.take_along_axis(w_RNB, j_R[:, None, None], axis=1)[:, 0]
+  before_R = jnp.take_along_axis(c_RN - mass_RN, j_R[:, None], axis=1)[:, 0]
+  i_R = _first_above(jnp.cumsum(inner_RB, axis=1), t_R - before_R, inner_RB)
+  return j_R * block + i_R
+
+
+def _nucleus_bisect(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mode) -> Array:
+  """Returns tokens drawn from the exact top-p (and min-p) filter over all of V, sort-free."""
+  w_RV = jnp.exp(x_RV - jnp.max(x_RV, axis=1, keepdims=True))
+  q_RV = w_RV / jnp.sum(w_RV, axis=1, keepdims=True)
+  # The smallest threshold t whose mass strictly above is < top_p: bisection over the bit patterns
+  # of non-negative float32s (ordered like the floats), 31 steps.
+  def body(_, lo_hi):
+    lo, hi = lo_hi
+    mid = lo + (hi - lo) // 2
+    t_R = jax.lax.bitcast_convert_type(mid, jnp.float32)
+    ok = jnp.sum(jnp.where(q_RV > t_R[:, None], q_RV, 0.0), axis=1) < top_p
+    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+  r = x_RV.shape[0]
+  one = int(np.float32(1).view(np.int32))
+  _, hi = jax.lax.fori_loop(0, 31, body, (jnp.zeros(r, jnp.int32), jnp.full(r, one, jnp.int32)))
+  keep = q_RV >= jax.lax.bitcast_convert_type(hi, jnp.float32)[:, None]
+  if mode.use_min_p:
+    keep &= w_RV >= min_p
+  return _inverse_cdf(jnp.where(keep, w_RV, 0.0), u_R)
+
+
+def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mode) -> Array:
+  """Returns tokens drawn from softmax(x) after the top-k / top-p / min-p filters of mode."""
+  v = x_RV.shape[1]
+  if not (mode.top_k or mode.use_top_p):
+    w_RV = jnp.exp(x_RV - jnp.max(x_RV, axis=1, keepdims=True))  # the max has weight 1
+    if mode.use_min_p:
+      w_RV = jnp.where(w_RV >= min_p, w_RV, 0.0)
+    return _inverse_cdf(w_RV, u_R)
+  k = min(v, mode.top_k or mode.top_p_candidates)
+  vals_RK, idx_RK = jax.lax.top_k(x_RV, k)  # sorted, most likely first
+  w_RK = jnp.exp(vals_RK - vals_RK[:, :1])
+  keep = jnp.ones(w_RK.shape, bool)
+  covered = jnp.array(True)
+  if mode.use_top_p:
+    if mode.top_k:
+      total_R = jnp.sum(w_RK, axis=1)
+    else:
+      total_R = jnp.sum(jnp.exp(x_RV - vals_RK[:, :1]), axis=1)
+    c_RK = jnp.cumsum(w_RK, axis=1) / total_R[:, None]
+    keep = c_RK - w_RK / total_R[:, None] < top_p
+    covered = jnp.all(c_RK[:, -1] >= top_p)
+  if mode.use_min_p:
+    keep &= w_RK >= min_p
+  choice_R = _inverse_cdf(jnp.where(keep, w_RK, 0.0), u_R)
+  token_R = jnp.take_along_axis(idx_RK, choice_R[:, None], axis=1)[:, 0]
+  if mode.use_top_p and not mode.top_k and k < v:
+    token_R = jax.lax.cond(covered, lambda: token_R,
+                           lambda: _nucleus_bisect(x_RV, u_R, top_p, min_p, mode))
+  return token_R
+
+
+def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: Mode):
+  """Returns (sampled tokens [R], their raw-model log-probs [R]) for one decode step."""
+  if mode.greedy:
+    token_R = jnp.argmax(logits_RV, axis=1).astype(jnp.int32)
+  else:
+    u_R = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(key_R)
+    x_RV = logits_RV / knobs['temperature']
+    token_R = _filtered_draw(x_RV, u_R, knobs['top_p'], knobs['min_p'], mode).astype(jnp.int32)
+  lse_R = jax.nn.logsumexp(logits_RV, axis=1)
+  logprob_R = jnp.take_along_axis(logits_RV, token_R[:, None], axis=1)[:, 0] - lse_R
+  return token_R, logprob_R
+
+
+def decode_step(config: llama.LlamaConfig, params, state: DecodeState, knobs: dict,
+                mode: Mode) -> tuple[DecodeState, Array]:
+  """Returns (the state after one token per row, that step's float32 logits [R, V])."""
+  p = state.kv_mask_RS.shape[1] - state.tokens_RM.shape[1]
+  logits, cache = llama.Llama(config).apply(
+      {'params': params}, state.token_R[:, None], state.position_R[:, None], state.kv_mask_RS,
+      cache=state.cache, cache_index=p - 1 + state.step)
+  cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE), cache)
+  logits_RV = logits[:, 0]
+  token_R, logprob_R = next_token(logits_RV, state.key_R, state.step, knobs, mode)
+  done = state.done_R
+  token_R = jnp.where(done, mode.pad_id, token_R)
+  logprob_R = jnp.where(done, 0.0, logprob_R)
+  tail_RW = jnp.concatenate([state.tail_RW[:, 1:], token_R[:, None]], axis=1)
+  eos = jnp.zeros_like(done)
+  for e in mode.eos_ids:
+    eos |= token_R == e
+  stop = jnp.zeros_like(done)
+  for seq in mode.stop_seqs:
+    stop |= jnp.all(tail_RW[:, -len(seq):] == jnp.asarray(seq, jnp.int32)[None, :], axis=1)
+  eos &= ~done
+  stop &= ~done & ~eos
+  step = state.step
+  reason = jnp.where(eos, int(StopReason.EOS),
+                     jnp.where(stop, int(StopReason.STOP_SEQUENCE), state.reason_R))
+  new_state = state.replace(
+      step=step + 1, cache=cache, token_R=token_R, position_R=state.position_R + 1,
+      tail_RW=tail_RW,
+      tokens_RM=jax.lax.dynamic_update_slice(state.tokens_RM, token_R[:, None], (0, step)),
+      logprobs_RM=jax.lax.dynamic_update_slice(state.logprobs_RM, logprob_R[:, None], (0, step)),
+      done_R=done | eos | stop | (step + 1 >= knobs['max_new_tokens']),
+      length_R=jnp.where(done, state.length_R, step + 1), reason_R=reason)
+  return new_state, logits_RV
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'mode'), donate_argnames='state')
+def decode(config: llama.LlamaConfig, params, state: DecodeState, knobs: dict,
+           mode: Mode) -> DecodeState:
+  """Returns the state once every row is done or knobs['max_new_tokens'] tokens were made."""
+  def cond(s):
+    return (s.step < knobs['max_new_tokens']) & ~jnp.all(s.done_R)
+  return jax.lax.while_loop(cond, lambda s: decode_step(config, params, s, knobs, mode)[0], state)
+
+
+def make_mode(*, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+              min_p: float = 0.0, eos_ids: Sequence[int] = (),
+              stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0) -> Mode:
+  """Returns the static Mode of these settings (checking them)."""
+  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1:
+    raise ValueError(f'need temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1; got '
+                     f'{temperature}, {top_k}, {top_p}, {min_p}')
+  stop_seqs = tuple(tuple(int(t) for t in s) for s in stop_seqs)
+  if any(not s for s in stop_seqs):
+    raise ValueError('stop sequences must not be empty')
+  return Mode(greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1,
+              use_min_p=min_p > 0, eos_ids=tuple(sorted({int(e) for e in eos_ids})),
+              stop_seqs=stop_seqs, pad_id=int(pad_id))
+
+
+def make_knobs(*, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               min_p: float = 0.0) -> dict:
+  """Returns the dynamic settings as device scalars (changing them does not recompile)."""
+  return {'max_new_tokens': jnp.asarray(max_new_tokens, jnp.int32),
+          'temperature': jnp.asarray(temperature or 1.0, jnp.float32),
+          'top_p': jnp.asarray(top_p, jnp.float32), 'min_p': jnp.asarray(min_p, jnp.float32)}
+
+
+def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, key, *,
+           max_new_tokens: int, n: int = 1, temperature: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0, min_p: float = 0.0, eos_ids: Sequence[int] = (),
+           stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0,
+           prompt_ids_B=None) -> SampleOutput:
+  """Returns n samples per left-padded prompt (prompt-major rows), from one prefill per prompt.
+
+  Call it from the host (under `jax.set_mesh` for a sharded run): the float settings pick the
+  compiled mode. Every row needs a real last token (left padding). `prompt_ids_B` (default
+  0..B-1) seeds the rows, row j of prompt i using fold_in(key, prompt_ids_B[i] * n + j).
+  """
+  b, p = np.shape(prompt_tokens_BP)
+  if max_new_tokens < 1 or n < 1:
+    raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
+  if not isinstance(prompt_mask_BP, jax.Array) and not np.asarray(prompt_mask_BP)[:, -1].all():
+    raise ValueError('every prompt row must be left-padded with a real last token')
+  mode = make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                   eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
+  pb = bucket(p)
+  tokens = jnp.pad(jnp.asarray(prompt_tokens_BP, jnp.int32), ((0, 0), (pb - p, 0)))
+  mask = jnp.pad(jnp.asarray(prompt_mask_BP, bool), ((0, 0), (pb - p, 0)))
+  if prompt_ids_B is None:
+    prompt_ids_B = np.arange(b)
+  if isinstance(key, int):
+    key = jax.random.key(key)
+  state = prefill(config, params, tokens, mask, key, jnp.asarray(prompt_ids_B, jnp.int32), n=n,
+                  max_new_bucket=bucket(max_new_tokens), mode=mode)
+  knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                     min_p=min_p)
+  state = decode(config, params, state, knobs, mode)
+  return SampleOutput(tokens=state.tokens_RM[:, :max_new_tokens], lengths=state.length_R,
+                      logprobs=state.logprobs_RM[:, :max_new_tokens], stop_reason=state.reason_R)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """One sampled completion, as `generate_tokens` returns it."""
+  text: str  # decoded, without the eos token, cut before the first stop string
+  tokens: np.ndarray  # generated ids, the eos / stop-sequence tokens included
+  logprobs: np.ndarray  # raw-model log-prob of each token
+  stop_reason: StopReason
+  prompt_tokens: np.ndarray  # the chat-formatted prompt ids
+
+
+Prompt = Union[str, Sequence[dict]]
+
+
+def _messages(prompt: Prompt, index: int) -> list:
+  if isinstance(prompt, str):
+    return [{'role': 'user', 'content': prompt}]
+  msgs = list(prompt)
+  if not msgs or not all(isinstance(m, dict) and {'role', 'content'} <= set(m) for m in msgs):
+    raise ValueError(f'prompt {index}: expected a string or a list of {{"role", "content"}} '
+                     f'messages; got {prompt!r:.200}')
+  return msgs
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+  cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+  return text[:min(cuts)] if cuts else text
+
+
+def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_tokens: int,
+                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                    min_p: float = 0.0, stop: Sequence[str] = (), seed: int = 0,
+                    batch_size: Optional[int] = None, progress: bool = True,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> list[list[Completion]]:
+  """Returns per prompt its n Completions (token ids, raw log-probs, stop reason and text).
+
+  Prompts are strings (sent as one user message) or chat message lists; both are formatted by
+  `model.tokenizer.encode_chat`. They are sorted by length into device batches of `batch_size`
+  prompts (default DEFAULT_ROWS // n); the results come back in input order and, for a given seed,
+  do not depend on the batching.
+  """
+  tok = model.tokenizer
+  mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
+  ids = [np.asarray(tok.encode_chat(_messages(p, i), add_generation_prompt=True), np.int32)
+         for i, p in enumerate(prompts)]
+  for i, x in enumerate(ids):
+    if not len(x):
+      raise ValueError(f'prompt {i} encodes to no tokens')
+  stop = tuple(s for s in stop if s)
+  stop_seqs = [tok.encode(s, add_bos=False) for s in stop]
+  settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
+                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids),
+                  stop_seqs=[s for s in stop_seqs if s], pad_id=tok.pad_id)
+  batch_size = batch_size or max(1, DEFAULT_ROWS // n)
+  multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
+  order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+  key = jax.random.key(seed)
+  results: list = [None] * len(ids)
+  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), tqdm.tqdm(
+      total=len(ids), disable=not progress, desc='generate', unit='prompt') as bar:
+    for start in range(0, len(order), batch_size):
+      chunk = order[start:start + batch_size]
+      b = -(-bucket(len(chunk), 1) // multiple) * multiple
+      rows = chunk + [chunk[0]] * (b - len(chunk))  # padding rows repeat a real prompt
+      p = max(len(ids[i]) for i in rows)
+      tokens = np.full((b, p), tok.pad_id, np.int32)
+      mask = np.zeros((b, p), bool)
+      for r, i in enumerate(rows):
+        tokens[r, p - len(ids[i]):], mask[r, p - len(ids[i]):] = ids[i], True
+      tokens, mask, pids = sharding.shard_batch(mesh, tokens, mask, np.asarray(rows, np.int32))
+      out = jax.device_get(sample(model.config, model.params, tokens, mask, key,
+                                  prompt_ids_B=pids, **settings))
+      for r, i in enumerate(chunk):
+        comps = []
+        for j in range(r * n, (r + 1) * n):
+          length, reason = int(out.lengths[j]), StopReason(int(out.stop_reason[j]))
+          gen = out.tokens[j, :length]
+          body = gen[:-1] if reason == StopReason.EOS else gen
+          text = _cut_at_stop(tok.decode(body.tolist(), skip_special=True), stop)
+          comps.append(Completion(text=text, tokens=gen, logprobs=out.logprobs[j, :length],
+                                  stop_reason=reason, prompt_tokens=ids[i]))
+        results[i] = comps
+      bar.update(len(chunk))
+  return results
+
+
+def generate(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+             stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
+             progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None) -> list[list[str]]:
+  """Returns per prompt a list of n completion strings (temperature 0 is greedy)."""
+  out = generate_tokens(model, prompts, n=n, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                        stop=stop, seed=seed, batch_size=batch_size, progress=progress,
+                        mesh=mesh)
+  return [[c.text for c in comps] for comps in out]
