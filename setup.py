@@ -37,6 +37,7 @@ setuptools.setup(
             'torch==2.13.0',
             'accelerate>=1.0',
             'scipy>=1.11',
+            'trl>=1.0',  # TRL's DPO losses and DPOTrainer are the references for ours
         ],
     },
 )

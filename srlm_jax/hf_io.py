@@ -327,8 +327,10 @@ def load_gguf(path: str, *, mesh=None, dtype=None):
       n_kv_heads=int(meta('attention.head_count_kv', n_heads)),
       ffn_dim=int(meta('feed_forward_length')),
       head_dim=int(meta('attention.key_length', dim // n_heads)),
-      norm_eps=float(meta('attention.layer_norm_rms_epsilon')),
-      rope_theta=float(meta('rope.freq_base', 10000.0)), rope_scaling=scaling,
+      # GGUF stores floats as float32: take the shortest decimal that rounds to it (1e-05, not
+      # 9.99999974e-06), the value the model was configured with.
+      norm_eps=float(str(np.float32(meta('attention.layer_norm_rms_epsilon')))),
+      rope_theta=float(str(np.float32(meta('rope.freq_base', 10000.0)))), rope_scaling=scaling,
       tie_embeddings='output.weight' not in tensors, max_seq_len=int(meta('context_length')),
       param_dtype=_dtype_name(dtype) or 'float32')
   to_gguf = {hf: gg for _, hfs, ggs in _param_names(config) for hf, gg in zip(hfs, ggs)}
