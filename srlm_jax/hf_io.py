@@ -3,13 +3,14 @@
 Hugging Face stores one tensor per layer in torch layout (a Linear weight is [out, in]); the
 param tree stacks layers on a leading L axis and keeps kernels as [in, out]. The name map:
 
-    model.embed_tokens.weight                          embed/embedding       token_embd
-    model.layers.{i}.input_layernorm.weight            layers/attn_norm      blk.{i}.attn_norm
-    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight   layers/attn/*_proj    blk.{i}.attn_{q,k,v,output}
-    model.layers.{i}.post_attention_layernorm.weight   layers/mlp_norm       blk.{i}.ffn_norm
-    model.layers.{i}.mlp.{gate,up,down}_proj.weight    layers/mlp/*_proj     blk.{i}.ffn_{gate,up,down}
-    model.norm.weight                                  final_norm/scale      output_norm
-    lm_head.weight (absent when tied)                  lm_head/kernel        output
+    Hugging Face (model.layers.{i}.)         param tree          GGUF (blk.{i}.)
+    model.embed_tokens.weight                embed/embedding     token_embd
+    input_layernorm.weight                   layers/attn_norm    attn_norm
+    self_attn.{q,k,v,o}_proj.weight          layers/attn/*_proj  attn_{q,k,v,output}
+    post_attention_layernorm.weight          layers/mlp_norm     ffn_norm
+    mlp.{gate,up,down}_proj.weight           layers/mlp/*_proj   ffn_{gate,up,down}
+    model.norm.weight                        final_norm/scale    output_norm
+    lm_head.weight (absent when tied)        lm_head/kernel      output
 
 Loading goes straight into the target layout: each device's shard is read from the file (only
 that slice for safetensors) by `jax.make_array_from_callback`, so no device ever holds more than
@@ -35,17 +36,23 @@ from srlm_jax import sharding
 
 # (param path, Hugging Face name, GGUF name); kernels are stored transposed ([out, in]).
 _LAYER_MAP = (
-    ('layers/attn_norm/scale', 'model.layers.{i}.input_layernorm.weight', 'blk.{i}.attn_norm.weight'),
-    ('layers/attn/q_proj/kernel', 'model.layers.{i}.self_attn.q_proj.weight', 'blk.{i}.attn_q.weight'),
-    ('layers/attn/k_proj/kernel', 'model.layers.{i}.self_attn.k_proj.weight', 'blk.{i}.attn_k.weight'),
-    ('layers/attn/v_proj/kernel', 'model.layers.{i}.self_attn.v_proj.weight', 'blk.{i}.attn_v.weight'),
+    ('layers/attn_norm/scale', 'model.layers.{i}.input_layernorm.weight',
+     'blk.{i}.attn_norm.weight'),
+    ('layers/attn/q_proj/kernel', 'model.layers.{i}.self_attn.q_proj.weight',
+     'blk.{i}.attn_q.weight'),
+    ('layers/attn/k_proj/kernel', 'model.layers.{i}.self_attn.k_proj.weight',
+     'blk.{i}.attn_k.weight'),
+    ('layers/attn/v_proj/kernel', 'model.layers.{i}.self_attn.v_proj.weight',
+     'blk.{i}.attn_v.weight'),
     ('layers/attn/o_proj/kernel', 'model.layers.{i}.self_attn.o_proj.weight',
      'blk.{i}.attn_output.weight'),
     ('layers/mlp_norm/scale', 'model.layers.{i}.post_attention_layernorm.weight',
      'blk.{i}.ffn_norm.weight'),
-    ('layers/mlp/gate_proj/kernel', 'model.layers.{i}.mlp.gate_proj.weight', 'blk.{i}.ffn_gate.weight'),
+    ('layers/mlp/gate_proj/kernel', 'model.layers.{i}.mlp.gate_proj.weight',
+     'blk.{i}.ffn_gate.weight'),
     ('layers/mlp/up_proj/kernel', 'model.layers.{i}.mlp.up_proj.weight', 'blk.{i}.ffn_up.weight'),
-    ('layers/mlp/down_proj/kernel', 'model.layers.{i}.mlp.down_proj.weight', 'blk.{i}.ffn_down.weight'),
+    ('layers/mlp/down_proj/kernel', 'model.layers.{i}.mlp.down_proj.weight',
+     'blk.{i}.ffn_down.weight'),
 )
 _GLOBAL_MAP = (
     ('embed/embedding', 'model.embed_tokens.weight', 'token_embd.weight'),
@@ -100,7 +107,7 @@ def param_shapes(config: llama.LlamaConfig) -> dict:
 
 
 def check_params(config: llama.LlamaConfig, params, *, source: str = '') -> None:
-  """Returns None when params have exactly the paths and shapes of config; else raises ValueError."""
+  """Returns None if params have exactly the paths and shapes of config; else raises ValueError."""
   want, got = param_shapes(config), _flat(params)
   missing = sorted(want.keys() - got.keys())
   extra = sorted(got.keys() - want.keys())
@@ -198,7 +205,8 @@ def _load(config, mesh, expected, read):
       expected(name, per_tensor[::-1] if kernel else per_tensor)
   params = {}
   for path, hf_names, _ in names:
-    kernel, stacked, shape = path.endswith('/kernel'), path.startswith('layers/'), shapes[path].shape
+    shape = shapes[path].shape
+    kernel, stacked = path.endswith('/kernel'), path.startswith('layers/')
 
     @functools.lru_cache(maxsize=None)  # replicated shards share one read
     def shard(key, hf_names=hf_names, kernel=kernel, stacked=stacked):
@@ -220,7 +228,8 @@ def load_hf_dir(path: str, *, mesh=None, dtype=None):
   """Returns (config, params) read from a Hugging Face Llama directory (config.json + safetensors).
 
   With a mesh, params are placed in `sharding.PARAM_RULES` layout, each device reading only its
-  own slice. `dtype` casts params ('bfloat16', jnp.float32, ...); None keeps the file's dtype.
+  own slice. `dtype` casts params ('bfloat16', jnp.float32, ...); None keeps the file's dtype
+  (that of the embedding, should the file mix dtypes).
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path}: no such directory (expected a Hugging Face model directory)')
@@ -256,8 +265,9 @@ def load_hf_dir(path: str, *, mesh=None, dtype=None):
 
     def get(tensor):
       if tensor not in weight_map:
-        raise ValueError(f'{index_file if os.path.isfile(index_file) else path}: missing tensor '
-                         f'{tensor} (needed by {config_file})')
+        where = index_file if os.path.isfile(index_file) else ', '.join(
+            os.path.join(path, name) for name in files)
+        raise ValueError(f'{where}: missing tensor {tensor} (needed by {config_file})')
       return handles[weight_map[tensor]].get_slice(tensor)
 
     def expected(tensor, shape):
@@ -315,6 +325,10 @@ def load_gguf(path: str, *, mesh=None, dtype=None):
     return value
 
   n_heads, dim = int(meta('attention.head_count')), int(meta('embedding_length'))
+  head_dim = int(meta('attention.key_length', dim // n_heads))
+  if int(meta('rope.dimension_count', head_dim)) != head_dim:
+    raise ValueError(f'{path}: llama.rope.dimension_count={meta("rope.dimension_count")} differs '
+                     f'from the head dim {head_dim}; partial rotary embeddings are not supported')
   scaling = None
   if _gguf_field(reader, 'llama.rope.scaling.type', 'none') == 'linear':
     scaling = llama.RopeScaling(kind='linear', factor=float(meta('rope.scaling.factor')))
@@ -326,7 +340,7 @@ def load_gguf(path: str, *, mesh=None, dtype=None):
       n_layers=int(meta('block_count')), n_heads=n_heads,
       n_kv_heads=int(meta('attention.head_count_kv', n_heads)),
       ffn_dim=int(meta('feed_forward_length')),
-      head_dim=int(meta('attention.key_length', dim // n_heads)),
+      head_dim=head_dim,
       # GGUF stores floats as float32: take the shortest decimal that rounds to it (1e-05, not
       # 9.99999974e-06), the value the model was configured with.
       norm_eps=float(str(np.float32(meta('attention.layer_norm_rms_epsilon')))),
@@ -358,7 +372,7 @@ def load_gguf(path: str, *, mesh=None, dtype=None):
       w = _unpermute_rotary(w, config.n_kv_heads)
     return w
 
-  params = _load(config, mesh, expected, lambda hf_name, index: dequantized(to_gguf[hf_name])[index])
+  params = _load(config, mesh, expected, lambda name, index: dequantized(to_gguf[name])[index])
   return config, params
 
 
@@ -386,5 +400,9 @@ def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_config, f, indent=2)
   if tokenizer is not None:
-    getattr(tokenizer, 'hf', tokenizer).save_pretrained(out_dir)
+    saver = tokenizer if hasattr(tokenizer, 'save_pretrained') else getattr(tokenizer, 'hf', None)
+    if not hasattr(saver, 'save_pretrained'):
+      raise ValueError(f'export_hf({out_dir}): tokenizer {type(tokenizer).__name__} has no '
+                       'save_pretrained (nor a transformers tokenizer as .hf)')
+    saver.save_pretrained(out_dir)
   return out_dir

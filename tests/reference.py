@@ -24,7 +24,7 @@ _GGUF_TO_HF = {
 
 
 def torch_logits(model, tokens, mask=None, positions=None) -> np.ndarray:
-  """Returns float32 logits [B, T, V] of a torch causal LM (positions default to real-token counts)."""
+  """Returns float32 logits [B, T, V] of a torch causal LM (positions count real tokens)."""
   tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
   mask = torch.ones_like(tokens) if mask is None else torch.as_tensor(np.asarray(mask)).long()
   if positions is None:

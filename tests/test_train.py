@@ -20,7 +20,7 @@ from srlm_jax import checkpoint, data_io, llama, sharding, train
 
 CFG = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
 T = 12  # max_len of the synthetic data
-BOS, EOS, MARK = 1, 2, 3
+BOS, EOS, MARK, ANTI = 1, 2, 3, 4
 
 
 def _opt_cfg(**changes):
@@ -51,12 +51,12 @@ def sft_data(n, seed):
 
 
 def dpo_data(n, seed):
-  """Returns DPO pairs whose chosen response always ends with MARK, the rejected never."""
+  """Returns DPO pairs of random responses; the chosen ends with MARK, the rejected with ANTI."""
   rng, chosen, rejected = np.random.default_rng(seed), [], []
   for _ in range(n):
-    prompt = [BOS] + rng.integers(4, 64, 3).tolist()
-    sides = [rng.integers(4, 64, int(rng.integers(2, 6))).tolist() for _ in range(2)]
-    for rows, response in zip((chosen, rejected), (sides[0] + [MARK], sides[1])):
+    prompt = [BOS] + rng.integers(5, 64, 3).tolist()
+    sides = [rng.integers(5, 64, int(rng.integers(2, 6))).tolist() for _ in range(2)]
+    for rows, response in zip((chosen, rejected), (sides[0] + [MARK], sides[1] + [ANTI])):
       rows.append((prompt + response, [False] * len(prompt) + [True] * len(response)))
   return {'chosen': data_io.pack(chosen, T, 0), 'rejected': data_io.pack(rejected, T, 0)}
 
@@ -110,15 +110,16 @@ def test_sft_lowers_heldout_nll(params):
   assert {'loss', 'accuracy', 'grad_norm', 'lr'} <= set(history[0])
 
 
-def test_dpo_reward_accuracy_on_heldout_pairs(params, dpo_set):
-  cfg, mesh = _opt_cfg(lr=2e-3, num_steps=60), _mesh()
+def test_dpo_reward_accuracy_on_heldout_pairs(params):
+  cfg, mesh = _opt_cfg(lr=3e-3, num_steps=60), _mesh()
   optimizer = train.make_optimizer(cfg)
+  data = train.compute_ref_logps(CFG, params, dpo_data(512, 3), batch_size=64, mesh=mesh)
   held_out = train.compute_ref_logps(CFG, params, dpo_data(64, 2), batch_size=64, mesh=mesh)
   evaluate = train.dpo_eval(CFG, held_out, 'sigmoid', 0.1, batch_size=64, mesh=mesh)
   start = evaluate(params)
   assert abs(start['rewards/margins']) < 1e-5  # the policy starts as its reference
   final, history = _run(train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1), params, optimizer,
-                        lambda i: data_io.batch_at(dpo_set, i, 16), cfg.num_steps, mesh)
+                        lambda i: data_io.batch_at(data, i, 32), cfg.num_steps, mesh)
   end = evaluate(final)
   assert end['rewards/accuracies'] > 0.9, end
   assert end['loss'] < start['loss'] and history[-1]['rewards/margins'] > 0
