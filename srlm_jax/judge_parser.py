@@ -23,8 +23,8 @@ once over every vocabulary entry from every start state. What a token does from 
 summarised as: the end state, and its effect on three float registers, the pending number
 `val`, the weight `scale` of its next fraction digit, and the last committed verdict `last`.
 Those effects are affine, so each summary is 8 numbers (see `_FIELDS`). Vocabulary entries
-with identical summaries share a class, so the table is [C, 16, 8] with C in the thousands
-for a 49k vocabulary, and each `lax.scan` step over the tokens is one gather.
+with identical summaries share a class, so the table is [C, 16, 8] with C a few dozen (33
+for SmolLM2's 49k vocabulary), and each `lax.scan` step over the tokens is one gather.
 
 Axis legend: B rows, T generated tokens, V vocabulary, C token classes, S automaton states.
 """

@@ -77,6 +77,8 @@ def test_min_gap(wrap):
   np.testing.assert_array_equal(out['has_pair'], [True, True, False])
   np.testing.assert_array_equal(out['chosen'], [0, 0, 1])
   np.testing.assert_array_equal(out['rejected'], [2, 1, 0])
+  traced = jax.jit(pairs.select_pairs)(scores, valid, min_gap=1.0)  # min_gap as a jit argument
+  np.testing.assert_array_equal(traced['reason'], out['reason'])
 
 
 @pytest.mark.parametrize('wrap', MODES)
