@@ -1,7 +1,8 @@
 """Batched sampling from a Llama: one prefill, then a device-side `lax.while_loop` decode.
 
 Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, M new-token bucket,
-S = P + M cache slots, V vocabulary, K candidate tokens (top-k), W longest stop sequence.
+S = P + M cache slots, V vocabulary, C candidate tokens (top-k), W longest stop sequence; K, G, Dh,
+D as in llama.py.
 
 A call runs in two jitted functions (the tunix layout):
   1. `prefill`: the left-padded prompts, minus their last token, go through the model once and fill
@@ -9,7 +10,8 @@ A call runs in two jitted functions (the tunix layout):
      share one prefill. It returns a `DecodeState`, a dataclass pytree holding the cache.
   2. `decode`: a `lax.while_loop` of `decode_step` over the state (donated, so the cache is updated
      in place) feeds one token per row per step, the prompt's last token first, until every row is
-     done or max_new_tokens is reached.
+     done or max_new_tokens is reached. The step runs `decode_forward`, the model's maths unrolled
+     over layers with a per-layer [R, K, S, Dh] cache (see there why).
 Cache slots per row are [left padding | prompt | generated]: the last prompt token sits at slot P-1,
 generated token t is fed at slot P+t. The kv mask marks real prompt slots and all generated slots
 (causality hides the future); RoPE positions count real tokens only, so padding changes nothing.
@@ -48,6 +50,7 @@ from srlm_jax import llama, sharding
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
+_NEG_INF = float(np.finfo(np.float32).min)
 MIN_BUCKET = 32  # smallest prompt and new-token bucket
 TOP_P_CANDIDATES = 256  # top-p without top-k looks for the nucleus among this many tokens first
 DEFAULT_ROWS = 64  # rows (prompts * n) per device batch in `generate`
@@ -107,7 +110,7 @@ def _rows(x, spec=P(sharding.BATCH)):
   return sharding.constrain(x, spec)
 
 
-CACHE_LAYER = P(sharding.BATCH, 'tensor', None, None)  # one layer of the decode cache [R, K, S, Dh]
+CACHE_LAYER = P(sharding.BATCH, 'tensor', None, None)  # a decode cache layer [R, K, S, Dh]
 
 
 def _constrain_cache(cache: dict) -> dict:
@@ -176,7 +179,7 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   cfg, dt = config, jnp.dtype(config.dtype)
   r, h, k, dh = token_R.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
   dense = lambda x, w: jnp.dot(x, w.astype(dt))
-  inv_freq = llama.rope_frequencies(cfg)
+  inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
   s = kv_mask_RS.shape[1]
   allowed_R11S = (kv_mask_RS & (jnp.arange(s)[None, :] <= slot))[:, None, None, :]
   embedding = dparams['embed']['embedding']
@@ -185,27 +188,28 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   for l, lp in enumerate(dparams['layers']):
     a_RD = _rms_norm(x_RD, lp['attn_norm']['scale'], cfg.norm_eps)
     att = lp['attn']
-    q = llama.apply_rope(dense(a_RD, att['q_proj']['kernel']).reshape(r, 1, h, dh),
-                         position_R[:, None], inv_freq).reshape(r, k, h // k, dh)
-    key = llama.apply_rope(dense(a_RD, att['k_proj']['kernel']).reshape(r, 1, k, dh),
-                           position_R[:, None], inv_freq).reshape(r, k, 1, dh)
-    val = dense(a_RD, att['v_proj']['kernel']).reshape(r, k, 1, dh)
-    ks[l] = jax.lax.dynamic_update_slice(ks[l], key.astype(ks[l].dtype), (0, 0, slot, 0))
-    vs[l] = jax.lax.dynamic_update_slice(vs[l], val.astype(vs[l].dtype), (0, 0, slot, 0))
-    scores = jnp.einsum('rkgd,rksd->rkgs', q, ks[l].astype(dt), preferred_element_type=jnp.float32)
-    scores = jnp.where(allowed_R11S, scores / np.sqrt(dh).astype(np.float32), llama._NEG_INF)  # pylint: disable=protected-access
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    rope = lambda x, heads: llama.apply_rope(x.reshape(r, 1, heads, dh), pos_R1, inv_freq)
+    q_RKGD = rope(dense(a_RD, att['q_proj']['kernel']), h).reshape(r, k, h // k, dh)
+    key_RK1D = rope(dense(a_RD, att['k_proj']['kernel']), k).reshape(r, k, 1, dh)
+    val_RK1D = dense(a_RD, att['v_proj']['kernel']).reshape(r, k, 1, dh)
+    ks[l] = jax.lax.dynamic_update_slice(ks[l], key_RK1D.astype(ks[l].dtype), (0, 0, slot, 0))
+    vs[l] = jax.lax.dynamic_update_slice(vs[l], val_RK1D.astype(vs[l].dtype), (0, 0, slot, 0))
+    scores = jnp.einsum('rkgd,rksd->rkgs', q_RKGD, ks[l].astype(dt),
+                        preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
+    probs = jax.nn.softmax(jnp.where(allowed_R11S, scores, _NEG_INF), axis=-1).astype(dt)
     out = jnp.einsum('rkgs,rksd->rkgd', probs, vs[l].astype(dt)).reshape(r, h * dh)
     x_RD = x_RD + dense(out, att['o_proj']['kernel'])
     m_RD = _rms_norm(x_RD, lp['mlp_norm']['scale'], cfg.norm_eps)
     mlp = lp['mlp']
-    hidden = jax.nn.silu(dense(m_RD, mlp['gate_proj']['kernel'])) * dense(m_RD, mlp['up_proj']['kernel'])
-    x_RD = x_RD + dense(hidden, mlp['down_proj']['kernel'])
+    hidden_RF = jax.nn.silu(dense(m_RD, mlp['gate_proj']['kernel'])) * dense(
+        m_RD, mlp['up_proj']['kernel'])
+    x_RD = x_RD + dense(hidden_RF, mlp['down_proj']['kernel'])
   x_RD = _rms_norm(x_RD, dparams['final_norm']['scale'], cfg.norm_eps)
+  f32 = jnp.float32
   if cfg.tie_embeddings:
-    logits = jnp.einsum('rd,vd->rv', x_RD, embedding.astype(dt), preferred_element_type=jnp.float32)
+    logits = jnp.einsum('rd,vd->rv', x_RD, embedding.astype(dt), preferred_element_type=f32)
   else:
-    logits = jnp.dot(x_RD, dparams['lm_head']['kernel'].astype(dt), preferred_element_type=jnp.float32)
+    logits = jnp.dot(x_RD, dparams['lm_head']['kernel'].astype(dt), preferred_element_type=f32)
   return logits, _constrain_cache({'k': tuple(ks), 'v': tuple(vs)})
 
 
@@ -266,22 +270,22 @@ def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mo
       w_RV = jnp.where(w_RV >= min_p, w_RV, 0.0)
     return _inverse_cdf(w_RV, u_R)
   k = min(v, mode.top_k or mode.top_p_candidates)
-  vals_RK, idx_RK = jax.lax.top_k(x_RV, k)  # sorted, most likely first
-  w_RK = jnp.exp(vals_RK - vals_RK[:, :1])
-  keep = jnp.ones(w_RK.shape, bool)
+  vals_RC, idx_RC = jax.lax.top_k(x_RV, k)  # sorted, most likely first
+  w_RC = jnp.exp(vals_RC - vals_RC[:, :1])
+  keep = jnp.ones(w_RC.shape, bool)
   covered = jnp.array(True)
   if mode.use_top_p:
     if mode.top_k:
-      total_R = jnp.sum(w_RK, axis=1)
+      total_R = jnp.sum(w_RC, axis=1)
     else:
-      total_R = jnp.sum(jnp.exp(x_RV - vals_RK[:, :1]), axis=1)
-    c_RK = jnp.cumsum(w_RK, axis=1) / total_R[:, None]
-    keep = c_RK - w_RK / total_R[:, None] < top_p
-    covered = jnp.all(c_RK[:, -1] >= top_p)
+      total_R = jnp.sum(jnp.exp(x_RV - vals_RC[:, :1]), axis=1)
+    c_RC = jnp.cumsum(w_RC, axis=1) / total_R[:, None]
+    keep = c_RC - w_RC / total_R[:, None] < top_p
+    covered = jnp.all(c_RC[:, -1] >= top_p)
   if mode.use_min_p:
-    keep &= w_RK >= min_p
-  choice_R = _inverse_cdf(jnp.where(keep, w_RK, 0.0), u_R)
-  token_R = jnp.take_along_axis(idx_RK, choice_R[:, None], axis=1)[:, 0]
+    keep &= w_RC >= min_p
+  choice_R = _inverse_cdf(jnp.where(keep, w_RC, 0.0), u_R)
+  token_R = jnp.take_along_axis(idx_RC, choice_R[:, None], axis=1)[:, 0]
   if mode.use_top_p and not mode.top_k and k < v:
     token_R = jax.lax.cond(covered, lambda: token_R,
                            lambda: _nucleus_bisect(x_RV, u_R, top_p, min_p, mode))
