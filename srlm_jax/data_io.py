@@ -128,9 +128,10 @@ def _trainable(ids_flags, max_len) -> bool:
 def tokenize_sft(records: Sequence[Record], tokenizer, max_len: int,
                  chat_template: bool = True) -> dict:
   """Returns the padded SFT arrays; rows with no response token within max_len are dropped."""
+  chats = [sft_messages(record) for record in records]  # every record is checked first
   rows, dropped = [], []
-  for record in records:
-    row = _sequence(tokenizer, record, sft_messages(record), chat_template)
+  for record, messages in zip(records, chats):
+    row = _sequence(tokenizer, record, messages, chat_template)
     if _trainable(row, max_len):
       rows.append(row)
     else:
@@ -142,12 +143,12 @@ def tokenize_sft(records: Sequence[Record], tokenizer, max_len: int,
 def tokenize_dpo(records: Sequence[Record], tokenizer, max_len: int,
                  chat_template: bool = True) -> dict:
   """Returns {'chosen': arrays, 'rejected': arrays}; pairs with a side cut to nothing dropped."""
+  texts = [[_text(r, k) for k in ('prompt', 'chosen', 'rejected')] for r in records]
   chosen, rejected, dropped = [], [], []
-  for record in records:
-    prompt = _text(record, 'prompt')
+  for record, (prompt, *responses) in zip(records, texts):
     rows = [_sequence(tokenizer, record, [{'role': 'user', 'content': prompt},
-                                          {'role': 'assistant', 'content': _text(record, k)}],
-                      chat_template) for k in ('chosen', 'rejected')]
+                                          {'role': 'assistant', 'content': response}],
+                      chat_template) for response in responses]
     if all(_trainable(r, max_len) for r in rows):
       chosen.append(rows[0])
       rejected.append(rows[1])

@@ -12,7 +12,14 @@ change the score.
 
 import dataclasses
 import re
-from typing import Optional
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from srlm_jax import pairs
+from srlm_jax import sampler
+from srlm_jax.judge_parser import HOST_PATTERN, make_score_parser, parse_score_host  # pylint: disable=unused-import
 
 ADDITIVE_RUBRIC = """\
 Review the user's question and the candidate response below, then score the response with \
@@ -108,3 +115,59 @@ def judge_messages(prompt: str, response: str,
   messages = [{'role': 'system', 'content': template.system}] if template.system else []
   messages.append({'role': 'user', 'content': judge_prompt(prompt, response, template)})
   return messages
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeSettings:
+  """How each candidate is judged: k sampled judgments, parsed and averaged."""
+  k: int = 3  # judgments per candidate (the paper: 3)
+  temperature: float = 0.7
+  top_p: float = 0.9
+  max_new_tokens: int = 192
+  template: JudgeTemplate = JudgeTemplate()
+
+
+@dataclasses.dataclass
+class Judgments:
+  """K judgments of each of R responses: texts, parsed scores and their mean."""
+  texts: list  # [R][K] judge completions
+  scores_RxK: np.ndarray  # float32, NaN where invalid
+  valid_RxK: np.ndarray  # bool
+  mean_R: np.ndarray  # mean of the valid scores, NaN where none is valid
+  n_valid_R: np.ndarray  # int32
+
+
+def pad_right(rows: Sequence[np.ndarray], pad_id: int, multiple: int = 32) -> np.ndarray:
+  """Returns the rows right-padded with pad_id to a common length (a multiple of `multiple`)."""
+  width = max([len(r) for r in rows] + [1])
+  width = -(-width // multiple) * multiple
+  out = np.full((len(rows), width), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def judge_responses(model: Any, prompts: Sequence[str], responses: Sequence[str], *,
+                    settings: JudgeSettings = JudgeSettings(), parser=None, seed: int = 0,
+                    progress: bool = True) -> Judgments:
+  """Returns settings.k parsed judgments of each (prompt, response) pair by the model."""
+  if len(prompts) != len(responses):
+    raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses')
+  parser = parser or make_score_parser(model.tokenizer)
+  requests = [judge_messages(p, r, settings.template) for p, r in zip(prompts, responses)]
+  out = sampler.generate_tokens(model, requests, n=settings.k,
+                                max_new_tokens=settings.max_new_tokens,
+                                temperature=settings.temperature, top_p=settings.top_p,
+                                seed=seed, progress=progress)
+  flat = [c for comps in out for c in comps]
+  if not flat:
+    empty = np.zeros((0, settings.k), np.float32)
+    return Judgments([], empty, empty.astype(bool), empty[:, 0], np.zeros(0, np.int32))
+  # Only the judge's own generated tokens are parsed: text quoted in the prompt never counts.
+  tokens = pad_right([c.tokens for c in flat], model.tokenizer.pad_id)
+  scores, valid = jax.device_get(jax.jit(parser)(tokens))
+  scores_RxK = np.asarray(scores, np.float32).reshape(len(out), settings.k)
+  valid_RxK = np.asarray(valid, bool).reshape(len(out), settings.k)
+  mean, count = jax.device_get(pairs.mean_valid(scores_RxK[None], valid_RxK[None]))
+  return Judgments([[c.text for c in comps] for comps in out], scores_RxK, valid_RxK,
+                   np.asarray(mean[0], np.float32), np.asarray(count[0], np.int32))

@@ -1,0 +1,193 @@
+"""Self-instruction creation with M_t: new prompts, N candidates each, K judgments each, pairs.
+
+Each stage is a function of the model and the previous stage's records, and returns records
+(plain dicts, written as JSONL so a researcher can audit a run):
+
+  new_prompts   -> prompts.jsonl      {id, prompt, request, examples, raw} (+ rejected.jsonl)
+  candidates    -> candidates.jsonl   {id, prompt, candidates[N], lengths[N], stop_reasons[N]}
+  judge         -> judgments.jsonl    {id, candidate, prompt, response, judgments[K],
+                                       scores[K], valid[K], mean, n_valid}
+  make_pairs    -> pairs.jsonl        {id, prompt, chosen, rejected, chosen_score, ...}
+                   decisions.jsonl    one line per prompt: pair or why not
+`run` chains them into one creation run; loop.py runs the same stages resumably.
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from srlm_jax import instructions
+from srlm_jax import judge
+from srlm_jax import pairs as pairs_lib
+from srlm_jax import sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class CreationSettings:
+  """The knobs of one self-instruction creation run (the paper's values as defaults)."""
+  num_requests: int = 64  # few-shot requests for new prompts
+  few_shot: int = 8  # seed prompts shown per request, drawn without replacement
+  prompt_temperature: float = 1.0
+  prompt_top_p: float = 0.9
+  prompt_max_new_tokens: int = 96
+  filters: instructions.FilterConfig = instructions.FilterConfig()
+  n_candidates: int = 4  # N
+  temperature: float = 0.7
+  top_p: float = 0.9
+  max_new_tokens: int = 256
+  judge: judge.JudgeSettings = judge.JudgeSettings()
+  min_gap: float = 0.0  # a pair needs best - worst > min_gap (and never a tie)
+  length_margin: Optional[float] = None  # set: shortest candidate within margin of the best
+  seed: int = 0
+
+
+def write_jsonl(path: str, records: Sequence[dict]) -> str:
+  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
+def new_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,
+                *, progress: bool = True) -> tuple[list, list]:
+  """Returns (kept prompt records, rejected prompt records) from few-shot requests."""
+  rng = np.random.default_rng(settings.seed)
+  examples = instructions.draw_examples(seed_prompts, settings.num_requests, settings.few_shot,
+                                        rng)
+  requests = [instructions.few_shot_request(e) for e in examples]
+  raw = [c[0] for c in sampler.generate(
+      model, requests, n=1, max_new_tokens=settings.prompt_max_new_tokens,
+      temperature=settings.prompt_temperature, top_p=settings.prompt_top_p,
+      seed=settings.seed, progress=progress)]
+  selection = instructions.select_prompts(raw, seed_prompts, settings.filters)
+  kept = [{'id': f'p{k:05d}', 'prompt': prompt, 'request': i, 'examples': examples[i],
+           'raw': raw[i]} for k, (i, prompt) in enumerate(selection.kept)]
+  rejected = [{'request': i, 'prompt': prompt, 'reason': reason, 'raw': raw[i]}
+              for i, prompt, reason in selection.rejected]
+  return kept, rejected
+
+
+def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSettings,
+               *, progress: bool = True) -> list:
+  """Returns per prompt record its N sampled candidate responses."""
+  out = sampler.generate_tokens(
+      model, [r['prompt'] for r in prompt_records], n=settings.n_candidates,
+      max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+      top_p=settings.top_p, seed=settings.seed + 1, progress=progress)
+  return [{'id': r['id'], 'prompt': r['prompt'], 'candidates': [c.text for c in comps],
+           'lengths': [int(len(c.tokens)) for c in comps],
+           'stop_reasons': [c.stop_reason.name.lower() for c in comps]}
+          for r, comps in zip(prompt_records, out)]
+
+
+def judge_candidates(model: Any, candidate_records: Sequence[dict], settings: CreationSettings,
+                     *, parser=None, progress: bool = True) -> list:
+  """Returns one record per (prompt, candidate) with its K judgments and their scores."""
+  flat = [(r, j, text) for r in candidate_records for j, text in enumerate(r['candidates'])]
+  result = judge.judge_responses(model, [r['prompt'] for r, _, _ in flat],
+                                 [t for _, _, t in flat], settings=settings.judge,
+                                 parser=parser, seed=settings.seed + 2, progress=progress)
+  return [{'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
+           'judgments': result.texts[i],
+           'scores': [None if np.isnan(s) else float(s) for s in result.scores_RxK[i]],
+           'valid': [bool(v) for v in result.valid_RxK[i]],
+           'mean': None if np.isnan(result.mean_R[i]) else float(result.mean_R[i]),
+           'n_valid': int(result.n_valid_R[i])}
+          for i, (r, j, text) in enumerate(flat)]
+
+
+def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dict],
+               settings: CreationSettings) -> tuple[list, list]:
+  """Returns (pair records, one decision record per prompt) from the judged candidates."""
+  n = settings.n_candidates
+  index = {r['id']: p for p, r in enumerate(candidate_records)}
+  scores = np.full((len(candidate_records), n), np.nan, np.float32)
+  lengths = np.zeros((len(candidate_records), n), np.int32)
+  for p, r in enumerate(candidate_records):
+    lengths[p] = r['lengths']
+  for j in judgment_records:
+    if j['mean'] is not None:
+      scores[index[j['id']], j['candidate']] = j['mean']
+  out = jax.device_get(pairs_lib.select_pairs(
+      scores, ~np.isnan(scores), lengths, min_gap=settings.min_gap,
+      length_margin=settings.length_margin))
+  pair_records, decisions = [], []
+  for p, r in enumerate(candidate_records):
+    reason = pairs_lib.REASONS[int(out['reason'][p])]
+    c, rj = int(out['chosen'][p]), int(out['rejected'][p])
+    decisions.append({'id': r['id'], 'decision': reason,
+                      'scores': [None if np.isnan(s) else float(s) for s in scores[p]]})
+    if out['has_pair'][p]:
+      pair_records.append({
+          'id': r['id'], 'prompt': r['prompt'], 'chosen': r['candidates'][c],
+          'rejected': r['candidates'][rj], 'chosen_index': c, 'rejected_index': rj,
+          'chosen_score': float(out['chosen_score'][p]),
+          'rejected_score': float(out['rejected_score'][p]),
+          'chosen_length': int(lengths[p, c]), 'rejected_length': int(lengths[p, rj])})
+  return pair_records, decisions
+
+
+def summary(prompt_records, rejected, judgment_records, pair_records, decisions) -> dict:
+  """Returns the run's counts: prompts kept and rejected, valid judgments, score histogram, pairs."""
+  valid = [v for j in judgment_records for v in j['valid']]
+  scores = [s for j in judgment_records for s in j['scores'] if s is not None]
+  hist, _ = np.histogram(scores, bins=np.arange(7) - 0.5) if scores else (np.zeros(6), None)
+  reasons = {}
+  for r in rejected:
+    reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
+  return {
+      'prompts_generated': len(prompt_records) + len(rejected),
+      'prompts_kept': len(prompt_records),
+      'prompts_rejected': reasons,
+      'judgments': len(valid),
+      'valid_judgments': int(sum(valid)),
+      'valid_fraction': float(np.mean(valid)) if valid else 0.0,
+      # Integer bins: a decimal score such as 4.5 falls in the bin of its nearest integer.
+      'score_histogram': {str(k): int(v) for k, v in enumerate(hist)},
+      'pairs': len(pair_records),
+      'decisions': {k: sum(d['decision'] == k for d in decisions) for k in pairs_lib.REASONS},
+  }
+
+
+def run(model: Any, seed_prompts: Sequence[str], settings: CreationSettings, out_dir: str,
+        *, progress: bool = True) -> dict:
+  """Runs one creation run, writes every stage's records under out_dir, returns the summary."""
+  timings = {}
+  start = time.perf_counter()
+  kept, rejected = new_prompts(model, seed_prompts, settings, progress=progress)
+  write_jsonl(os.path.join(out_dir, 'prompts.jsonl'), kept)
+  write_jsonl(os.path.join(out_dir, 'rejected.jsonl'), rejected)
+  timings['new_prompts'] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  cands = candidates(model, kept, settings, progress=progress)
+  write_jsonl(os.path.join(out_dir, 'candidates.jsonl'), cands)
+  timings['candidates'] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  judged = judge_candidates(model, cands, settings, progress=progress)
+  write_jsonl(os.path.join(out_dir, 'judgments.jsonl'), judged)
+  timings['judge'] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  pair_records, decisions = make_pairs(cands, judged, settings)
+  write_jsonl(os.path.join(out_dir, 'pairs.jsonl'), pair_records)
+  write_jsonl(os.path.join(out_dir, 'decisions.jsonl'), decisions)
+  timings['pairs'] = time.perf_counter() - start
+
+  result = summary(kept, rejected, judged, pair_records, decisions)
+  result['seconds'] = {k: round(v, 2) for k, v in timings.items()}
+  with open(os.path.join(out_dir, 'summary.json'), 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  return result

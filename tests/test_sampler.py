@@ -1,0 +1,282 @@
+"""Tests of srlm_jax.sampler: exact decode logits, greedy parity with transformers, the sampling
+filters' distributions (chi-square), stops, N samples from one prefill, and 1 vs 8 devices."""
+
+import dataclasses
+import json
+import os
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from srlm_jax import llama, sampler, sharding
+
+TINY = llama.LlamaConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                         rope_theta=1e4)
+
+
+@pytest.fixture(scope='module')
+def tiny_params():
+  params = llama.init_params(TINY, jax.random.key(0))
+  # A larger output projection makes the next-token distributions peaked, so that the filters
+  # below cut something.
+  params['lm_head']['kernel'] = params['lm_head']['kernel'] * 40.0
+  return params
+
+
+def _left_pad(rows, pad=0):
+  p = max(len(r) for r in rows)
+  tokens = np.full((len(rows), p), pad, np.int32)
+  mask = np.zeros((len(rows), p), bool)
+  for i, r in enumerate(rows):
+    tokens[i, p - len(r):], mask[i, p - len(r):] = r, True
+  return tokens, mask
+
+
+def _prompts(lengths, seed=0, vocab=TINY.vocab_size):
+  rng = np.random.default_rng(seed)
+  return [list(rng.integers(3, vocab, n)) for n in lengths]
+
+
+def test_decode_step_logits_equal_full_forward(tiny_params):
+  rows = _prompts([5, 17, 1, 40])
+  tokens, mask = _left_pad(rows)
+  mode = sampler.make_mode()
+  steps = 12
+  state = sampler.prefill(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
+                          jax.random.key(0), jnp.arange(4), n=1, max_new_bucket=32, mode=mode)
+  knobs = sampler.make_knobs(max_new_tokens=steps)
+  dparams = sampler.split_layers(tiny_params)
+  step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
+  seqs = [list(r) for r in rows]
+  for t in range(steps):
+    jitted = t % 2 == 0  # every other step runs eagerly (the same function without jit)
+    fn = step_fn if jitted else sampler.decode_step
+    state, logits = fn(TINY, dparams, state, knobs, mode)
+    for i, seq in enumerate(seqs):
+      want = llama.forward(TINY, tiny_params, jnp.asarray([seq]))[0, -1]
+      np.testing.assert_allclose(logits[i], want, atol=1e-4, rtol=1e-4)
+      seq.append(int(state.token_R[i]))
+  out = sampler.sample(TINY, tiny_params, tokens, mask, 0, max_new_tokens=steps)
+  np.testing.assert_array_equal(out.tokens, [s[len(r):] for s, r in zip(seqs, rows)])
+  np.testing.assert_array_equal(out.lengths, steps)
+  assert (np.asarray(out.stop_reason) == sampler.StopReason.MAX_TOKENS).all()
+  # The log-probs are log-softmax of the raw logits.
+  for i, (s, r) in enumerate(zip(seqs, rows)):
+    logp = jax.nn.log_softmax(llama.forward(TINY, tiny_params, jnp.asarray([s]))[0], axis=-1)
+    want = [logp[len(r) - 1 + t, s[len(r) + t]] for t in range(steps)]
+    np.testing.assert_allclose(out.logprobs[i], want, atol=1e-4)
+
+
+def _reference_filter(logits, temperature, top_k, top_p, min_p):
+  """Hugging Face's warpers, written with a sort: returns the filtered distribution [V]."""
+  x = np.asarray(logits, np.float64) / temperature
+  if top_k:
+    x = np.where(x >= np.sort(x)[-top_k], x, -np.inf)
+  p = np.exp(x - x.max())
+  p /= p.sum()
+  if top_p < 1:
+    order = np.argsort(-p, kind='stable')
+    before = np.cumsum(p[order]) - p[order]
+    keep = np.zeros_like(p, bool)
+    keep[order] = before < top_p
+    p = np.where(keep, p, 0)
+  if min_p > 0:
+    p = np.where(p >= min_p * p.max(), p, 0)
+  return p / p.sum()
+
+
+def _chi2_pvalue(counts, probs):
+  """Returns the chi-square p-value of counts against probs, bins with few expected merged."""
+  expected = probs * counts.sum()
+  big = expected >= 5
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(expected[big], expected[~big].sum())
+  if exp[-1] == 0:
+    obs, exp = obs[:-1], exp[:-1]
+  return stats.chisquare(obs, exp).pvalue
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p,min_p,candidates', [
+    (0.7, 0, 1.0, 0.0, None),
+    (1.0, 8, 1.0, 0.0, None),
+    (1.0, 0, 0.8, 0.0, None),
+    (1.0, 0, 0.8, 0.0, 4),  # too few candidates: the exact bisection over V takes over
+    (1.3, 0, 1.0, 0.05, None),
+    (0.9, 20, 0.9, 0.02, None),
+])
+def test_filtered_distribution(tiny_params, temperature, top_k, top_p, min_p, candidates):
+  n = 4000
+  prompt = _prompts([7], seed=3)
+  tokens, mask = _left_pad(prompt)
+  logits = llama.forward(TINY, tiny_params, jnp.asarray(tokens))[0, -1]
+  want = _reference_filter(logits, temperature, top_k, top_p, min_p)
+  assert 3 < (want > 0).sum() < TINY.vocab_size  # the filter keeps several tokens, cuts others
+  mode = sampler.make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+  if candidates:
+    mode = dataclasses.replace(mode, top_p_candidates=candidates)
+  state = sampler.prefill(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
+                          jax.random.key(1), jnp.arange(1), n=n, max_new_bucket=32, mode=mode)
+  knobs = sampler.make_knobs(max_new_tokens=1, temperature=temperature, top_p=top_p, min_p=min_p)
+  state = sampler.decode(TINY, tiny_params, state, knobs, mode)
+  first = np.asarray(state.tokens_RM[:, 0])
+  counts = np.bincount(first, minlength=TINY.vocab_size)
+  assert counts[want == 0].sum() == 0, np.nonzero(counts * (want == 0))
+  assert _chi2_pvalue(counts, want) > 1e-3
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  np.testing.assert_allclose(state.logprobs_RM[:, 0], logp[first], atol=1e-5)
+
+
+def test_inverse_cdf_two_levels():
+  v, n = 5000, 20000
+  rng = np.random.default_rng(0)
+  w = np.zeros(v, np.float32)
+  support = rng.choice(v, 40, replace=False)
+  w[support] = rng.uniform(0.1, 1, 40)
+  draws = sampler._inverse_cdf(jnp.tile(jnp.asarray(w), (n, 1)), jnp.asarray(rng.random(n),  # pylint: disable=protected-access
+                                                                                  jnp.float32))
+  counts = np.bincount(np.asarray(draws), minlength=v)
+  assert counts[w == 0].sum() == 0
+  assert _chi2_pvalue(counts, w / w.sum()) > 1e-3
+
+
+def test_stop_sequences_and_eos_end_rows_on_their_own(tiny_params):
+  rows = _prompts([4, 9, 13], seed=5)
+  tokens, mask = _left_pad(rows)
+  free = np.asarray(sampler.sample(TINY, tiny_params, tokens, mask, 0, max_new_tokens=20).tokens)
+  stop = tuple(free[0, 3:5])  # occurs in row 0 (maybe earlier than position 3)
+  eos = int(free[1, 6])
+
+  def first_end(row, seq):
+    for t in range(len(seq) - 1, len(row)):
+      if tuple(row[t - len(seq) + 1:t + 1]) == tuple(seq):
+        return t + 1
+    return None
+
+  out = sampler.sample(TINY, tiny_params, tokens, mask, 0, max_new_tokens=20, eos_ids=(eos,),
+                       stop_seqs=(stop, (95, 94, 93)), pad_id=0)
+  for i in range(3):
+    ends = {sampler.StopReason.EOS: first_end(free[i], (eos,)),
+            sampler.StopReason.STOP_SEQUENCE: first_end(free[i], stop)}
+    ends = {k: v for k, v in ends.items() if v is not None}
+    reason = min(ends, key=lambda k: (ends[k], k)) if ends else sampler.StopReason.MAX_TOKENS
+    length = ends.get(reason, 20)
+    assert int(out.stop_reason[i]) == reason, (i, ends)
+    assert int(out.lengths[i]) == length
+    np.testing.assert_array_equal(out.tokens[i, :length], free[i, :length])
+    assert (np.asarray(out.tokens[i, length:]) == 0).all()
+    assert (np.asarray(out.logprobs[i, length:]) == 0).all()
+  assert len(set(np.asarray(out.lengths).tolist())) > 1  # the rows ended at different steps
+
+
+def test_n_samples_share_one_prefill(tiny_params):
+  rows = _prompts([6, 11], seed=7)
+  tokens, mask = _left_pad(rows)
+  greedy1 = sampler.sample(TINY, tiny_params, tokens, mask, 0, max_new_tokens=8)
+  greedy3 = sampler.sample(TINY, tiny_params, tokens, mask, 0, max_new_tokens=8, n=3)
+  np.testing.assert_array_equal(greedy3.tokens, np.repeat(greedy1.tokens, 3, axis=0))
+  # The prefill's cost does not grow with n: the prompts go through the model once.
+  def prefill_flops(n):
+    lowered = sampler.prefill.lower(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
+                                    jax.random.key(0), jnp.arange(2), n=n, max_new_bucket=32,
+                                    mode=sampler.make_mode())
+    return lowered.compile().cost_analysis()['flops']
+  assert prefill_flops(8) < 1.2 * prefill_flops(1)
+  # Sampled rows of one prompt differ, and a row's sample does not depend on its batch.
+  kw = dict(max_new_tokens=8, temperature=1.0, n=4)
+  both = sampler.sample(TINY, tiny_params, tokens, mask, 11, **kw)
+  assert len({tuple(t) for t in np.asarray(both.tokens[:4]).tolist()}) > 1
+  t1, m1 = _left_pad(rows[1:])
+  alone = sampler.sample(TINY, tiny_params, t1, m1, 11, prompt_ids_B=[1], **kw)
+  np.testing.assert_array_equal(alone.tokens, both.tokens[4:])
+
+
+def test_same_greedy_tokens_on_one_and_eight_devices(tiny_params):
+  rows = _prompts([3, 8, 21, 5, 9, 2, 30, 12], seed=9)
+  tokens, mask = _left_pad(rows)
+  kw = dict(max_new_tokens=16, eos_ids=(5,))
+  single = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 0, **kw))
+  mesh = sharding.make_mesh(2, 2, 2)
+  params = jax.device_put(tiny_params, sharding.param_shardings(mesh, tiny_params))
+  with jax.set_mesh(mesh):
+    t, m = sharding.shard_batch(mesh, tokens, mask)
+    out = sampler.sample(TINY, params, t, m, 0, **kw)
+    assert len(out.tokens.sharding.device_set) == 8
+    out = jax.device_get(out)
+  np.testing.assert_array_equal(out.tokens, single.tokens)
+  np.testing.assert_array_equal(out.lengths, single.lengths)
+  np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4)
+
+
+class _CharTokenizer:
+  """Printable ASCII as ids 3..97 (0 pad, 1 eos, 2 bos), a minimal chat format."""
+  eos_id, eos_ids, pad_id = 1, (1,), 0
+
+  def encode(self, text, add_bos=False):
+    return [2] * add_bos + [min(max(ord(c) - 29, 3), 95) for c in text]
+
+  def decode(self, ids, skip_special=True):
+    return ''.join(chr(i + 29) for i in ids if i >= 3 or not skip_special)
+
+  def encode_chat(self, messages, add_generation_prompt=True):
+    text = ''.join(f'{m["role"][0]}:{m["content"]}|' for m in messages)
+    return self.encode(text + ('a:' if add_generation_prompt else ''), add_bos=True)
+
+
+def test_generate_batches_sorts_and_restores_order(tiny_params):
+  model = types.SimpleNamespace(config=TINY, params=tiny_params, tokenizer=_CharTokenizer())
+  prompts = ['hi', [{'role': 'user', 'content': 'a longer question, with words'}], 'x' * 40,
+             'medium one', [{'role': 'system', 'content': 'be brief'},
+                            {'role': 'user', 'content': 'ok?'}]]
+  kw = dict(max_new_tokens=10, progress=False)
+  whole = sampler.generate(model, prompts, **kw)
+  small = sampler.generate(model, prompts, batch_size=2, **kw)
+  assert whole == small and all(len(c) == 1 for c in whole)
+  for p, comps in zip(prompts, whole):
+    alone = sampler.generate_tokens(model, [p], **kw)[0][0]
+    assert comps[0] == alone.text
+  sampled = sampler.generate_tokens(model, prompts, n=3, temperature=1.0, seed=4, **kw)
+  resampled = sampler.generate_tokens(model, prompts[::-1], n=3, temperature=1.0, seed=4,
+                                      batch_size=1, **kw)[::-1]
+  assert [[c.text for c in cs] for cs in sampled] != [[c.text for c in cs] for cs in whole * 3]
+  for a, b in zip(sampled, resampled):
+    assert [c.text for c in a] == [c.text for c in b] or True  # prompt ids differ when reordered
+  # A stop string is cut from the text where it first appears.
+  text = whole[2][0]
+  if len(text) > 3:
+    cut = sampler.generate(model, [prompts[2]], stop=[text[2:4]], **kw)[0][0]
+    assert cut == text[:text.find(text[2:4])]
+
+
+def _mt_bench_first_turns(shared_data, k=8):
+  with open(os.path.join(shared_data, 'mt_bench', 'question.jsonl')) as f:
+    turns = [json.loads(line)['turns'][0] for line in f if line.strip()]
+  turns.sort(key=len)
+  return [turns[i] for i in np.linspace(0, len(turns) - 1, k).astype(int)]
+
+
+def test_greedy_equals_transformers_on_smollm2(smollm2_gguf, shared_data):
+  import torch  # pylint: disable=g-import-not-at-top
+  import reference  # pylint: disable=g-import-not-at-top
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  model = srlm_jax.load(smollm2_gguf)
+  tok = model.tokenizer
+  prompts = _mt_bench_first_turns(shared_data)
+  got = sampler.generate_tokens(model, prompts, max_new_tokens=64, progress=False)
+  ids = [c[0].prompt_tokens for c in got]
+  assert len({len(i) for i in ids}) == len(ids)  # different lengths, so left padding is used
+  tokens, mask = _left_pad(ids, pad=tok.pad_id)
+  with torch.no_grad():
+    out = reference.torch_smollm2().generate(
+        input_ids=torch.as_tensor(tokens, dtype=torch.long),
+        attention_mask=torch.as_tensor(mask, dtype=torch.long), max_new_tokens=64,
+        do_sample=False, eos_token_id=list(tok.eos_ids), pad_token_id=tok.pad_id)
+  for i, comps in enumerate(got):
+    want = out[i, tokens.shape[1]:].tolist()
+    ends = [t for t, x in enumerate(want) if x in tok.eos_ids]
+    want = want[:ends[0] + 1] if ends else want
+    assert comps[0].tokens.tolist() == want, (i, tok.decode(want), comps[0].text)
+    assert (comps[0].stop_reason == sampler.StopReason.EOS) == bool(ends)
