@@ -26,7 +26,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the DPO config; `arg` picks a variant from VARIANTS."""
   c = ml_collections.ConfigDict()
   c.model = 'smollm2-135m-instruct'  # srlm_jax.load path of the policy (and the reference)
-  c.ref_model = ''  # reference model path; '' means the same weights as `model`
+  c.init_params = ''  # optional orbax params dir (e.g. the SFT stage's workdir/params)
+  c.ref_model = ''  # reference model path; '' (and no ref_params) means the starting policy
+  c.ref_params = ''  # reference as an orbax params dir (takes precedence over ref_model)
   c.train_data = ''  # JSONL of preference pairs (required)
   c.eval_data = ''  # optional held-out pairs; reward accuracy logged every eval_every steps
   c.chat_template = True  # wrap prompts in the tokenizer's chat template (False: raw text)

@@ -16,6 +16,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.model = 'smollm2-135m-instruct'  # srlm_jax.load path: HF dir, .gguf file or a known name
+  c.init_params = ''  # optional orbax params dir (checkpoint.save_params) replacing the weights
   c.train_data = ''  # JSONL of SFT examples (required)
   c.eval_data = ''  # optional held-out JSONL; its NLL is logged every eval_every steps
   c.chat_template = True  # wrap prompts in the tokenizer's chat template (False: raw text)

@@ -1,11 +1,12 @@
-"""Orbax checkpoints: the train state every K steps (keep N, resume the latest), and params-only
-exports that the next stage (the next iteration, the HF export) loads.
+"""Orbax checkpoints: the train state every K steps (keep N, resume the latest), params-only
+exports that the next stage (the next iteration, the HF export) loads, and the metrics record.
 
 Restores go straight into the target shardings: a checkpoint is read into sharded arrays
 described by an abstract target (ShapeDtypeStructs carrying their sharding), so no full copy
 of the state sits on one device.
 """
 
+import json
 import os
 from typing import Any, Optional
 
@@ -117,3 +118,39 @@ def load_params(path: str, mesh: Optional[Mesh] = None, dtype=None) -> Any:
     shardings = sharding.param_shardings(mesh, shapes)
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(os.path.abspath(path), abstract(shapes, shardings))
+
+
+class MetricsWriter:
+  """Appends metrics to workdir/metrics.jsonl, and to TensorBoard when it is importable."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(self.path):  # a resumed run drops the lines logged after its checkpoint
+      with open(self.path, encoding='utf-8') as f:
+        kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
+      with open(self.path, 'w', encoding='utf-8') as f:
+        f.writelines(kept)
+    self.tb = None
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      try:
+        from torch.utils.tensorboard import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        SummaryWriter = None  # pylint: disable=invalid-name
+    if SummaryWriter is not None:
+      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: dict) -> None:
+    """Appends one line {'step': step, **metrics} (and TensorBoard scalars)."""
+    metrics = {k: float(v) for k, v in metrics.items()}
+    with open(self.path, 'a', encoding='utf-8') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    if self.tb is not None:
+      for k, v in metrics.items():
+        self.tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
+    if self.tb is not None:
+      self.tb.close()

@@ -106,10 +106,6 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
   return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def _rows(x, spec=P(sharding.BATCH)):
-  return sharding.constrain(x, spec)
-
-
 CACHE_LAYER = P(sharding.BATCH, 'tensor', None, None)  # a decode cache layer [R, K, S, Dh]
 
 
@@ -143,9 +139,8 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   w = max([len(s) for s in mode.stop_seqs], default=1)
   return DecodeState(
       step=jnp.zeros((), jnp.int32), cache=cache,
-      kv_mask_RS=_rows(rep(kv_mask_BS), P(sharding.BATCH, None)),
-      token_R=_rows(rep(prompt_tokens_BP[:, -1].astype(jnp.int32))),
-      position_R=_rows(rep(positions_BP[:, -1])),
+      kv_mask_RS=sharding.constrain(rep(kv_mask_BS), P(sharding.BATCH)),
+      token_R=rep(prompt_tokens_BP[:, -1].astype(jnp.int32)), position_R=rep(positions_BP[:, -1]),
       key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
       tail_RW=jnp.full((r, w), -1, jnp.int32),
       tokens_RM=jnp.full((r, m), mode.pad_id, jnp.int32),
@@ -315,24 +310,18 @@ def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: d
   logits_RV, cache = decode_forward(config, dparams, state.token_R, state.position_R,
                                     state.kv_mask_RS, state.cache, p - 1 + state.step)
   token_R, logprob_R = next_token(logits_RV, state.key_R, state.step, knobs, mode)
-  done = state.done_R
+  done, step = state.done_R, state.step
   token_R = jnp.where(done, mode.pad_id, token_R)
   logprob_R = jnp.where(done, 0.0, logprob_R)
   tail_RW = jnp.concatenate([state.tail_RW[:, 1:], token_R[:, None]], axis=1)
-  eos = jnp.zeros_like(done)
-  for e in mode.eos_ids:
-    eos |= token_R == e
-  stop = jnp.zeros_like(done)
-  for seq in mode.stop_seqs:
-    stop |= jnp.all(tail_RW[:, -len(seq):] == jnp.asarray(seq, jnp.int32)[None, :], axis=1)
-  eos &= ~done
-  stop &= ~done & ~eos
-  step = state.step
+  eos = functools.reduce(jnp.logical_or, [token_R == e for e in mode.eos_ids], done) & ~done
+  stop = functools.reduce(jnp.logical_or, [
+      jnp.all(tail_RW[:, -len(q):] == jnp.asarray(q, jnp.int32)[None, :], axis=1)
+      for q in mode.stop_seqs], done) & ~done & ~eos
   reason = jnp.where(eos, int(StopReason.EOS),
                      jnp.where(stop, int(StopReason.STOP_SEQUENCE), state.reason_R))
   new_state = state.replace(
-      step=step + 1, cache=cache, token_R=token_R, position_R=state.position_R + 1,
-      tail_RW=tail_RW,
+      step=step + 1, cache=cache, token_R=token_R, position_R=state.position_R + 1, tail_RW=tail_RW,
       tokens_RM=jax.lax.dynamic_update_slice(state.tokens_RM, token_R[:, None], (0, step)),
       logprobs_RM=jax.lax.dynamic_update_slice(state.logprobs_RM, logprob_R[:, None], (0, step)),
       done_R=done | eos | stop | (step + 1 >= knobs['max_new_tokens']),
@@ -391,13 +380,11 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
     raise ValueError('every prompt row must be left-padded with a real last token')
   mode = make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
-  pb = bucket(p)
-  tokens = jnp.pad(jnp.asarray(prompt_tokens_BP, jnp.int32), ((0, 0), (pb - p, 0)))
-  mask = jnp.pad(jnp.asarray(prompt_mask_BP, bool), ((0, 0), (pb - p, 0)))
-  if prompt_ids_B is None:
-    prompt_ids_B = np.arange(b)
-  if isinstance(key, int):
-    key = jax.random.key(key)
+  pad = ((0, 0), (bucket(p) - p, 0))
+  tokens = jnp.pad(jnp.asarray(prompt_tokens_BP, jnp.int32), pad)
+  mask = jnp.pad(jnp.asarray(prompt_mask_BP, bool), pad)
+  key = jax.random.key(key) if isinstance(key, int) else key
+  prompt_ids_B = np.arange(b) if prompt_ids_B is None else prompt_ids_B
   state = prefill(config, params, tokens, mask, key, jnp.asarray(prompt_ids_B, jnp.int32), n=n,
                   max_new_bucket=bucket(max_new_tokens), mode=mode)
   knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -444,22 +431,21 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
 
   Prompts are strings (sent as one user message) or chat message lists; both are formatted by
   `model.tokenizer.encode_chat`. They are sorted by length into device batches of `batch_size`
-  prompts (default DEFAULT_ROWS // n); the results come back in input order and, for a given seed,
-  do not depend on the batching.
+  prompts (default: DEFAULT_ROWS // n rounded down to a power of two); the results come back in
+  input order and, for a given seed, do not depend on the batching.
   """
   tok = model.tokenizer
   mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
   ids = [np.asarray(tok.encode_chat(_messages(p, i), add_generation_prompt=True), np.int32)
          for i, p in enumerate(prompts)]
-  for i, x in enumerate(ids):
-    if not len(x):
-      raise ValueError(f'prompt {i} encodes to no tokens')
-  stop = tuple(s for s in stop if s)
-  stop_seqs = [tok.encode(s, add_bos=False) for s in stop]
+  if any(not len(x) for x in ids):
+    raise ValueError(f'prompt {[len(x) for x in ids].index(0)} encodes to no tokens')
+  stop = tuple(s for s in stop if s)  # also cut from the text: a stop string may tokenise
+  stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop) if q]  # otherwise in context
   settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
-                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids),
-                  stop_seqs=[s for s in stop_seqs if s], pad_id=tok.pad_id)
-  batch_size = batch_size or max(1, DEFAULT_ROWS // n)
+                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
+                  pad_id=tok.pad_id)
+  batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
   key = jax.random.key(seed)
@@ -468,7 +454,8 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
       total=len(ids), disable=not progress, desc='generate', unit='prompt') as bar:
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
-      b = -(-bucket(len(chunk), 1) // multiple) * multiple
+      b = len(chunk) if len(chunk) == batch_size else min(bucket(len(chunk), 1), batch_size)
+      b = -(-b // multiple) * multiple  # a last, smaller batch is padded to a power of two
       rows = chunk + [chunk[0]] * (b - len(chunk))  # padding rows repeat a real prompt
       p = max(len(ids[i]) for i in rows)
       tokens = np.full((b, p), tok.pad_id, np.int32)

@@ -18,11 +18,11 @@ dataset (`compute_ref_logps`, one model in memory) or per batch from a frozen tr
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
 import re
+import types
 from typing import Any, Callable, Optional
 
 import flax
@@ -104,11 +104,15 @@ def make_init(params, optimizer, mesh: Mesh) -> tuple[Callable[[], TrainState], 
 
 # --- losses on a batch --------------------------------------------------------------------------
 
+def _logits(config, params, seq) -> jax.Array:
+  """Returns float32 [B, T, V] logits of a right-padded sequence batch."""
+  positions = llama.default_positions(seq['mask'])
+  return llama.Llama(config).apply({'params': params}, seq['inputs'], positions, seq['mask'])[0]
+
+
 def sequence_logps(config, params, seq) -> tuple[jax.Array, jax.Array]:
   """Returns float32 [B] summed log-probs of each row's loss_mask targets, and their counts."""
-  positions = llama.default_positions(seq['mask'])
-  logits, _ = llama.Llama(config).apply({'params': params}, seq['inputs'], positions, seq['mask'])
-  return losses.sequence_logps(logits, seq['targets'], seq['loss_mask'])
+  return losses.sequence_logps(_logits(config, params, seq), seq['targets'], seq['loss_mask'])
 
 
 def pair_logps(config, params, batch):
@@ -124,10 +128,8 @@ def pair_logps(config, params, batch):
 
 def sft_loss(params, batch, *, model_config):
   """Returns the token-mean NLL of the response tokens and its metrics."""
-  positions = llama.default_positions(batch['mask'])
-  logits, _ = llama.Llama(model_config).apply({'params': params}, batch['inputs'], positions,
-                                              batch['mask'])
-  return losses.sft_loss(logits, batch['targets'], batch['loss_mask'])
+  return losses.sft_loss(_logits(model_config, params, batch), batch['targets'],
+                         batch['loss_mask'])
 
 
 def dpo_loss(params, batch, *, model_config, loss_fn, beta, options):
@@ -141,6 +143,8 @@ def dpo_loss(params, batch, *, model_config, loss_fn, beta, options):
 
 def _micro(x, k):
   """Returns [k*B, ...] as [k, B, ...]; micro-batch i holds rows i, k+i, ... (device-local)."""
+  if x.shape[0] % k:
+    raise ValueError(f'a batch of {x.shape[0]} rows does not split into grad_accum={k}')
   return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
 
@@ -173,6 +177,8 @@ def train_step(state: TrainState, batch, rng, *, loss_fn, optimizer, schedule=No
   grads, metrics = _grads(loss_fn, state.params, batch, grad_accum, token_weighted)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   metrics = {**metrics, 'grad_norm': optax.tree.norm(grads)}
+  if token_weighted:  # a count, not a mean: the micro-batches' weighted average would be wrong
+    metrics['n_tokens'] = batch['loss_mask'].sum().astype(jnp.float32)
   if schedule is not None:
     metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
   params = optax.apply_updates(state.params, updates)
@@ -271,44 +277,18 @@ def sft_eval(config, dataset, batch_size: int = 16, mesh=None):
 def dpo_eval(config, dataset, loss: str, beta: float, loss_options=None, batch_size=16,
              mesh=None):
   """Returns eval(params) -> the loss's metrics over every pair of a ref-scored dataset."""
+  loss_fn = jax.jit(functools.partial(losses.get(loss), beta=beta, **dict(loss_options or {})))
+
   def evaluate(params):
     pc, nc = dataset_logps(config, params, dataset['chosen'], batch_size, mesh)
     pr, nr = dataset_logps(config, params, dataset['rejected'], batch_size, mesh)
-    _, metrics = losses.get(loss)(
-        jnp.asarray(pc), jnp.asarray(pr), jnp.asarray(dataset['ref_chosen_logps']),
-        jnp.asarray(dataset['ref_rejected_logps']), beta=beta, chosen_lengths=jnp.asarray(nc),
-        rejected_lengths=jnp.asarray(nr), **dict(loss_options or {}))
+    _, metrics = loss_fn(pc, pr, dataset['ref_chosen_logps'], dataset['ref_rejected_logps'],
+                         chosen_lengths=nc, rejected_lengths=nr)
     return {k: float(v) for k, v in metrics.items()}
   return evaluate
 
 
 # --- the host loop ------------------------------------------------------------------------------
-
-class _Log:
-  """Appends metrics to workdir/metrics.jsonl, and to TensorBoard when it is importable."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.tb = None
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      try:
-        from torch.utils.tensorboard import SummaryWriter  # pylint: disable=g-import-not-at-top
-      except ImportError:
-        SummaryWriter = None  # pylint: disable=invalid-name
-    if SummaryWriter is not None:
-      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-  def write(self, step: int, metrics: dict) -> None:
-    metrics = {k: float(v) for k, v in metrics.items()}
-    with open(self.path, 'a', encoding='utf-8') as f:
-      f.write(json.dumps({'step': step, **metrics}) + '\n')
-    if self.tb is not None:
-      for k, v in metrics.items():
-        self.tb.add_scalar(k, v, step)
-      self.tb.flush()
-
 
 def _check_finite(metrics: dict, step: int, ckpts: checkpoint.Checkpoints) -> None:
   """Raises FloatingPointError naming the step when the loss or grad norm is not finite."""
@@ -337,7 +317,6 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
   os.makedirs(workdir, exist_ok=True)
   rng = jax.random.key(0) if rng is None else rng
   step = jit_step(step_fn, mesh, shardings)
-  log = _Log(workdir)
   with checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), checkpoint_every,
                               keep) as ckpts:
     start = ckpts.latest_step()
@@ -346,6 +325,7 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
     else:
       state = ckpts.restore(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
       logging.info('resumed from %s at step %d', ckpts.directory, start)
+    log = checkpoint.MetricsWriter(workdir, resume_step=start)
     bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps, disable=not progress)
     for i in bar:
       batch = put_batch(mesh, get_batch(i))
@@ -361,17 +341,25 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
         log.write(done, {f'eval/{k}': v for k, v in eval_fn(state.params).items()})
       ckpts.save(done, state, force=done == num_steps)
+    log.close()
   return state
 
 
 # --- whole runs (what launch/sft.py and launch/dpo.py call) ------------------------------------
 
 def _setup(cfg, model):
-  """Returns (model, mesh, compute config): loads cfg.model unless a model is given."""
+  """Returns (model, mesh, compute config): cfg.model loaded unless given, cfg.init_params in."""
+  mesh = sharding.make_mesh(*cfg.mesh)
   if model is None:
     import srlm_jax  # pylint: disable=g-import-not-at-top
-    model = srlm_jax.load(cfg.model)
-  mesh = sharding.make_mesh(*cfg.mesh)
+    model = srlm_jax.load(cfg.model, mesh=mesh, dtype='float32')
+  if cfg.init_params:  # e.g. the previous stage's workdir/params
+    model = types.SimpleNamespace(config=model.config, tokenizer=model.tokenizer,
+                                  params=checkpoint.load_params(cfg.init_params, mesh))
+  n = mesh.shape['data'] * mesh.shape['fsdp']
+  if cfg.batch_size % cfg.grad_accum or (cfg.batch_size // cfg.grad_accum) % n:
+    raise ValueError(f'batch_size={cfg.batch_size} must split into grad_accum={cfg.grad_accum} '
+                     f'micro-batches whose size divides by the {n} data-parallel devices')
   return model, mesh, model.config.replace(dtype=cfg.dtype, remat=cfg.remat)
 
 
@@ -408,11 +396,13 @@ def run_sft(cfg, workdir: str, model=None) -> TrainState:
 def run_dpo(cfg, workdir: str, model=None, ref_params=None) -> TrainState:
   """Trains cfg.model (or `model`) with DPO on cfg.train_data against a frozen reference."""
   model, mesh, mc = _setup(cfg, model)
-  if ref_params is None:
-    ref_params = model.params
-    if cfg.ref_model:
-      import srlm_jax  # pylint: disable=g-import-not-at-top
-      ref_params = srlm_jax.load(cfg.ref_model).params
+  if ref_params is None and cfg.ref_params:
+    ref_params = checkpoint.load_params(cfg.ref_params, mesh)
+  elif ref_params is None and cfg.ref_model:
+    import srlm_jax  # pylint: disable=g-import-not-at-top
+    ref_params = srlm_jax.load(cfg.ref_model, mesh=mesh).params
+  elif ref_params is None:
+    ref_params = model.params  # the policy's starting point, as in the paper
   ref_params = jax.device_put(ref_params, sharding.param_shardings(mesh, ref_params))
   load = functools.partial(data_io.load_dpo, tokenizer=model.tokenizer, max_len=cfg.max_len,
                            chat_template=cfg.chat_template)
@@ -433,8 +423,8 @@ def run_dpo(cfg, workdir: str, model=None, ref_params=None) -> TrainState:
     eval_set = zero_ref_logps(eval_set) if cfg.reference == 'none' else score(eval_set)
     eval_fn = dpo_eval(mc, eval_set, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),
                        cfg.batch_size, mesh)
-  if cfg.reference != 'online':
-    del ref_params, score  # only one model stays in memory
+  del score  # outside 'online' the reference is dropped here: one model stays in memory
+  ref_params = None
   num_steps = _num_steps(cfg, data_io.num_examples(dataset))
   optimizer = make_optimizer(cfg, num_steps)
   step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),

@@ -24,7 +24,7 @@ BOS, EOS, MARK, ANTI = 1, 2, 3, 4
 
 
 def _opt_cfg(**changes):
-  cfg = dict(lr=3e-3, end_lr=3e-4, warmup_steps=2, schedule='cosine', b1=0.9, b2=0.95, eps=1e-8,
+  cfg = dict(lr=1e-3, end_lr=1e-4, warmup_steps=2, schedule='cosine', b1=0.9, b2=0.95, eps=1e-8,
              weight_decay=0.01, clip_norm=1.0, num_steps=200)
   return ml_collections.ConfigDict({**cfg, **changes})
 
@@ -110,9 +110,10 @@ def test_sft_lowers_heldout_nll(params):
   data, held_out = sft_data(512, 1), sft_data(64, 2)
   evaluate = train.sft_eval(CFG, held_out, batch_size=64, mesh=_mesh())
   before = evaluate(params)['nll']
-  final, history = _run(SFT_STEP, params, lambda i: data_io.batch_at(data, i, B), 150)
+  final, history = _run(SFT_STEP, params, lambda i: data_io.batch_at(data, i, B), 200)
   after = evaluate(final)['nll']
-  assert before > 3.5 and after < 0.5 * before, (before, after)
+  # ~log(60) before; the responses' unigram entropy is about as high, so the drop is the map
+  assert before > 3.5 and after < 0.6 * before, (before, after)
   assert {'loss', 'accuracy', 'grad_norm', 'lr'} <= set(history[0])
 
 
@@ -122,7 +123,7 @@ def test_dpo_reward_accuracy_on_heldout_pairs(params, dpo_set):
   evaluate = train.dpo_eval(CFG, held_out, 'sigmoid', 0.1, batch_size=64, mesh=mesh)
   start = evaluate(params)
   assert abs(start['rewards/margins']) < 1e-5  # the policy starts as its reference
-  final, history = _run(DPO_STEP, params, lambda i: data_io.batch_at(dpo_set, i, B), 150)
+  final, history = _run(DPO_STEP, params, lambda i: data_io.batch_at(dpo_set, i, B), 60)
   end = evaluate(final)
   assert end['rewards/accuracies'] > 0.9, end
   assert end['loss'] < start['loss'] and history[-1]['rewards/margins'] > 0
@@ -145,7 +146,8 @@ def test_grad_accumulation_equals_full_batch(params, dpo_set, kind):
     accum_step = train.make_sft_step(CFG, OPT, train.lr_schedule(OPT_CFG), grad_accum=4)
   else:
     data, full_step = dpo_set, DPO_STEP
-    accum_step = train.make_dpo_step(CFG, OPT, 'sigmoid', 0.1, train.lr_schedule(OPT_CFG), 4)
+    accum_step = train.make_dpo_step(CFG, OPT, 'sigmoid', 0.1, schedule=train.lr_schedule(OPT_CFG),
+                                     grad_accum=4)
   get_batch = lambda i: data_io.batch_at(data, i, B)
   full, h1 = _run(full_step, params, get_batch, 2)
   accum, h4 = _run(accum_step, params, get_batch, 2)
@@ -168,11 +170,15 @@ def test_online_reference_matches_precomputed(params, dpo_set):
 
 
 def test_bfloat16_compute_keeps_float32_master_params(params):
-  get_batch = lambda i: data_io.batch_at(sft_data(16, 5), i, B)
-  final, h16 = _run(train.make_sft_step(CFG.replace(dtype='bfloat16'), OPT), params, get_batch, 1)
-  _, h32 = _run(SFT_STEP, params, get_batch, 1)
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(final))
-  np.testing.assert_allclose(h16[0]['loss'], h32[0]['loss'], rtol=2e-2)
+  bf16 = CFG.replace(dtype='bfloat16')
+  init_fn, shardings = train.make_init(params, OPT, _mesh())
+  batch = data_io.batch_at(sft_data(16, 5), 0, B)
+  state, _ = jax.eval_shape(train.make_sft_step(bf16, OPT), init_fn(), batch, jax.random.key(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  loss = jax.jit(lambda c, p, b: train.sft_loss(p, b, model_config=c)[0], static_argnums=0)
+  loss16, loss32 = loss(bf16, params, batch), loss(CFG, params, batch)
+  assert loss16.dtype == jnp.float32 and abs(float(loss16) - float(loss32)) < 2e-2 * float(loss32)
+  assert float(loss16) != float(loss32)  # the forward did run in bfloat16
 
 
 def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(params, dpo_set, tmp_path):
@@ -195,6 +201,23 @@ def test_nan_guard_names_the_step_and_keeps_last_good_checkpoint(params, dpo_set
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
   logged = [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')]
   assert logged == [1, 2, 3, 4]
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(params, tmp_path):
+  mesh, data = _mesh(), sft_data(32, 6)
+  init_fn, shardings = train.make_init(params, OPT, mesh)
+  loop = lambda workdir, steps: train.train_loop(
+      SFT_STEP, init_fn, lambda i: data_io.batch_at(data, i, B, seed=7), steps,
+      workdir=str(tmp_path / workdir), mesh=mesh, shardings=shardings, checkpoint_every=3,
+      progress=False)
+  straight = jax.device_get(loop('straight', 6).params)
+  assert int(loop('resumed', 3).step) == 3  # stops after the checkpoint at step 3
+  resumed = loop('resumed', 6)  # a new loop: restores step 3 from disk and runs 4..6
+  assert int(resumed.step) == 6
+  assert _max_diff(straight, jax.device_get(resumed.params)) == 0
+  lines = {w: [json.loads(l) for l in open(tmp_path / w / 'metrics.jsonl')]
+           for w in ('straight', 'resumed')}
+  assert lines['resumed'] == lines['straight']
 
 
 # --- data_io --------------------------------------------------------------------------------------
@@ -277,8 +300,8 @@ def test_run_dpo_end_to_end_with_smollm2_tokenizer(smollm2_tokenizer, tmp_path):
   pairs.write_text(''.join(json.dumps({'prompt': f'Say {i}.', 'chosen': f'{i}.',
                                        'rejected': f'No {i}!'}) + '\n' for i in range(8)))
   cfg = dpo_config.get_config()
-  cfg.update(dict(train_data=str(pairs), eval_data=str(pairs), max_len=64, batch_size=4,
-                  grad_accum=2, num_steps=2, lr=1e-3, reference='online', mesh=(2, 2, 2),
+  cfg.update(dict(train_data=str(pairs), eval_data=str(pairs), max_len=64, batch_size=8,
+                  grad_accum=2, num_steps=2, lr=1e-3, mesh=(2, 2, 2),
                   log_every=1, eval_every=2, checkpoint_every=1, dtype='float32'))
   state = train.run_dpo(cfg, str(tmp_path / 'work'), model=model)
   assert int(state.step) == 2

@@ -1,0 +1,189 @@
+r"""Benchmarks the sampler's greedy tokens/s against transformers' `generate` (PyTorch).
+
+Both sides get the same left-padded chat prompts (the first turns of MT-Bench), the same fp32
+weights, greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens, and
+the same CPU threads. Times are whole calls (prefill + decode) measured after a warm-up call; the
+sampler's compile time (first call minus a timed call) is reported on its own. Next to each
+measurement: the compute floor (2 * params * tokens FLOPs at a measured matmul peak) and the
+memory floor (params + the KV cache read once per decode step, at the better of a measured copy
+and matvec-read bandwidth).
+
+  python launch/bench_sampler.py --out=/tmp/bench_sampler.json
+  python launch/bench_sampler.py --batch_sizes=1,16 --new_tokens=32 --out=/tmp/b.json  # quick
+  # On a GPU: a random-weight ~1B Llama in bfloat16, no PyTorch reference.
+  python launch/bench_sampler.py --model_size=1b --dtype=bfloat16 --no_reference \
+      --batch_sizes=1,16,64,256 --out=/tmp/bench_1b.json
+"""
+
+import json
+import os
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import srlm_jax
+from srlm_jax import llama, sampler
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
+flags.DEFINE_enum('model_size', '', ['', '1b'], "'1b': a random-weight ~1B Llama, not --model.")
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute and parameter dtype.')
+flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes to time.')
+flags.DEFINE_integer('new_tokens', 128, 'Tokens generated per row.')
+flags.DEFINE_bool('reference', True, "Also time transformers' generate (--no_reference skips).")
+flags.DEFINE_string('prompts', os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                                            'data', 'mt_bench', 'question.jsonl'),
+                    'MT-Bench style JSONL whose first turns are the prompts.')
+flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
+
+ONE_B = llama.LlamaConfig(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                          ffn_dim=8192, rope_theta=500000.0, tie_embeddings=True)
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - start
+
+
+def matmul_peak(dtype) -> float:
+  """Returns the measured FLOP/s of a large square matmul on the default device."""
+  n = 2048 if jax.default_backend() == 'cpu' else 8192
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  _, t = _timed(lambda: [f(a) for _ in range(3)][-1].block_until_ready())
+  return 3 * 2 * n ** 3 / t
+
+
+def bandwidth() -> tuple[float, float]:
+  """Returns measured bytes/s of (an elementwise copy of 256 MiB, a matvec reading 256 MiB)."""
+  x = jnp.ones((64 * 2 ** 20,), jnp.float32)
+  w, v = x.reshape(8192, 8192), jnp.ones((1, 8192), jnp.float32)
+  copy, matvec = jax.jit(lambda a: a * 1.0001), jax.jit(lambda a, b: a @ b)
+  copy(x).block_until_ready(), matvec(v, w).block_until_ready()
+  _, t_copy = _timed(lambda: [copy(x) for _ in range(3)][-1].block_until_ready())
+  _, t_read = _timed(lambda: [matvec(v, w) for _ in range(3)][-1].block_until_ready())
+  return 3 * 2 * x.nbytes / t_copy, 3 * x.nbytes / t_read
+
+
+def torch_model(config, params):
+  """Returns a float32 transformers LlamaForCausalLM holding params (kernel.T per layer)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from srlm_jax import hf_io  # pylint: disable=g-import-not-at-top
+  p = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  lay = p['layers']
+  names = {'self_attn.q_proj': ('attn', 'q_proj'), 'self_attn.k_proj': ('attn', 'k_proj'),
+           'self_attn.v_proj': ('attn', 'v_proj'), 'self_attn.o_proj': ('attn', 'o_proj'),
+           'mlp.gate_proj': ('mlp', 'gate_proj'), 'mlp.up_proj': ('mlp', 'up_proj'),
+           'mlp.down_proj': ('mlp', 'down_proj')}
+  state = {'model.embed_tokens.weight': p['embed']['embedding'],
+           'model.norm.weight': p['final_norm']['scale'],
+           'lm_head.weight': (p['embed']['embedding'] if config.tie_embeddings
+                              else p['lm_head']['kernel'].T)}
+  for i in range(config.n_layers):
+    pre = f'model.layers.{i}.'
+    state[pre + 'input_layernorm.weight'] = lay['attn_norm']['scale'][i]
+    state[pre + 'post_attention_layernorm.weight'] = lay['mlp_norm']['scale'][i]
+    for hf, (group, name) in names.items():
+      state[pre + hf + '.weight'] = lay[group][name]['kernel'][i].T
+  hf_config = transformers.LlamaConfig(**{**hf_io.config_to_hf(config), 'dtype': 'float32'})
+  model = transformers.LlamaForCausalLM(hf_config).float().eval()
+  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+  model.generation_config.eos_token_id = None  # every row makes exactly max_new_tokens
+  return model
+
+
+def prompt_ids(model, batch: int) -> list:
+  """Returns `batch` chat-formatted prompts (MT-Bench first turns, cycled) as token ids."""
+  if model.tokenizer is None:  # the random 1B model: random ids of MT-Bench-like lengths
+    rng = np.random.default_rng(0)
+    return [rng.integers(10, model.config.vocab_size, int(n)).tolist()
+            for n in rng.integers(30, 200, batch)]
+  with open(FLAGS.prompts) as f:
+    turns = [json.loads(line)['turns'][0] for line in f if line.strip()]
+  return [model.tokenizer.encode_chat([{'role': 'user', 'content': turns[i % len(turns)]}])
+          for i in range(batch)]
+
+
+def left_pad(ids, pad_id):
+  p = max(len(x) for x in ids)
+  tokens = np.full((len(ids), p), pad_id, np.int32)
+  mask = np.zeros((len(ids), p), bool)
+  for i, x in enumerate(ids):
+    tokens[i, p - len(x):], mask[i, p - len(x):] = x, True
+  return tokens, mask
+
+
+def main(argv):
+  del argv
+  if FLAGS.reference:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(os.cpu_count())
+  if FLAGS.model_size == '1b':
+    config = ONE_B.replace(dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+    params = jax.jit(llama.init_params, static_argnums=0)(config, jax.random.key(0))
+    model = srlm_jax.Model(config, params, None)
+  else:
+    model = srlm_jax.load(FLAGS.model, dtype=FLAGS.dtype)
+    model.config = model.config.replace(dtype=FLAGS.dtype)
+  config, m = model.config, FLAGS.new_tokens
+  reference = torch_model(config, model.params) if FLAGS.reference else None
+  peak, (copy_bw, read_bw) = matmul_peak(config.dtype), bandwidth()
+  bw = max(copy_bw, read_bw)  # the floor takes the best bandwidth seen
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
+  pad_id = model.tokenizer.pad_id if model.tokenizer else 0
+  print(f'device {jax.devices()[0].device_kind}, {config.num_params / 1e6:.0f}M params '
+        f'{config.dtype}, matmul peak {peak / 1e9:.0f} GFLOP/s, bandwidth {copy_bw / 1e9:.1f} '
+        f'GB/s (copy) {read_bw / 1e9:.1f} GB/s (matvec read), {os.cpu_count()} CPUs')
+  rows = []
+  for b in [int(x) for x in FLAGS.batch_sizes]:
+    tokens, mask = left_pad(prompt_ids(model, b), pad_id)
+    run = lambda: jax.block_until_ready(sampler.sample(
+        config, model.params, tokens, mask, 0, max_new_tokens=m).tokens)
+    _, first = _timed(run)
+    out, t_ours = _timed(run)
+    assert out.shape == (b, m)
+    row = {'batch': b, 'prompt_len': tokens.shape[1], 'new_tokens': m,
+           'ours_tok_s': b * m / t_ours, 'compile_s': max(first - t_ours, 0.0)}
+    if reference is not None:
+      ids, att = torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
+      gen = lambda n: reference.generate(input_ids=ids, attention_mask=att, max_new_tokens=n,
+                                         min_new_tokens=n, do_sample=False, pad_token_id=pad_id)
+      with torch.no_grad():
+        gen(2)  # warm-up
+        ref, t_ref = _timed(lambda: gen(m))
+      assert ref.shape == (b, tokens.shape[1] + m)
+      row.update(transformers_tok_s=b * m / t_ref, ratio=t_ref / t_ours,
+                 same_tokens=float((ref[:, tokens.shape[1]:].numpy() == np.asarray(out)).mean()))
+    s = tokens.shape[1] + sampler.bucket(m)
+    cache_bytes = 2 * config.n_layers * b * s * config.n_kv_heads * config.head_dim * (
+        jnp.dtype(config.dtype).itemsize)
+    compute_floor = 2 * config.num_params * b * m / peak
+    memory_floor = m * (param_bytes + cache_bytes) / bw
+    row.update(compute_floor_tok_s=b * m / compute_floor, memory_floor_tok_s=b * m / memory_floor,
+               floor_fraction=max(compute_floor, memory_floor) / t_ours)
+    rows.append(row)
+    print(json.dumps(row))
+  cols = ['batch', 'prompt_len', 'ours_tok_s', 'transformers_tok_s', 'ratio', 'same_tokens',
+          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'floor_fraction']
+  print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
+  for row in rows:
+    print('| ' + ' | '.join(f'{row[c]:.3g}' if isinstance(row.get(c), float) else str(row.get(c, '-'))
+                            for c in cols) + ' |')
+  result = {'device': jax.devices()[0].device_kind, 'backend': jax.default_backend(),
+            'model': FLAGS.model_size or FLAGS.model, 'dtype': config.dtype,
+            'num_params': config.num_params, 'matmul_peak_flops': peak,
+            'copy_bandwidth_bytes_s': copy_bw, 'matvec_read_bandwidth_bytes_s': read_bw, 'cpu_count': os.cpu_count(), 'rows': rows}
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
+      json.dump(result, f, indent=1)
+    print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

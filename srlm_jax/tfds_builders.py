@@ -1,0 +1,119 @@
+"""The OASST seed and evaluation sets of srlm_jax.data as TensorFlow Datasets builders.
+
+TFDS builds and reads these without TensorFlow: files are written as array_record and read
+with `as_data_source()` (random access, numpy values, text as bytes). It needs
+`tensorflow-datasets`, `importlib_resources` and `array_record` installed; the builder class
+lives here (an importable module), not in `__main__`, as TFDS requires.
+
+  from srlm_jax import tfds_builders
+  tfds_builders.build_all('/tmp/tfds', oasst1=..., oasst2_ranked=..., oasst2_quality=...)
+  pairs = tfds_builders.load('human_pairs', '/tmp/tfds', oasst1=...)['validation']
+  pairs[0]['chosen'].decode()
+
+Configs (the records are exactly those of srlm_jax.data, see there):
+  ift          split 'train'       {id, prompt, response}
+  eft_train    split 'train'       {id, prompt, response, judgment, score}
+  eft_eval     split 'validation'  {id, prompt, responses: {id, response, rank, score}}
+  human_pairs  split 'validation'  {id, prompt_id, prompt, chosen, rejected, chosen_id,
+                                    rejected_id, chosen_rank, rejected_rank}
+The source paths are builder arguments, not part of the dataset's identity: build different
+sources into different data_dirs.
+"""
+
+from typing import Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from srlm_jax import data
+
+_TEXT = tfds.features.Text
+_SPLIT = {'ift': 'train', 'eft_train': 'train', 'eft_eval': 'validation',
+          'human_pairs': 'validation'}
+
+
+def _features(name: str) -> tfds.features.FeaturesDict:
+  if name == 'ift':
+    spec = {'id': _TEXT(), 'prompt': _TEXT(), 'response': _TEXT()}
+  elif name == 'eft_train':
+    spec = {'id': _TEXT(), 'prompt': _TEXT(), 'response': _TEXT(), 'judgment': _TEXT(),
+            'score': np.int32}
+  elif name == 'eft_eval':
+    spec = {'id': _TEXT(), 'prompt': _TEXT(), 'responses': tfds.features.Sequence(
+        {'id': _TEXT(), 'response': _TEXT(), 'rank': np.int32, 'score': np.int32})}
+  else:
+    spec = {k: _TEXT() for k in ('id', 'prompt_id', 'prompt', 'chosen', 'rejected', 'chosen_id',
+                                 'rejected_id')}
+    spec.update(chosen_rank=np.int32, rejected_rank=np.int32)
+  return tfds.features.FeaturesDict(spec)
+
+
+class OasstSrlm(tfds.core.GeneratorBasedBuilder):
+  """OASST seed (IFT, EFT) and judge-evaluation (rankings, human pairs) sets from local files."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in _SPLIT]
+
+  def __init__(self, *, oasst1: str, oasst2_ranked: Optional[str] = None,
+               oasst2_quality: Optional[str] = None, **kwargs):
+    self._sources = {'oasst1': oasst1, 'oasst2_ranked': oasst2_ranked,
+                     'oasst2_quality': oasst2_quality}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, features=_features(self.builder_config.name),
+        description='Open Assistant first turns for Self-Rewarding LM seed and judge data, '
+                    'built by srlm_jax.data from local OASST files.')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # local files only
+    return {_SPLIT[self.builder_config.name]: self._generate_examples()}
+
+  def _records(self) -> list:
+    name, src = self.builder_config.name, self._sources
+    rankings, _ = data.eft_eval_from_trees(src['oasst1'])
+    held_out = [g['prompt'] for g in rankings]
+    if name == 'eft_eval':
+      return rankings
+    if name == 'human_pairs':
+      return data.pairs_from_rankings(rankings)
+    if not src['oasst2_ranked']:
+      raise ValueError(f'config {name!r} needs oasst2_ranked (the flat ranked file)')
+    if name == 'ift':
+      return data.ift_from_ranked(src['oasst2_ranked'], held_out)[0]
+    return data.eft_train(src['oasst2_ranked'], src['oasst2_quality'], held_out)[0]
+
+  def _generate_examples(self):
+    fields = set(self.info.features.keys())
+    for i, record in enumerate(self._records()):
+      example = {k: v for k, v in record.items() if k in fields}
+      if 'responses' in example:
+        example['responses'] = [{k: r[k] for k in ('id', 'response', 'rank', 'score')}
+                                for r in example['responses']]
+      yield f'{i:06d}', example
+
+
+def builder(name: str, data_dir: str, **sources) -> OasstSrlm:
+  """Returns the OasstSrlm builder of config `name` writing array_record files under data_dir."""
+  return OasstSrlm(config=name, data_dir=data_dir, file_format='array_record', **sources)
+
+
+def build_all(data_dir: str, **sources) -> dict:
+  """Builds every config under data_dir and returns {config: {split: number of examples}}."""
+  out = {}
+  for name in _SPLIT:
+    if name in ('ift', 'eft_train') and not sources.get('oasst2_ranked'):
+      continue
+    b = builder(name, data_dir, **sources)
+    b.download_and_prepare()
+    out[name] = {split: info.num_examples for split, info in b.info.splits.items()}
+  return out
+
+
+def load(name: str, data_dir: str, **sources) -> dict:
+  """Returns {split: random-access data source} of config `name`, building it if needed."""
+  b = builder(name, data_dir, **sources)
+  b.download_and_prepare()
+  return b.as_data_source()
