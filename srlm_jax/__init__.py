@@ -9,6 +9,7 @@ Public entry points:
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Optional
 
 from srlm_jax.llama import LlamaConfig, forward
@@ -40,15 +41,53 @@ def resolve_model_path(path: str) -> str:
   return path
 
 
+def cache_dir() -> str:
+  """Returns where converted models are cached ($SRLM_JAX_CACHE, else ~/.cache/srlm_jax)."""
+  return os.environ.get('SRLM_JAX_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'srlm_jax')
+
+
+def _converted_smollm2(gguf_path: str) -> str:
+  """Returns a Hugging Face directory converted once from the SmolLM2 GGUF (fast to reload).
+
+  Reading the GGUF means parsing its 49k-entry vocabulary twice (weights and tokenizer), about
+  30 s on a laptop CPU; the safetensors copy loads in a few seconds. The cache key is the GGUF's
+  size and modification time, and the directory is written to a temporary name and renamed.
+  """
+  from srlm_jax import hf_io, tokenizer  # pylint: disable=g-import-not-at-top
+  stat = os.stat(gguf_path)
+  target = os.path.join(cache_dir(), f'smollm2-135m-instruct-{stat.st_size}-{int(stat.st_mtime)}')
+  if os.path.exists(os.path.join(target, 'config.json')):
+    return target
+  config, params = hf_io.load_gguf(gguf_path)
+  tmp = f'{target}.tmp.{os.getpid()}'
+  hf_io.export_hf(config, params, tmp, tokenizer=tokenizer.from_gguf(gguf_path))
+  try:
+    os.replace(tmp, target)
+  except OSError:  # another process converted it first
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
 def load(path: str, *, mesh=None, dtype=None) -> Model:
   """Returns the Model at path, its params placed on mesh's devices when a mesh is given."""
   from srlm_jax import hf_io, tokenizer  # pylint: disable=g-import-not-at-top
   path = resolve_model_path(path)
+  if os.path.abspath(path) == os.path.abspath(_smollm2_path_or_none() or ''):
+    path = _converted_smollm2(path)
   if path.endswith('.gguf'):
     config, params = hf_io.load_gguf(path, mesh=mesh, dtype=dtype)
   else:
     config, params = hf_io.load_hf_dir(path, mesh=mesh, dtype=dtype)
   return Model(config, params, tokenizer.from_pretrained(path), mesh, path)
+
+
+def _smollm2_path_or_none():
+  from srlm_jax import hf_io  # pylint: disable=g-import-not-at-top
+  try:
+    return hf_io.smollm2_gguf_path()
+  except FileNotFoundError:
+    return None
 
 
 def generate(model: Model, prompts, **kwargs):
