@@ -1,11 +1,12 @@
 r"""Benchmarks the sampler's greedy tokens/s against transformers' `generate` (PyTorch).
 
-Both sides get the same left-padded chat prompts (the first turns of MT-Bench), the same fp32
-weights, greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens, and
-the same CPU threads. Times are whole calls (prefill + decode) measured after a warm-up call; the
-sampler's compile time (first call minus a timed call) is reported on its own. Next to each
-measurement: the compute floor (2 * params * tokens FLOPs at a measured matmul peak) and the
-memory floor (params + the KV cache read once per decode step, at the better of a measured copy
+Both sides get the same left-padded chat prompts (MT-Bench first turns), the same fp32 weights,
+greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens, and the same
+CPU threads. Times are whole calls (prefill + decode) measured after a warm-up call; the
+sampler's compile time (first call minus a timed call) is reported on its own. Beside each
+measurement, the floors and the fraction of them reached: compute (2 * params * generated tokens
+FLOPs at a measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt
+tokens) and memory (params + KV cache read once per decode step, at the better of a measured copy
 and matvec-read bandwidth).
 
   python launch/bench_sampler.py --out=/tmp/bench_sampler.json
@@ -37,6 +38,7 @@ flags.DEFINE_bool('reference', True, "Also time transformers' generate (--no_ref
 flags.DEFINE_string('prompts', os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
                                             'data', 'mt_bench', 'question.jsonl'),
                     'MT-Bench style JSONL whose first turns are the prompts.')
+flags.DEFINE_integer('max_prompt_len', 128, 'Only prompts of at most this many tokens.')
 flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 
 ONE_B = llama.LlamaConfig(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
@@ -98,16 +100,18 @@ def torch_model(config, params):
   return model
 
 
-def prompt_ids(model, batch: int) -> list:
-  """Returns `batch` chat-formatted prompts (MT-Bench first turns, cycled) as token ids."""
-  if model.tokenizer is None:  # the random 1B model: random ids of MT-Bench-like lengths
+def prompt_ids(model, batch: int, max_len: int) -> list:
+  """Returns `batch` prompts as token ids: the MT-Bench first turns that fit max_len tokens
+  chat-formatted (64 of the 80 fit 128), in file order, cycled."""
+  if model.tokenizer is None:  # the random 1B model: random ids of the same range of lengths
     rng = np.random.default_rng(0)
     return [rng.integers(10, model.config.vocab_size, int(n)).tolist()
-            for n in rng.integers(30, 200, batch)]
+            for n in rng.integers(40, max_len, batch)]
   with open(FLAGS.prompts) as f:
     turns = [json.loads(line)['turns'][0] for line in f if line.strip()]
-  return [model.tokenizer.encode_chat([{'role': 'user', 'content': turns[i % len(turns)]}])
-          for i in range(batch)]
+  ids = [model.tokenizer.encode_chat([{'role': 'user', 'content': t}]) for t in turns]
+  ids = [x for x in ids if len(x) <= max_len]
+  return [ids[i % len(ids)] for i in range(batch)]
 
 
 def left_pad(ids, pad_id):
@@ -142,7 +146,7 @@ def main(argv):
         f'GB/s (copy) {read_bw / 1e9:.1f} GB/s (matvec read), {os.cpu_count()} CPUs')
   rows = []
   for b in [int(x) for x in FLAGS.batch_sizes]:
-    tokens, mask = left_pad(prompt_ids(model, b), pad_id)
+    tokens, mask = left_pad(prompt_ids(model, b, FLAGS.max_prompt_len), pad_id)
     run = lambda: jax.block_until_ready(sampler.sample(
         config, model.params, tokens, mask, 0, max_new_tokens=m).tokens)
     _, first = _timed(run)
@@ -164,21 +168,26 @@ def main(argv):
     cache_bytes = 2 * config.n_layers * b * s * config.n_kv_heads * config.head_dim * (
         jnp.dtype(config.dtype).itemsize)
     compute_floor = 2 * config.num_params * b * m / peak
+    prefill_floor = 2 * config.num_params * tokens.size / peak  # the padded prompts, extra
     memory_floor = m * (param_bytes + cache_bytes) / bw
     row.update(compute_floor_tok_s=b * m / compute_floor, memory_floor_tok_s=b * m / memory_floor,
-               floor_fraction=max(compute_floor, memory_floor) / t_ours)
+               floor_fraction=max(compute_floor, memory_floor) / t_ours,
+               floor_with_prefill_fraction=(max(compute_floor, memory_floor) + prefill_floor)
+               / t_ours)
     rows.append(row)
     print(json.dumps(row))
   cols = ['batch', 'prompt_len', 'ours_tok_s', 'transformers_tok_s', 'ratio', 'same_tokens',
-          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'floor_fraction']
+          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'floor_fraction',
+          'floor_with_prefill_fraction']
   print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
+  cell = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
   for row in rows:
-    print('| ' + ' | '.join(f'{row[c]:.3g}' if isinstance(row.get(c), float) else str(row.get(c, '-'))
-                            for c in cols) + ' |')
+    print('| ' + ' | '.join(cell(row.get(c, '-')) for c in cols) + ' |')
   result = {'device': jax.devices()[0].device_kind, 'backend': jax.default_backend(),
             'model': FLAGS.model_size or FLAGS.model, 'dtype': config.dtype,
             'num_params': config.num_params, 'matmul_peak_flops': peak,
-            'copy_bandwidth_bytes_s': copy_bw, 'matvec_read_bandwidth_bytes_s': read_bw, 'cpu_count': os.cpu_count(), 'rows': rows}
+            'copy_bandwidth_bytes_s': copy_bw, 'matvec_read_bandwidth_bytes_s': read_bw,
+            'cpu_count': os.cpu_count(), 'rows': rows}
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       json.dump(result, f, indent=1)

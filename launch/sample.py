@@ -49,7 +49,8 @@ def read_prompts(path: str) -> list:
         raise ValueError(f'{where}: expected an object with exactly one of "prompt" (a string) or '
                          f'"messages" (a list of {{"role", "content"}})')
       if 'prompt' in record and not isinstance(record['prompt'], str):
-        raise ValueError(f'{where}: "prompt" must be a string, got {type(record["prompt"]).__name__}')
+        raise ValueError(f'{where}: "prompt" must be a string, not '
+                         f'{type(record["prompt"]).__name__}')
       msgs = record.get('messages', [])
       if 'messages' in record and (not isinstance(msgs, list) or not msgs or not all(
           isinstance(m, dict) and isinstance(m.get('role'), str) and

@@ -69,9 +69,36 @@ def _converted_smollm2(gguf_path: str) -> str:
   return target
 
 
+def tiny_config(vocab_size: int) -> LlamaConfig:
+  """Returns the architecture of the random 'tiny' model (for tests and quick experiments)."""
+  return LlamaConfig(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                     ffn_dim=128, rope_theta=10000.0, tie_embeddings=True, max_seq_len=2048)
+
+
+def _tiny(name: str, mesh, dtype) -> Model:
+  """Returns a randomly initialised tiny Llama that uses SmolLM2's real tokenizer."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from srlm_jax import llama, sharding, tokenizer  # pylint: disable=g-import-not-at-top
+  seed = int(name.split(':', 1)[1]) if ':' in name else 0
+  tok = tokenizer.from_pretrained(_converted_smollm2(resolve_model_path(SMOLLM2)))
+  config = tiny_config(tok.vocab_size)
+  init = lambda rng: llama.init_params(config, rng)
+  key = jax.random.key(seed)
+  params = init(key) if mesh is None else sharding.init_params(init, mesh, key)
+  if dtype is not None:
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+  return Model(config, params, tok, mesh, name)
+
+
 def load(path: str, *, mesh=None, dtype=None) -> Model:
-  """Returns the Model at path, its params placed on mesh's devices when a mesh is given."""
+  """Returns the Model at path, its params placed on mesh's devices when a mesh is given.
+
+  `path` is a Hugging Face directory, a .gguf file, 'smollm2-135m-instruct', or 'tiny[:seed]'
+  (a random 2-layer Llama with SmolLM2's tokenizer, for tests and quick experiments).
+  """
   from srlm_jax import hf_io, tokenizer  # pylint: disable=g-import-not-at-top
+  if path == 'tiny' or path.startswith('tiny:'):
+    return _tiny(path, mesh, dtype)
   path = resolve_model_path(path)
   if os.path.abspath(path) == os.path.abspath(_smollm2_path_or_none() or ''):
     path = _converted_smollm2(path)

@@ -6,6 +6,7 @@ described by an abstract target (ShapeDtypeStructs carrying their sharding), so 
 of the state sits on one device.
 """
 
+import importlib.util
 import json
 import os
 from typing import Any, Optional
@@ -131,14 +132,12 @@ class MetricsWriter:
       with open(self.path, 'w', encoding='utf-8') as f:
         f.writelines(kept)
     self.tb = None
-    try:
+    found = lambda name: importlib.util.find_spec(name) is not None
+    if found('tensorboardX'):  # optional: event files only when a writer is installed
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      try:
-        from torch.utils.tensorboard import SummaryWriter  # pylint: disable=g-import-not-at-top
-      except ImportError:
-        SummaryWriter = None  # pylint: disable=invalid-name
-    if SummaryWriter is not None:
+      self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    elif found('tensorboard') and found('torch'):
+      from torch.utils.tensorboard import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: dict) -> None:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from srlm_jax import instructions
-from srlm_jax import judge
+from srlm_jax import judge as judge_lib
 from srlm_jax import pairs as pairs_lib
 from srlm_jax import sampler
 
@@ -40,7 +40,7 @@ class CreationSettings:
   temperature: float = 0.7
   top_p: float = 0.9
   max_new_tokens: int = 256
-  judge: judge.JudgeSettings = judge.JudgeSettings()
+  judge: judge_lib.JudgeSettings = judge_lib.JudgeSettings()
   min_gap: float = 0.0  # a pair needs best - worst > min_gap (and never a tie)
   length_margin: Optional[float] = None  # set: shortest candidate within margin of the best
   seed: int = 0
@@ -59,32 +59,52 @@ def write_jsonl(path: str, records: Sequence[dict]) -> str:
   return path
 
 
-def new_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,
-                *, progress: bool = True) -> tuple[list, list]:
-  """Returns (kept prompt records, rejected prompt records) from few-shot requests."""
-  rng = np.random.default_rng(settings.seed)
-  examples = instructions.draw_examples(seed_prompts, settings.num_requests, settings.few_shot,
-                                        rng)
+def raw_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,
+                start: int = 0, count: Optional[int] = None, *, progress: bool = True) -> list:
+  """Returns few-shot requests [start, start+count) and the generator's raw completions.
+
+  Request i's examples depend on (settings.seed, i) and its sampling key on (settings.seed,
+  start, i), so a fixed shard size gives the same records in any order and after a restart.
+  """
+  count = settings.num_requests - start if count is None else count
+  examples = [instructions.draw_examples(
+      seed_prompts, 1, settings.few_shot, np.random.default_rng([settings.seed, i]))[0]
+              for i in range(start, start + count)]
   requests = [instructions.few_shot_request(e) for e in examples]
   raw = [c[0] for c in sampler.generate(
       model, requests, n=1, max_new_tokens=settings.prompt_max_new_tokens,
       temperature=settings.prompt_temperature, top_p=settings.prompt_top_p,
-      seed=settings.seed, progress=progress)]
-  selection = instructions.select_prompts(raw, seed_prompts, settings.filters)
-  kept = [{'id': f'p{k:05d}', 'prompt': prompt, 'request': i, 'examples': examples[i],
-           'raw': raw[i]} for k, (i, prompt) in enumerate(selection.kept)]
-  rejected = [{'request': i, 'prompt': prompt, 'reason': reason, 'raw': raw[i]}
+      seed=settings.seed * 1_000_003 + start, progress=progress)]
+  return [{'request': start + k, 'examples': e, 'raw': r}
+          for k, (e, r) in enumerate(zip(examples, raw))]
+
+
+def select_prompts(raw_records: Sequence[dict], seed_prompts: Sequence[str],
+                   settings: CreationSettings) -> tuple[list, list]:
+  """Returns (kept prompt records, rejected records): parsed, filtered, deduplicated."""
+  selection = instructions.select_prompts([r['raw'] for r in raw_records], seed_prompts,
+                                          settings.filters)
+  kept = [{'id': f'p{k:05d}', 'prompt': prompt, **raw_records[i]}
+          for k, (i, prompt) in enumerate(selection.kept)]
+  rejected = [{'prompt': prompt, 'reason': reason, **raw_records[i]}
               for i, prompt, reason in selection.rejected]
   return kept, rejected
 
 
+def new_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,
+                *, progress: bool = True) -> tuple[list, list]:
+  """Returns (kept prompt records, rejected prompt records) from few-shot requests."""
+  return select_prompts(raw_prompts(model, seed_prompts, settings, progress=progress),
+                        seed_prompts, settings)
+
+
 def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSettings,
-               *, progress: bool = True) -> list:
-  """Returns per prompt record its N sampled candidate responses."""
+               *, shard: int = 0, progress: bool = True) -> list:
+  """Returns per prompt record its N sampled candidate responses (shard: a seed offset)."""
   out = sampler.generate_tokens(
       model, [r['prompt'] for r in prompt_records], n=settings.n_candidates,
       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-      top_p=settings.top_p, seed=settings.seed + 1, progress=progress)
+      top_p=settings.top_p, seed=(settings.seed + 1) * 1_000_003 + shard, progress=progress)
   return [{'id': r['id'], 'prompt': r['prompt'], 'candidates': [c.text for c in comps],
            'lengths': [int(len(c.tokens)) for c in comps],
            'stop_reasons': [c.stop_reason.name.lower() for c in comps]}
@@ -92,12 +112,13 @@ def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSet
 
 
 def judge_candidates(model: Any, candidate_records: Sequence[dict], settings: CreationSettings,
-                     *, parser=None, progress: bool = True) -> list:
+                     *, parser=None, shard: int = 0, progress: bool = True) -> list:
   """Returns one record per (prompt, candidate) with its K judgments and their scores."""
   flat = [(r, j, text) for r in candidate_records for j, text in enumerate(r['candidates'])]
-  result = judge.judge_responses(model, [r['prompt'] for r, _, _ in flat],
+  result = judge_lib.judge_responses(model, [r['prompt'] for r, _, _ in flat],
                                  [t for _, _, t in flat], settings=settings.judge,
-                                 parser=parser, seed=settings.seed + 2, progress=progress)
+                                 parser=parser, seed=(settings.seed + 2) * 1_000_003 + shard,
+                                 progress=progress)
   return [{'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
            'judgments': result.texts[i],
            'scores': [None if np.isnan(s) else float(s) for s in result.scores_RxK[i]],

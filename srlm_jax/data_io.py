@@ -42,7 +42,7 @@ def read_jsonl(path: str) -> list[Record]:
   return records
 
 
-def _text(record: Record, field: str) -> str:
+def text_field(record: Record, field: str) -> str:
   """Returns record[field], raising ValueError (file:line) unless it is a non-empty string."""
   path, n, obj = record
   if field not in obj:
@@ -59,8 +59,8 @@ def sft_messages(record: Record) -> list[dict]:
   """Returns an SFT record as a validated chat (prompt/response become user/assistant turns)."""
   path, n, obj = record
   if 'messages' not in obj:
-    return [{'role': 'user', 'content': _text(record, 'prompt')},
-            {'role': 'assistant', 'content': _text(record, 'response')}]
+    return [{'role': 'user', 'content': text_field(record, 'prompt')},
+            {'role': 'assistant', 'content': text_field(record, 'response')}]
   messages = obj['messages']
   if not isinstance(messages, list) or not messages:
     raise ValueError(f'{path}:{n}: field "messages" must be a non-empty list')
@@ -143,7 +143,7 @@ def tokenize_sft(records: Sequence[Record], tokenizer, max_len: int,
 def tokenize_dpo(records: Sequence[Record], tokenizer, max_len: int,
                  chat_template: bool = True) -> dict:
   """Returns {'chosen': arrays, 'rejected': arrays}; pairs with a side cut to nothing dropped."""
-  texts = [[_text(r, k) for k in ('prompt', 'chosen', 'rejected')] for r in records]
+  texts = [[text_field(r, k) for k in ('prompt', 'chosen', 'rejected')] for r in records]
   chosen, rejected, dropped = [], [], []
   for record, (prompt, *responses) in zip(records, texts):
     rows = [_sequence(tokenizer, record, [{'role': 'user', 'content': prompt},

@@ -35,7 +35,12 @@ responses are of similar length (longer / shorter <= max_ratio, in tokens).
 """
 
 import collections
+import json
+import logging
+import os
 import re
+import time
+import zlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -214,8 +219,8 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
   A line is a human pair {"prompt", "chosen", "rejected"} (optional "prompt_id", "chosen_rank",
   "rejected_rank") or a ranking {"prompt", "responses": [{"response", "rank"}, ...]}. Pairs are
   grouped by prompt_id (else prompt text); responses without ranks are ranked by how many of
-  their prompt's pairs they lose. `max_pairs` keeps whole prompts, in file order, while their
-  pairs add up to at most max_pairs (at least one prompt).
+  their prompt's pairs they lose. `max_pairs` keeps whole prompts in file order, skipping any
+  that would take the total past max_pairs (the first prompt is always kept).
   """
   groups = collections.OrderedDict()
   for where, n, obj in read_jsonl(path):
@@ -252,36 +257,65 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
     if not g['pairs']:
       g['pairs'] = all_pairs(np.asarray(g['ranks'])).tolist()
     if max_pairs is not None and out and total + len(g['pairs']) > max_pairs:
-      break
+      continue
     total += len(g['pairs'])
     out.append(g)
   return out
 
 
-def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings,
-                 *, seed: int = 0, progress: bool = True) -> tuple[list, list]:
-  """Returns (per group its judge scores, per-response judgment records); each response once."""
+def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings, *,
+                 seed: int = 0, progress: bool = True, cache_path: Optional[str] = None,
+                 chunk: Optional[int] = None) -> tuple[list, list]:
+  """Returns (per group its judge scores, per-response judgment records); each response once.
+
+  Responses are judged longest first in chunks of `chunk` (default: the largest power of two
+  <= 64 / k, one unpadded device batch of the sampler); with `cache_path`, each chunk's
+  records are appended there as they finish, and records already there (same settings) are
+  reused, so an interrupted run resumes.
+  """
+  tag = {'k': settings.k, 'temperature': settings.temperature, 'top_p': settings.top_p,
+         'max_new_tokens': settings.max_new_tokens,
+         'template': zlib.crc32(repr(settings.template).encode())}
+  done = {}
+  if cache_path and os.path.exists(cache_path) and os.path.getsize(cache_path):
+    done = {(r['prompt_id'], r['response_index']): r for _, _, r in read_jsonl(cache_path)
+            if r.get('settings') == tag}
   flat = [(gi, ri) for gi, g in enumerate(groups) for ri in range(len(g['responses']))]
-  result = judge_lib.judge_responses(
-      model, [groups[gi]['prompt'] for gi, _ in flat],
-      [groups[gi]['responses'][ri] for gi, ri in flat], settings=settings, seed=seed,
-      progress=progress)
+  todo = sorted((f for f in flat if (groups[f[0]]['id'], f[1]) not in done),
+                key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
+  chunk = chunk or 1 << (max(1, 64 // settings.k).bit_length() - 1)
+  start_time = time.perf_counter()
+  for start in range(0, len(todo), chunk):
+    part = todo[start:start + chunk]
+    result = judge_lib.judge_responses(
+        model, [groups[gi]['prompt'] for gi, _ in part],
+        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings, seed=seed + start,
+        progress=progress)
+    new = [{'prompt_id': groups[gi]['id'], 'response_index': ri,
+            'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
+            'scores': [None if np.isnan(x) else float(x) for x in result.scores_RxK[f]],
+            'mean': None if np.isnan(result.mean_R[f]) else float(result.mean_R[f]),
+            'settings': tag} for f, (gi, ri) in enumerate(part)]
+    done.update({(r['prompt_id'], r['response_index']): r for r in new})
+    if cache_path:
+      with open(cache_path, 'a', encoding='utf-8') as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in new)
+    elapsed = time.perf_counter() - start_time
+    logging.info('judged %d of %d responses (%.0f s; about %.0f s left)', start + len(part),
+                 len(todo), elapsed, elapsed / (start + len(part)) * (len(todo) - start - len(part)))
+  records = [done[(groups[gi]['id'], ri)] for gi, ri in flat]
   scores = [np.full(len(g['responses']), np.nan) for g in groups]
-  records = []
-  for f, (gi, ri) in enumerate(flat):
-    scores[gi][ri] = result.mean_R[f]
-    records.append({'prompt_id': groups[gi]['id'], 'response_index': ri,
-                    'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
-                    'scores': [None if np.isnan(x) else float(x) for x in result.scores_RxK[f]],
-                    'mean': None if np.isnan(result.mean_R[f]) else float(result.mean_R[f])})
+  for (gi, ri), r in zip(flat, records):
+    scores[gi][ri] = np.nan if r['mean'] is None else r['mean']
   return scores, records
 
 
 def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings,
-                   *, n_boot: int = 1000, seed: int = 0, progress: bool = True
-                   ) -> tuple[dict, list]:
+                   *, n_boot: int = 1000, seed: int = 0, progress: bool = True,
+                   cache_path: Optional[str] = None) -> tuple[dict, list]:
   """Returns (the judge-agreement metrics, the per-response judgment records)."""
-  scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress)
+  scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
+                                 cache_path=cache_path)
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
                             n_boot=n_boot, seed=seed)
   valid = [v for r in records for v in r['scores']]

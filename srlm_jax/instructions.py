@@ -43,6 +43,7 @@ class FilterConfig:
   max_words: int = 150
   max_chars: int = 1000
   near_duplicate: float = 0.7  # ROUGE-L F1 at or above which two prompts count as the same
+  require_instruction: bool = True  # drop text that reads as neither a question nor a task
 
 
 def few_shot_request(examples: Sequence[str]) -> str:
@@ -106,7 +107,8 @@ def reject_reason(prompt: str, config: FilterConfig = FilterConfig()) -> Optiona
   if len(words) < config.min_words:
     return 'too_short'
   first = re.sub(r'[^a-z]', '', words[0].lower())
-  if not (prompt.rstrip().endswith('?') or first in _INSTRUCTION_WORDS):
+  if config.require_instruction and not (prompt.rstrip().endswith('?')
+                                         or first in _INSTRUCTION_WORDS):
     return 'not_an_instruction'
   return None
 

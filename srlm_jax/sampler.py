@@ -1,37 +1,31 @@
 """Batched sampling from a Llama: one prefill, then a device-side `lax.while_loop` decode.
 
 Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, M new-token bucket,
-S = P + M cache slots, V vocabulary, C candidate tokens (top-k), W longest stop sequence; K, G, Dh,
-D as in llama.py.
+S = P + M cache slots, C candidate tokens, W longest stop sequence; V, K, G, Dh, D as in llama.py.
 
-A call runs in two jitted functions (the tunix layout):
-  1. `prefill`: the left-padded prompts, minus their last token, go through the model once and fill
-     a KV cache of S slots; the cache rows are then repeated N times, so the N samples of a prompt
-     share one prefill. It returns a `DecodeState`, a dataclass pytree holding the cache.
-  2. `decode`: a `lax.while_loop` of `decode_step` over the state (donated, so the cache is updated
-     in place) feeds one token per row per step, the prompt's last token first, until every row is
-     done or max_new_tokens is reached. The step runs `decode_forward`, the model's maths unrolled
-     over layers with a per-layer [R, K, S, Dh] cache (see there why).
-Cache slots per row are [left padding | prompt | generated]: the last prompt token sits at slot P-1,
-generated token t is fed at slot P+t. The kv mask marks real prompt slots and all generated slots
-(causality hides the future); RoPE positions count real tokens only, so padding changes nothing.
+Two jitted functions (the tunix layout): `prefill` runs the left-padded prompts, minus their last
+token, through `llama.Llama` once, fills a KV cache of S slots and repeats its rows N times (the N
+samples of a prompt share one prefill), returning a `DecodeState` pytree. `decode` (the state
+donated, so the cache is updated in place) runs `decode_step` in a `lax.while_loop`, one token per
+row per step, the prompt's last token first, until every row is done or max_new_tokens are made.
+Cache slots per row are [left padding | prompt | generated]: the last prompt token sits at slot
+P-1, generated token t is fed at slot P+t; the kv mask marks real prompt slots and all generated
+slots (causality hides the future); RoPE positions count real tokens only.
 
-Static shapes: `sample` left-pads prompts to P = bucket(length) and sizes buffers for
-M = bucket(max_new_tokens), powers of two from 32, so a run compiles once per (batch, P, M) and
-sampling mode. temperature, top_p, min_p and max_new_tokens are device scalars (changing them does
-not recompile); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1,
-min_p > 0), top_k itself, eos ids and stop sequences are static, since they decide which ops run:
-greedy is one argmax, and no sort over V is ever done (top-p works on a top-k candidate set and
-falls back to an exact bisection over V in the rare step where the candidates hold too little mass).
+Static shapes: `sample` pads prompts to P = bucket(length) and buffers to M = bucket(max_new),
+powers of two from 32, so a run compiles once per (batch, P, M) and sampling mode. temperature,
+top_p, min_p and max_new_tokens are device scalars (no recompile when they change); which filters
+are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
+sequences are static, as they decide which ops run: greedy is a max, and nothing sorts V (top-p
+searches a top-k candidate set, falling back to an exact bisection over V in the rare step where
+the candidates hold too little mass).
 
-Filters follow Hugging Face's order: logits / temperature, top-k (exactly k tokens), top-p (the
-most likely tokens until their mass reaches top_p, renormalised over the top-k survivors), min-p
-(probability >= min_p times the most likely token's). A token is then drawn by inverse CDF from a
-per-row uniform; row j of prompt i uses key fold_in(key, prompt_id_i * N + j) with the step folded
-in, so a sample does not depend on how the prompts were batched.
-
-Log-probs are those of the sampled token under the model's raw distribution (log-softmax of the
-logits at temperature 1, no filtering), which is what DPO needs.
+Filters, in Hugging Face's order: logits / temperature, top-k (exactly k tokens), top-p (the most
+likely tokens until their mass reaches top_p, renormalised over the top-k survivors), min-p
+(probability >= min_p times the top one's). A token is drawn by inverse CDF from a per-row
+uniform: row j of prompt i uses fold_in(key, prompt_id_i * N + j), the step folded in, so a sample
+does not depend on how prompts were batched. Log-probs are those of the sampled token under the
+model's raw distribution (log-softmax of the logits at temperature 1, unfiltered): what DPO needs.
 """
 
 import contextlib
@@ -81,7 +75,7 @@ class DecodeState:
   position_R: Array  # its RoPE position
   key_R: Array  # per-row PRNG keys
   tail_RW: Array  # the last W generated tokens (-1 before the first), matched to stop sequences
-  tokens_RM: Array
+  tokens_RM: Array  # the SampleOutput fields, as they fill up
   logprobs_RM: Array
   done_R: Array
   length_R: Array
@@ -100,6 +94,10 @@ class Mode:
   pad_id: int = 0
   top_p_candidates: int = TOP_P_CANDIDATES
 
+  @property
+  def stop_width(self) -> int:
+    return max([len(s) for s in self.stop_seqs], default=1)
+
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
   """Returns the smallest power of two that is >= n and >= minimum."""
@@ -113,18 +111,18 @@ def _constrain_cache(cache: dict) -> dict:
   return jax.tree.map(lambda c: sharding.constrain(c, CACHE_LAYER), cache)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'mode'))
+@functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'stop_width',
+                                             'pad_id'))
 def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_mask_BP: Array,
-            key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int,
-            mode: Mode) -> DecodeState:
+            key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int, stop_width: int = 1,
+            pad_id: int = 0) -> DecodeState:
   """Returns the decode state after one pass over the prompts (all but their last token)."""
-  b, p = prompt_tokens_BP.shape
-  m = max_new_bucket
+  (b, p), m = prompt_tokens_BP.shape, max_new_bucket
   mask_BP = prompt_mask_BP.astype(bool)
   kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((b, m), bool)], axis=1)
   positions_BP = llama.default_positions(mask_BP)
-  cache = llama.init_cache(config, b, p + m)
-  cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE), cache)
+  cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE),
+                       llama.init_cache(config, b, p + m))
   # The logits are unused, so XLA drops the [B, P, V] projection.
   _, cache = llama.Llama(config).apply(
       {'params': params}, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], kv_mask_BS,
@@ -136,15 +134,13 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
                             for name, c in cache.items()})
   r = b * n
   row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
-  w = max([len(s) for s in mode.stop_seqs], default=1)
   return DecodeState(
       step=jnp.zeros((), jnp.int32), cache=cache,
       kv_mask_RS=sharding.constrain(rep(kv_mask_BS), P(sharding.BATCH)),
       token_R=rep(prompt_tokens_BP[:, -1].astype(jnp.int32)), position_R=rep(positions_BP[:, -1]),
       key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
-      tail_RW=jnp.full((r, w), -1, jnp.int32),
-      tokens_RM=jnp.full((r, m), mode.pad_id, jnp.int32),
-      logprobs_RM=jnp.zeros((r, m), jnp.float32),
+      tail_RW=jnp.full((r, stop_width), -1, jnp.int32),
+      tokens_RM=jnp.full((r, m), pad_id, jnp.int32), logprobs_RM=jnp.zeros((r, m), jnp.float32),
       done_R=jnp.zeros((r,), bool), length_R=jnp.zeros((r,), jnp.int32),
       reason_R=jnp.full((r,), int(StopReason.MAX_TOKENS), jnp.int32))
 
@@ -166,10 +162,9 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
                    kv_mask_RS: Array, cache: dict, slot: Array) -> tuple[Array, dict]:
   """Returns (float32 logits [R, V], updated cache) for one token per row written at `slot`.
 
-  The same maths as `llama.Llama` (tests hold it to `llama.forward`), with the layers unrolled
-  over `split_layers` params: on CPU this step is 1.5-2.5x faster than the scanned model, whose
-  per-step dynamic slices of the weights and transposes of the [S, K] cache cost more than the
-  matmuls.
+  The maths of `llama.Llama` (tests hold it to `llama.forward`), unrolled over `split_layers`
+  params: on CPU this step is 1.5-2.5x faster than the scanned model, whose per-step dynamic
+  slices of the weights and transposes of the [S, K] cache cost more than its matmuls.
   """
   cfg, dt = config, jnp.dtype(config.dtype)
   r, h, k, dh = token_R.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
@@ -177,8 +172,7 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
   s = kv_mask_RS.shape[1]
   allowed_R11S = (kv_mask_RS & (jnp.arange(s)[None, :] <= slot))[:, None, None, :]
-  embedding = dparams['embed']['embedding']
-  x_RD = embedding[token_R].astype(dt)
+  x_RD = dparams['embed']['embedding'][token_R].astype(dt)
   ks, vs = list(cache['k']), list(cache['v'])
   for l, lp in enumerate(dparams['layers']):
     a_RD = _rms_norm(x_RD, lp['attn_norm']['scale'], cfg.norm_eps)
@@ -200,11 +194,8 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
         m_RD, mlp['up_proj']['kernel'])
     x_RD = x_RD + dense(hidden_RF, mlp['down_proj']['kernel'])
   x_RD = _rms_norm(x_RD, dparams['final_norm']['scale'], cfg.norm_eps)
-  f32 = jnp.float32
-  if cfg.tie_embeddings:
-    logits = jnp.einsum('rd,vd->rv', x_RD, embedding.astype(dt), preferred_element_type=f32)
-  else:
-    logits = jnp.dot(x_RD, dparams['lm_head']['kernel'].astype(dt), preferred_element_type=f32)
+  w_VD = dparams['embed']['embedding'] if cfg.tie_embeddings else dparams['lm_head']['kernel'].T
+  logits = jnp.einsum('rd,vd->rv', x_RD, w_VD.astype(dt), preferred_element_type=jnp.float32)
   return logits, _constrain_cache({'k': tuple(ks), 'v': tuple(vs)})
 
 
@@ -247,8 +238,7 @@ def _nucleus_bisect(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: M
     t_R = jax.lax.bitcast_convert_type(mid, jnp.float32)
     ok = jnp.sum(jnp.where(q_RV > t_R[:, None], q_RV, 0.0), axis=1) < top_p
     return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-  r = x_RV.shape[0]
-  one = int(np.float32(1).view(np.int32))
+  r, one = x_RV.shape[0], int(np.float32(1).view(np.int32))
   _, hi = jax.lax.fori_loop(0, 31, body, (jnp.zeros(r, jnp.int32), jnp.full(r, one, jnp.int32)))
   keep = q_RV >= jax.lax.bitcast_convert_type(hi, jnp.float32)[:, None]
   if mode.use_min_p:
@@ -267,13 +257,9 @@ def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mo
   k = min(v, mode.top_k or mode.top_p_candidates)
   vals_RC, idx_RC = jax.lax.top_k(x_RV, k)  # sorted, most likely first
   w_RC = jnp.exp(vals_RC - vals_RC[:, :1])
-  keep = jnp.ones(w_RC.shape, bool)
-  covered = jnp.array(True)
-  if mode.use_top_p:
-    if mode.top_k:
-      total_R = jnp.sum(w_RC, axis=1)
-    else:
-      total_R = jnp.sum(jnp.exp(x_RV - vals_RC[:, :1]), axis=1)
+  keep, covered = jnp.ones(w_RC.shape, bool), jnp.array(True)
+  if mode.use_top_p:  # renormalised over the top-k survivors, else over all of V
+    total_R = jnp.sum(w_RC if mode.top_k else jnp.exp(x_RV - vals_RC[:, :1]), axis=1)
     c_RC = jnp.cumsum(w_RC, axis=1) / total_R[:, None]
     keep = c_RC - w_RC / total_R[:, None] < top_p
     covered = jnp.all(c_RC[:, -1] >= top_p)
@@ -289,23 +275,21 @@ def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mo
 
 def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: Mode):
   """Returns (sampled tokens [R], their raw-model log-probs [R]) for one decode step."""
-  if mode.greedy:
-    token_R = jnp.argmax(logits_RV, axis=1).astype(jnp.int32)
-  else:
-    u_R = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(key_R)
-    x_RV = logits_RV / knobs['temperature']
-    token_R = _filtered_draw(x_RV, u_R, knobs['top_p'], knobs['min_p'], mode).astype(jnp.int32)
-  lse_R = jax.nn.logsumexp(logits_RV, axis=1)
-  logprob_R = jnp.take_along_axis(logits_RV, token_R[:, None], axis=1)[:, 0] - lse_R
-  return token_R, logprob_R
+  v = logits_RV.shape[1]
+  max_R = jnp.max(logits_RV, axis=1)
+  lse_R = max_R + jnp.log(jnp.sum(jnp.exp(logits_RV - max_R[:, None]), axis=1))
+  if mode.greedy:  # the first maximum; two plain reductions are 2x faster than argmax on CPU
+    token_R = jnp.min(jnp.where(logits_RV == max_R[:, None], jnp.arange(v)[None, :], v), axis=1)
+    return token_R.astype(jnp.int32), max_R - lse_R
+  u_R = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(key_R)
+  x_RV = logits_RV / knobs['temperature']
+  token_R = _filtered_draw(x_RV, u_R, knobs['top_p'], knobs['min_p'], mode).astype(jnp.int32)
+  return token_R, jnp.take_along_axis(logits_RV, token_R[:, None], axis=1)[:, 0] - lse_R
 
 
 def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: dict,
                 mode: Mode) -> tuple[DecodeState, Array]:
-  """Returns (the state after one token per row, that step's float32 logits [R, V]).
-
-  `dparams` are the model params after `split_layers`.
-  """
+  """Returns (the state after one token per row, its float32 logits [R, V]) (split_layers)."""
   p = state.kv_mask_RS.shape[1] - state.tokens_RM.shape[1]
   logits_RV, cache = decode_forward(config, dparams, state.token_R, state.position_R,
                                     state.kv_mask_RS, state.cache, p - 1 + state.step)
@@ -357,9 +341,9 @@ def make_mode(*, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
 def make_knobs(*, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                min_p: float = 0.0) -> dict:
   """Returns the dynamic settings as device scalars (changing them does not recompile)."""
-  return {'max_new_tokens': jnp.asarray(max_new_tokens, jnp.int32),
-          'temperature': jnp.asarray(temperature or 1.0, jnp.float32),
-          'top_p': jnp.asarray(top_p, jnp.float32), 'min_p': jnp.asarray(min_p, jnp.float32)}
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return {'max_new_tokens': jnp.asarray(max_new_tokens, jnp.int32), 'top_p': f32(top_p),
+          'temperature': f32(temperature or 1.0), 'min_p': f32(min_p)}
 
 
 def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, key, *,
@@ -386,7 +370,8 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   key = jax.random.key(key) if isinstance(key, int) else key
   prompt_ids_B = np.arange(b) if prompt_ids_B is None else prompt_ids_B
   state = prefill(config, params, tokens, mask, key, jnp.asarray(prompt_ids_B, jnp.int32), n=n,
-                  max_new_bucket=bucket(max_new_tokens), mode=mode)
+                  max_new_bucket=bucket(max_new_tokens), stop_width=mode.stop_width,
+                  pad_id=mode.pad_id)
   knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      min_p=min_p)
   state = decode(config, params, state, knobs, mode)
@@ -440,8 +425,10 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
          for i, p in enumerate(prompts)]
   if any(not len(x) for x in ids):
     raise ValueError(f'prompt {[len(x) for x in ids].index(0)} encodes to no tokens')
-  stop = tuple(s for s in stop if s)  # also cut from the text: a stop string may tokenise
-  stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop) if q]  # otherwise in context
+  # Stop strings end rows on the device as token sequences and are cut from the text here too,
+  # since in context a string may tokenise otherwise.
+  stop = tuple(s for s in stop if s)
+  stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop) if q]
   settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
                   top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
                   pad_id=tok.pad_id)
@@ -454,12 +441,11 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
       total=len(ids), disable=not progress, desc='generate', unit='prompt') as bar:
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
+      # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
       b = len(chunk) if len(chunk) == batch_size else min(bucket(len(chunk), 1), batch_size)
-      b = -(-b // multiple) * multiple  # a last, smaller batch is padded to a power of two
-      rows = chunk + [chunk[0]] * (b - len(chunk))  # padding rows repeat a real prompt
+      rows = chunk + [chunk[0]] * (-(-b // multiple) * multiple - len(chunk))
       p = max(len(ids[i]) for i in rows)
-      tokens = np.full((b, p), tok.pad_id, np.int32)
-      mask = np.zeros((b, p), bool)
+      tokens, mask = np.full((len(rows), p), tok.pad_id, np.int32), np.zeros((len(rows), p), bool)
       for r, i in enumerate(rows):
         tokens[r, p - len(ids[i]):], mask[r, p - len(ids[i]):] = ids[i], True
       tokens, mask, pids = sharding.shard_batch(mesh, tokens, mask, np.asarray(rows, np.int32))
@@ -484,8 +470,5 @@ def generate(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_token
              stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
              progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None) -> list[list[str]]:
   """Returns per prompt a list of n completion strings (temperature 0 is greedy)."""
-  out = generate_tokens(model, prompts, n=n, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                        stop=stop, seed=seed, batch_size=batch_size, progress=progress,
-                        mesh=mesh)
-  return [[c.text for c in comps] for comps in out]
+  kwargs = dict(locals())  # every argument, passed on as is
+  return [[c.text for c in comps] for comps in generate_tokens(**kwargs)]

@@ -13,7 +13,7 @@ Params are float32 master weights; the forward computes in the model config's `d
 layout: SFT `{inputs, targets, loss_mask, mask}` [B, T]; DPO `{'chosen': seq, 'rejected': seq,
 'ref_chosen_logps', 'ref_rejected_logps'}`. The reference log-probs are computed once per
 dataset (`compute_ref_logps`, one model in memory) or per batch from a frozen tree
-(`make_online_ref`).
+(`make_online_ref`). `run_sft` / `run_dpo` are whole runs from a config (what launch/ calls).
 """
 
 import contextlib
@@ -21,7 +21,6 @@ import functools
 import logging
 import math
 import os
-import re
 import types
 from typing import Any, Callable, Optional
 
@@ -77,19 +76,14 @@ def make_optimizer(cfg, num_steps: Optional[int] = None) -> optax.GradientTransf
   return optax.chain(*clip, adamw)
 
 
-def state_shardings(state_shapes: TrainState, mesh: Mesh) -> TrainState:
-  """Returns the state's shardings: params and their moments by PARAM_RULES, scalars replicated."""
-  replicated = NamedSharding(mesh, P())
+# Optimizer-state leaves are named after the params they track (mu/layers/..., nu/...), so the
+# param rules lay them out too; the only other leaves are scalar counters.
+_STATE_RULES = sharding.PARAM_RULES + ((r'(^|/)(step|count)$', P()),)
 
-  def leaf(path, x):
-    if not x.shape:
-      return replicated
-    name = sharding.path_str(path)
-    for pattern, spec in sharding.PARAM_RULES:
-      if re.search(pattern, name):
-        return sharding.sharding_for(mesh, spec, x.shape)
-    raise ValueError(f'state leaf {name} (shape {x.shape}) matches no sharding rule')
-  return jax.tree_util.tree_map_with_path(leaf, state_shapes)
+
+def state_shardings(state_shapes: TrainState, mesh: Mesh) -> TrainState:
+  """Returns the state's shardings: params and their moments by PARAM_RULES, counters replicated."""
+  return sharding.param_shardings(mesh, state_shapes, _STATE_RULES)
 
 
 def make_init(params, optimizer, mesh: Mesh) -> tuple[Callable[[], TrainState], TrainState]:
@@ -311,7 +305,8 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
   get_batch(i) gives the host batch of update i (a pure function of i, so resuming replays the
   same data); prepare maps the device batch (e.g. adds online reference log-probs). Metrics go
   to workdir/metrics.jsonl every log_every updates; checkpoints every checkpoint_every and at
-  the end. A non-finite loss or grad norm raises FloatingPointError before anything is saved.
+  the end. A non-finite loss or grad norm raises FloatingPointError before anything is saved
+  (the metrics are fetched after every update for this check).
   """
   import tqdm  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
@@ -393,41 +388,62 @@ def run_sft(cfg, workdir: str, model=None) -> TrainState:
               eval_fn=eval_fn)
 
 
-def run_dpo(cfg, workdir: str, model=None, ref_params=None) -> TrainState:
-  """Trains cfg.model (or `model`) with DPO on cfg.train_data against a frozen reference."""
+def _dpo_data(cfg, model, path):
+  return data_io.load_dpo(path, model.tokenizer, cfg.max_len, cfg.chat_template)
+
+
+def reference_logps(cfg, model=None) -> dict:
+  """Returns {'ref_chosen_logps', 'ref_rejected_logps'} [N]: cfg.train_data under the model."""
   model, mesh, mc = _setup(cfg, model)
-  if ref_params is None and cfg.ref_params:
-    ref_params = checkpoint.load_params(cfg.ref_params, mesh)
-  elif ref_params is None and cfg.ref_model:
-    import srlm_jax  # pylint: disable=g-import-not-at-top
-    ref_params = srlm_jax.load(cfg.ref_model, mesh=mesh).params
-  elif ref_params is None:
-    ref_params = model.params  # the policy's starting point, as in the paper
-  ref_params = jax.device_put(ref_params, sharding.param_shardings(mesh, ref_params))
-  load = functools.partial(data_io.load_dpo, tokenizer=model.tokenizer, max_len=cfg.max_len,
-                           chat_template=cfg.chat_template)
-  score = functools.partial(compute_ref_logps, mc, ref_params, batch_size=cfg.batch_size,
-                            mesh=mesh)
-  dataset, prepare = load(cfg.train_data), None
-  if cfg.reference == 'precomputed':
-    dataset = score(dataset)
-  elif cfg.reference == 'online':
-    prepare = make_online_ref(mc, ref_params, mesh)
-  elif cfg.reference == 'none':
-    dataset = zero_ref_logps(dataset)
-  else:
+  scored = compute_ref_logps(mc, model.params, _dpo_data(cfg, model, cfg.train_data),
+                             cfg.batch_size, mesh)
+  return {k: scored[k] for k in ('ref_chosen_logps', 'ref_rejected_logps')}
+
+
+def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None) -> TrainState:
+  """Trains cfg.model (or `model`) with DPO on cfg.train_data against a frozen reference.
+
+  The reference is ref_params, else cfg.ref_params / cfg.ref_model, else the starting policy;
+  `ref_logps` (from `reference_logps`, e.g. saved by an earlier stage) skips scoring the
+  training pairs with it.
+  """
+  if cfg.reference not in ('precomputed', 'online', 'none'):
     raise ValueError(f'reference={cfg.reference!r}: expected precomputed, online or none')
+  model, mesh, mc = _setup(cfg, model)
+  if cfg.reference != 'none' and ref_params is None:
+    if cfg.ref_params:
+      ref_params = checkpoint.load_params(cfg.ref_params, mesh)
+    elif cfg.ref_model:
+      import srlm_jax  # pylint: disable=g-import-not-at-top
+      ref_params = srlm_jax.load(cfg.ref_model, mesh=mesh).params
+    else:
+      ref_params = model.params  # the policy's starting point, as in the paper
+  if cfg.reference == 'none':  # reference-free losses (simpo): zero log-probs
+    score = zero_ref_logps
+  else:
+    ref_params = jax.device_put(ref_params, sharding.param_shardings(mesh, ref_params))
+    score = functools.partial(compute_ref_logps, mc, ref_params, batch_size=cfg.batch_size,
+                              mesh=mesh)
+  dataset, prepare = _dpo_data(cfg, model, cfg.train_data), None
+  if cfg.reference == 'online':
+    prepare = make_online_ref(mc, ref_params, mesh)
+  elif ref_logps is not None:
+    n = data_io.num_examples(dataset)
+    if any(len(ref_logps[k]) != n for k in ('ref_chosen_logps', 'ref_rejected_logps')):
+      raise ValueError(f'ref_logps cover {len(ref_logps["ref_chosen_logps"])} pairs; '
+                       f'{cfg.train_data} tokenises to {n}')
+    dataset = {**dataset, **{k: np.asarray(v, np.float32) for k, v in ref_logps.items()}}
+  else:
+    dataset = score(dataset)
+  options = cfg.loss_options.to_dict()
   eval_fn = None
   if cfg.eval_data:
-    eval_set = load(cfg.eval_data)
-    eval_set = zero_ref_logps(eval_set) if cfg.reference == 'none' else score(eval_set)
-    eval_fn = dpo_eval(mc, eval_set, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),
-                       cfg.batch_size, mesh)
-  del score  # outside 'online' the reference is dropped here: one model stays in memory
-  ref_params = None
+    eval_fn = dpo_eval(mc, score(_dpo_data(cfg, model, cfg.eval_data)), cfg.loss, cfg.beta,
+                       options, cfg.batch_size, mesh)
+  del score, ref_params  # outside 'online' one model stays in memory from here on
   num_steps = _num_steps(cfg, data_io.num_examples(dataset))
   optimizer = make_optimizer(cfg, num_steps)
-  step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, cfg.loss_options.to_dict(),
-                          lr_schedule(cfg, num_steps), cfg.grad_accum)
+  step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, options, lr_schedule(cfg, num_steps),
+                          cfg.grad_accum)
   return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, prepare=prepare,
               eval_fn=eval_fn)

@@ -218,6 +218,14 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(params, tmp_path):
   lines = {w: [json.loads(l) for l in open(tmp_path / w / 'metrics.jsonl')]
            for w in ('straight', 'resumed')}
   assert lines['resumed'] == lines['straight']
+  # The straight run saved step 3 asynchronously, then donated those buffers to step 4: the
+  # checkpoint must still hold step 3's values.
+  target = checkpoint.abstract(jax.eval_shape(init_fn), shardings)
+  saved = {}
+  for w in ('straight', 'resumed'):
+    with checkpoint.Checkpoints(str(tmp_path / w / 'checkpoints'), 3) as ckpts:
+      saved[w] = jax.device_get(ckpts.restore(target, step=3))
+  assert _max_diff(saved['straight'], saved['resumed']) == 0
 
 
 # --- data_io --------------------------------------------------------------------------------------
@@ -289,23 +297,31 @@ def test_dpo_tokenisation_truncates_and_drops(smollm2_tokenizer):
 
 
 def test_run_dpo_end_to_end_with_smollm2_tokenizer(smollm2_tokenizer, tmp_path):
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-  import dpo as dpo_config  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'dpo_config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'dpo.py'))
+  dpo_config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(dpo_config)
   tok = smollm2_tokenizer
   config = CFG.replace(vocab_size=tok.vocab_size)
-  model = types.SimpleNamespace(config=config, tokenizer=tok,
-                                params=llama.init_params(config, jax.random.key(1)))
+  params = jax.jit(llama.init_params, static_argnums=0)(config, jax.random.key(1))
+  model = types.SimpleNamespace(config=config, tokenizer=tok, params=jax.device_get(params))
   pairs = tmp_path / 'pairs.jsonl'
   pairs.write_text(''.join(json.dumps({'prompt': f'Say {i}.', 'chosen': f'{i}.',
                                        'rejected': f'No {i}!'}) + '\n' for i in range(8)))
   cfg = dpo_config.get_config()
-  cfg.update(dict(train_data=str(pairs), eval_data=str(pairs), max_len=64, batch_size=8,
+  cfg.update(dict(train_data=str(pairs), eval_data=str(pairs), max_len=48, batch_size=8,
                   grad_accum=2, num_steps=2, lr=1e-3, mesh=(2, 2, 2),
-                  log_every=1, eval_every=2, checkpoint_every=1, dtype='float32'))
+                  log_every=1, eval_every=2, checkpoint_every=2, dtype='float32'))
   state = train.run_dpo(cfg, str(tmp_path / 'work'), model=model)
   assert int(state.step) == 2
   lines = [json.loads(l) for l in open(tmp_path / 'work' / 'metrics.jsonl')]
   assert [l['step'] for l in lines] == [1, 2, 2] and 'eval/rewards/accuracies' in lines[-1]
+  assert abs(lines[0]['loss'] - np.log(2)) < 1e-5  # the precomputed reference is the policy
   params = checkpoint.load_params(str(tmp_path / 'work' / 'params'))
   assert _max_diff(params, jax.device_get(state.params)) == 0
+  # Reference log-probs saved by an earlier stage replace the scoring, and must match the data.
+  ref = train.reference_logps(cfg, model)
+  assert ref['ref_chosen_logps'].shape == (8,) and (ref['ref_chosen_logps'] > -1e3).all()
+  short = {k: v[:7] for k, v in ref.items()}
+  with pytest.raises(ValueError, match=f'ref_logps cover 7 pairs; {pairs} tokenises to 8'):
+    train.run_dpo(cfg, str(tmp_path / 'other'), model=model, ref_logps=short)

@@ -1,0 +1,74 @@
+"""The self-rewarding loop's config, every field commented; the other loop configs start here.
+
+Each loop config (demo.py, tiny.py, ...) loads this file with `load('common')` and changes
+what it needs.
+
+Any field can be overridden on the command line: `--config.creation.n_candidates=8`. The
+SFT and DPO blocks are configs/sft.py and configs/dpo.py's own configs (their `model` and
+`train_data` fields are filled in by the loop).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def load(name: str):
+  """Returns the module configs/<name>.py (configs are files, not an installed package)."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  spec = importlib.util.spec_from_file_location(f'srlm_configs_{name}',
+                                                os.path.join(here, f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the loop config with the paper's method settings and a small default run."""
+  del arg
+  c = ml_collections.ConfigDict()
+  c.model = 'smollm2-135m-instruct'  # M0: HF directory, .gguf file, name, or 'tiny:<seed>'
+  c.prompt_generator = ''  # model that writes new prompts; '' means the current M_t
+  c.iterations = 1  # AIFT iterations after M1: 2 gives M1 -> M2 -> M3
+  c.seed = 0  # root seed of every sampling stage (data order in training has its own)
+  c.shard_size = 16  # prompts per shard of the sampling stages (the resume granularity)
+  c.mesh = (1, -1, 1)  # (data, fsdp, tensor) mesh shape; -1 takes the remaining devices
+  c.distributed = False  # call jax.distributed.initialize() first (multi-host runs)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.ift = 'embedded:ift_seed.jsonl'  # IFT seed JSONL {prompt, response}; also seeds prompts
+  c.data.eft = 'embedded:eft_seed.jsonl'  # EFT seed JSONL {prompt, response, judgment}
+  c.data.max_ift = 0  # use only the first N IFT records (0: all)
+  c.data.max_eft = 0  # use only the first N EFT records (0: all)
+
+  c.creation = ml_collections.ConfigDict()
+  c.creation.num_requests = 64  # few-shot requests for new prompts per iteration
+  c.creation.few_shot = 8  # seed prompts shown per request (drawn without replacement)
+  c.creation.prompt_temperature = 1.0  # sampling of new prompts
+  c.creation.prompt_top_p = 0.9
+  c.creation.prompt_max_new_tokens = 96
+  c.creation.filters = ml_collections.ConfigDict()
+  c.creation.filters.min_words = 3  # shorter generated prompts are dropped
+  c.creation.filters.max_words = 150  # longer ones too
+  c.creation.filters.max_chars = 1000
+  c.creation.filters.near_duplicate = 0.7  # ROUGE-L F1 at which a prompt is a near-duplicate
+  c.creation.filters.require_instruction = True  # drop text that is neither question nor task
+  c.creation.n_candidates = 4  # N responses per prompt (paper: 4)
+  c.creation.temperature = 0.7  # candidate sampling (paper: 0.7, top-p 0.9)
+  c.creation.top_p = 0.9
+  c.creation.max_new_tokens = 256  # candidate length limit
+  c.creation.judge = ml_collections.ConfigDict()
+  c.creation.judge.template = 'additive'  # 'additive', 'choice', or a rubric text
+  c.creation.judge.k = 3  # judgments per candidate, averaged over the valid ones (paper: 3)
+  c.creation.judge.temperature = 0.7
+  c.creation.judge.top_p = 0.9
+  c.creation.judge.max_new_tokens = 192
+  c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
+  c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
+
+  c.sft = load('sft').get_config()  # M0 -> M1 on IFT + EFT
+  c.sft.enabled = True  # False starts the iterations from M0 itself
+  c.sft.num_epochs = 1.0
+  c.dpo = load('dpo').get_config()  # M_t -> M_{t+1} on the iteration's pairs, M_t the reference
+  return c

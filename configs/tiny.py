@@ -1,0 +1,54 @@
+r"""A random tiny Llama (2 layers, d=64) with SmolLM2's tokenizer: the loop's test config.
+
+  python launch/srlm.py --config=configs/tiny.py --workdir=/tmp/srlm_tiny
+
+Every stage runs, in seconds, on a CPU. M1's SFT is long enough for the tiny model to pick up
+the judge format (`Score: N` at the end) from the EFT examples, so some judgments parse and
+the iterations make real preference pairs.
+"""
+
+import importlib.util
+import os
+
+
+def get_config(arg: str = ''):
+  """Returns the tiny config."""
+  spec = importlib.util.spec_from_file_location(
+      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  c = common.get_config(arg)
+  c.model = 'tiny:0'
+  c.iterations = 2
+  c.shard_size = 4
+  c.mesh = (1, 1, 1)
+
+  c.creation.num_requests = 8
+  c.creation.prompt_max_new_tokens = 24
+  c.creation.max_new_tokens = 24
+  c.creation.judge.k = 3
+  c.creation.judge.max_new_tokens = 24
+  # A random model writes no real instructions; keep what it writes so later stages run.
+  c.creation.filters.min_words = 1
+  c.creation.filters.require_instruction = False
+  c.creation.filters.near_duplicate = 1.01
+
+  c.data.max_ift = 16
+  c.data.max_eft = 48
+  c.sft.num_steps = 60
+  c.sft.batch_size = 8
+  c.sft.max_len = 96
+  c.sft.lr = 3e-3
+  c.sft.end_lr = 3e-4
+  c.sft.warmup_steps = 5
+  c.sft.dtype = 'float32'
+  c.sft.checkpoint_every = 20
+
+  c.dpo.batch_size = 2
+  c.dpo.num_epochs = 1.0
+  c.dpo.max_len = 96
+  c.dpo.lr = 1e-3
+  c.dpo.end_lr = 1e-4
+  c.dpo.dtype = 'float32'
+  c.dpo.checkpoint_every = 2
+  return c

@@ -1,0 +1,326 @@
+"""The self-rewarding loop: M0 -SFT(IFT+EFT)-> M1 -AIFT-> M2 -AIFT-> M3 ..., resumable.
+
+Work directory layout (every stage writes under its own folder, then marks itself complete
+by atomically writing DONE; a stage with DONE is never run again):
+
+  config.json                         the run's config
+  m1_sft/      data.jsonl, train/ (orbax checkpoints, metrics.jsonl, params/), DONE
+  iter_<t>/    trains M_{t+1} from M_t, t = 1 .. config.iterations
+    prompts/     shards/NNNNN.jsonl (raw few-shot completions), prompts.jsonl, rejected.jsonl
+    candidates/  shards/NNNNN.jsonl, candidates.jsonl
+    judgments/   shards/NNNNN.jsonl, judgments.jsonl
+    pairs/       pairs.jsonl, decisions.jsonl
+    ref_logps/   ref_logps.npz (M_t's log-probs of every chosen and rejected response)
+    dpo/         orbax checkpoints, metrics.jsonl, params/ (M_{t+1})
+    eval/        eval.json (lengths; judge agreement when config.eval.pairs is set)
+    report.json, report.md, *.png
+
+The sampling stages run in shards of `config.shard_size` prompts, each written atomically, so
+a killed run resumes at its first missing shard; DPO and SFT resume from their last orbax
+checkpoint. Shard seeds depend only on the config's seed and the shard index, so a resumed
+run writes the same records as one never interrupted.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from srlm_jax import checkpoint
+from srlm_jax import creation
+from srlm_jax import data_io
+from srlm_jax import judge
+from srlm_jax import report as report_lib
+from srlm_jax import train
+
+EMBEDDED = os.path.join(os.path.dirname(__file__), 'data')
+STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
+
+
+def data_path(path: str) -> str:
+  """Returns path, with 'embedded:<name>' resolved to the package's own seed data."""
+  if path.startswith('embedded:'):
+    return os.path.join(EMBEDDED, path.split(':', 1)[1])
+  return path
+
+
+# --- stage bookkeeping ---------------------------------------------------------------------
+
+def is_done(stage_dir: str) -> bool:
+  """Returns whether the stage in stage_dir has completed."""
+  return os.path.exists(os.path.join(stage_dir, 'DONE'))
+
+
+def mark_done(stage_dir: str, info: Optional[dict] = None) -> None:
+  """Marks the stage complete, atomically (a temp file renamed to DONE)."""
+  os.makedirs(stage_dir, exist_ok=True)
+  tmp = os.path.join(stage_dir, f'.DONE.tmp.{os.getpid()}')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(info or {}, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(stage_dir, 'DONE'))
+
+
+def read_records(path: str) -> list:
+  """Returns the JSON objects of a JSONL file the loop wrote (empty file: no records)."""
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, int], list],
+            desc: str) -> list:
+  """Returns fn applied shard by shard over items; finished shards are read back, not redone."""
+  shard_dir = os.path.join(stage_dir, 'shards')
+  os.makedirs(shard_dir, exist_ok=True)
+  out = []
+  n_shards = max(1, -(-len(items) // shard_size))
+  for s in range(n_shards):
+    path = os.path.join(shard_dir, f'{s:05d}.jsonl')
+    if not os.path.exists(path):
+      logging.info('%s: shard %d/%d', desc, s + 1, n_shards)
+      creation.write_jsonl(path, fn(items[s * shard_size:(s + 1) * shard_size], s))
+    out.extend(read_records(path))
+  return out
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def read_seed_data(config) -> dict:
+  """Returns the validated seed records; any bad line raises naming its file and line."""
+  ift = [(data_io.text_field(r, 'prompt'), data_io.text_field(r, 'response'))
+         for r in data_io.read_jsonl(data_path(config.data.ift))]
+  eft = []
+  for r in data_io.read_jsonl(data_path(config.data.eft)):
+    path, line, obj = r
+    judgment = data_io.text_field(r, 'judgment')
+    if judge.parse_score_host(judgment) is None:
+      raise ValueError(f'{path}:{line}: EFT judgment has no final "Score: X" verdict')
+    eft.append((data_io.text_field(r, 'prompt'), data_io.text_field(r, 'response'), judgment))
+  if config.data.max_ift:
+    ift = ift[:config.data.max_ift]
+  if config.data.max_eft:
+    eft = eft[:config.data.max_eft]
+  return {'ift': ift, 'eft': eft, 'seed_prompts': [p for p, _ in ift]}
+
+
+class Loop:
+  """One self-rewarding run in a work directory: `run()` does (or resumes) everything."""
+
+  def __init__(self, config, workdir: str, *, load_model: Callable[[str], Any],
+               progress: bool = True):
+    self.config = config
+    self.workdir = workdir
+    self.load_model = load_model
+    self.progress = progress
+    self.seeds = read_seed_data(config)  # validated before any compute
+    self.settings = creation_settings(config)
+    self._base = None
+
+  @property
+  def is_writer(self) -> bool:
+    """Returns whether this process writes records (process 0 of a multi-host run)."""
+    return jax.process_index() == 0
+
+  def base(self):
+    """Returns M0 (config, tokenizer, params), loaded once."""
+    if self._base is None:
+      self._base = self.load_model(self.config.model)
+    return self._base
+
+  def model_at(self, params_dir: Optional[str]):
+    """Returns M0 with the params saved in params_dir (None: M0 itself)."""
+    base = self.base()
+    if params_dir is None:
+      return base
+    mesh = getattr(base, 'mesh', None)
+    return _with_params(base, checkpoint.load_params(params_dir, mesh))
+
+  def run(self) -> list:
+    """Runs or resumes M1 SFT and every iteration; returns each iteration's report."""
+    os.makedirs(self.workdir, exist_ok=True)
+    with open(os.path.join(self.workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(self.config.to_json_best_effort(indent=2))
+    params_dir = self.sft_m1()
+    reports = []
+    for t in range(1, self.config.iterations + 1):
+      reports.append(self.iteration(t, params_dir))
+      params_dir = self.params_after(t, params_dir)
+    return reports
+
+  # --- M1 ------------------------------------------------------------------------------------
+
+  def sft_m1(self) -> Optional[str]:
+    """Returns M1's params dir after SFT on IFT + EFT (None when config.sft.enabled is off)."""
+    if not self.config.sft.enabled:
+      return None
+    stage = os.path.join(self.workdir, 'm1_sft')
+    params_dir = os.path.join(stage, 'train', 'params')
+    if is_done(stage):
+      return params_dir
+    records = [{'prompt': p, 'response': r} for p, r in self.seeds['ift']]
+    records += [{'prompt': judge.judge_prompt(p, r, self.settings.judge.template),
+                 'response': j} for p, r, j in self.seeds['eft']]
+    data = creation.write_jsonl(os.path.join(stage, 'data.jsonl'), records)
+    cfg = _train_config(self.config.sft, train_data=data, mesh=self.config.mesh)
+    train.run_sft(cfg, os.path.join(stage, 'train'), model=self.base())
+    mark_done(stage, {'examples': len(records)})
+    return params_dir
+
+  # --- one iteration ------------------------------------------------------------------------
+
+  def params_after(self, t: int, params_dir: Optional[str]) -> Optional[str]:
+    """Returns M_{t+1}'s params dir (M_t's when iteration t made no pairs to train on)."""
+    dpo_dir = os.path.join(self.workdir, f'iter_{t}', 'dpo')
+    info = _done_info(dpo_dir)
+    return params_dir if info.get('skipped') else os.path.join(dpo_dir, 'params')
+
+  def iteration(self, t: int, params_dir: Optional[str]) -> dict:
+    """Runs (or resumes) iteration t, M_t -> M_{t+1}; returns its report."""
+    d = os.path.join(self.workdir, f'iter_{t}')
+    settings = self.settings
+    settings = type(settings)(**{**settings.__dict__, 'seed': settings.seed + 1000 * t})
+    model = self.model_at(params_dir)
+    timings = _done_info(os.path.join(d, 'timings')) or {}
+    cfg = self.config
+
+    def stage(name, fn):
+      path = os.path.join(d, name)
+      if not is_done(path):
+        os.makedirs(path, exist_ok=True)
+        start = time.perf_counter()
+        info = fn(path) or {}
+        timings[name] = round(time.perf_counter() - start, 2)
+        mark_done(path, info)
+        mark_done(os.path.join(d, 'timings'), timings)
+      return path
+
+    def prompts(path):
+      generator = model if not cfg.prompt_generator else self.load_model(cfg.prompt_generator)
+      seeds = self.seeds['seed_prompts']
+      raw = sharded(path, list(range(settings.num_requests)), cfg.shard_size,
+                    lambda ids, s: creation.raw_prompts(generator, seeds, settings, ids[0],
+                                                        len(ids), progress=self.progress),
+                    'prompts')
+      kept, rejected = creation.select_prompts(raw, seeds, settings)
+      creation.write_jsonl(os.path.join(path, 'prompts.jsonl'), kept)
+      creation.write_jsonl(os.path.join(path, 'rejected.jsonl'), rejected)
+      return {'kept': len(kept), 'rejected': len(rejected)}
+
+    def candidates(path):
+      kept = read_records(os.path.join(d, 'prompts', 'prompts.jsonl'))
+      out = sharded(path, kept, cfg.shard_size,
+                    lambda rs, s: creation.candidates(model, rs, settings, shard=s,
+                                                      progress=self.progress), 'candidates')
+      creation.write_jsonl(os.path.join(path, 'candidates.jsonl'), out)
+
+    parser = None
+
+    def judgments(path):
+      nonlocal parser
+      parser = parser or judge.make_score_parser(model.tokenizer)
+      cands = read_records(os.path.join(d, 'candidates', 'candidates.jsonl'))
+      out = sharded(path, cands, cfg.shard_size,
+                    lambda rs, s: creation.judge_candidates(model, rs, settings, parser=parser,
+                                                            shard=s, progress=self.progress),
+                    'judgments')
+      creation.write_jsonl(os.path.join(path, 'judgments.jsonl'), out)
+
+    def pairs(path):
+      cands = read_records(os.path.join(d, 'candidates', 'candidates.jsonl'))
+      judged = read_records(os.path.join(d, 'judgments', 'judgments.jsonl'))
+      pair_records, decisions = creation.make_pairs(cands, judged, settings)
+      creation.write_jsonl(os.path.join(path, 'pairs.jsonl'), pair_records)
+      creation.write_jsonl(os.path.join(path, 'decisions.jsonl'), decisions)
+      return {'pairs': len(pair_records)}
+
+    def ref_logps(path):
+      pairs_path = os.path.join(d, 'pairs', 'pairs.jsonl')
+      if not read_records(pairs_path):
+        return {'skipped': True}
+      dpo_cfg = _train_config(cfg.dpo, train_data=pairs_path, mesh=cfg.mesh)
+      logps = train.reference_logps(dpo_cfg, model)
+      tmp = os.path.join(path, 'ref_logps.tmp.npz')
+      np.savez(tmp, **logps)
+      os.replace(tmp, os.path.join(path, 'ref_logps.npz'))
+      return {'pairs': int(len(logps['ref_chosen_logps']))}
+
+    def dpo(path):
+      pairs_path = os.path.join(d, 'pairs', 'pairs.jsonl')
+      if _done_info(os.path.join(d, 'ref_logps')).get('skipped'):
+        logging.warning('iteration %d made no preference pairs: M_%d = M_%d', t, t + 1, t)
+        return {'skipped': True}
+      with np.load(os.path.join(d, 'ref_logps', 'ref_logps.npz')) as f:
+        ref = {k: f[k] for k in f.files}
+      dpo_cfg = _train_config(cfg.dpo, train_data=pairs_path, mesh=cfg.mesh)
+      state = train.run_dpo(dpo_cfg, path, model=model, ref_logps=ref)
+      del state
+      return {'skipped': False}
+
+    def evaluate(path):
+      result = report_lib.response_lengths(read_records(os.path.join(d, 'pairs',
+                                                                      'pairs.jsonl')),
+                                           read_records(os.path.join(d, 'candidates',
+                                                                     'candidates.jsonl')))
+      with open(os.path.join(path, 'eval.json'), 'w', encoding='utf-8') as f:
+        json.dump(result, f, indent=2)
+
+    for name, fn in zip(STAGES, (prompts, candidates, judgments, pairs, ref_logps, dpo,
+                                 evaluate)):
+      stage(name, fn)
+    return report_lib.write_report(d, t, timings)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _done_info(stage_dir: str) -> dict:
+  path = os.path.join(stage_dir, 'DONE')
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _with_params(model, params):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  if dataclasses.is_dataclass(model):
+    return dataclasses.replace(model, params=params)
+  import types  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(**{**vars(model), 'params': params})
+
+
+def _train_config(cfg, **overrides):
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    for key, value in overrides.items():
+      cfg[key] = value
+  return cfg
+
+
+def creation_settings(config) -> creation.CreationSettings:
+  """Returns the CreationSettings described by the loop config's `creation` block."""
+  c = config.creation
+  return creation.CreationSettings(
+      num_requests=c.num_requests, few_shot=c.few_shot,
+      prompt_temperature=c.prompt_temperature, prompt_top_p=c.prompt_top_p,
+      prompt_max_new_tokens=c.prompt_max_new_tokens,
+      filters=creation.instructions.FilterConfig(
+          min_words=c.filters.min_words, max_words=c.filters.max_words,
+          max_chars=c.filters.max_chars, near_duplicate=c.filters.near_duplicate,
+          require_instruction=c.filters.require_instruction),
+      n_candidates=c.n_candidates, temperature=c.temperature, top_p=c.top_p,
+      max_new_tokens=c.max_new_tokens,
+      judge=judge.JudgeSettings(k=c.judge.k, temperature=c.judge.temperature,
+                                top_p=c.judge.top_p, max_new_tokens=c.judge.max_new_tokens,
+                                template=judge.get_template(c.judge.template)),
+      min_gap=c.min_gap, length_margin=c.length_margin or None, seed=config.seed)
+
+
+def clear(workdir: str) -> None:
+  """Removes a work directory (for tests and fresh starts)."""
+  shutil.rmtree(workdir, ignore_errors=True)

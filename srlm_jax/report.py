@@ -1,0 +1,165 @@
+"""An iteration's records summarised: report.json, report.md and PNG plots.
+
+Everything here reads the JSONL the stages wrote, so a report can be rebuilt from a work
+directory at any time (`write_report(iter_dir, t)`).
+"""
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _read(path: str) -> list:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _stats(values: Sequence[float]) -> dict:
+  if not len(values):
+    return {'count': 0, 'mean': None, 'median': None, 'p90': None}
+  v = np.asarray(values, np.float64)
+  return {'count': int(v.size), 'mean': round(float(v.mean()), 2),
+          'median': float(np.median(v)), 'p90': float(np.percentile(v, 90))}
+
+
+def response_lengths(pair_records: Sequence[dict], candidate_records: Sequence[dict]) -> dict:
+  """Returns token-length statistics of chosen, rejected and all candidate responses."""
+  return {
+      'chosen': _stats([p['chosen_length'] for p in pair_records]),
+      'rejected': _stats([p['rejected_length'] for p in pair_records]),
+      'all': _stats([n for c in candidate_records for n in c['lengths']]),
+  }
+
+
+def score_histogram(judgment_records: Sequence[dict]) -> dict:
+  """Returns counts of valid judgment scores by nearest integer 0..5, plus invalid ones."""
+  hist = {str(k): 0 for k in range(6)}
+  invalid = 0
+  for j in judgment_records:
+    for s, v in zip(j['scores'], j['valid']):
+      if v and s is not None:
+        hist[str(int(round(s)))] += 1
+      else:
+        invalid += 1
+  hist['invalid'] = invalid
+  return hist
+
+
+def dpo_metrics(dpo_dir: str) -> dict:
+  """Returns the last logged value of every DPO metric (metrics.jsonl), or {}."""
+  last = {}
+  for record in _read(os.path.join(dpo_dir, 'metrics.jsonl')):
+    last.update(record)
+  return last
+
+
+def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
+  """Returns iteration t's counts, histograms, lengths, DPO metrics and stage timings."""
+  prompts = _read(os.path.join(iter_dir, 'prompts', 'prompts.jsonl'))
+  rejected = _read(os.path.join(iter_dir, 'prompts', 'rejected.jsonl'))
+  candidates = _read(os.path.join(iter_dir, 'candidates', 'candidates.jsonl'))
+  judgments = _read(os.path.join(iter_dir, 'judgments', 'judgments.jsonl'))
+  pairs = _read(os.path.join(iter_dir, 'pairs', 'pairs.jsonl'))
+  decisions = _read(os.path.join(iter_dir, 'pairs', 'decisions.jsonl'))
+  reasons = {}
+  for r in rejected:
+    reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
+  n_judgments = sum(len(j['valid']) for j in judgments)
+  n_valid = sum(sum(j['valid']) for j in judgments)
+  decided = {}
+  for d in decisions:
+    decided[d['decision']] = decided.get(d['decision'], 0) + 1
+  eval_path = os.path.join(iter_dir, 'eval', 'eval.json')
+  evaluation = json.load(open(eval_path, encoding='utf-8')) if os.path.exists(eval_path) else {}
+  return {
+      'iteration': t,
+      'model': f'M{t} -> M{t + 1}',
+      'prompts': {'generated': len(prompts) + len(rejected), 'kept': len(prompts),
+                  'rejected': reasons},
+      'candidates': sum(len(c['candidates']) for c in candidates),
+      'judgments': {'total': n_judgments, 'valid': n_valid,
+                    'valid_fraction': round(n_valid / n_judgments, 4) if n_judgments else None},
+      'score_histogram': score_histogram(judgments),
+      'pairs': len(pairs),
+      'no_pair': {k: v for k, v in decided.items() if k != 'pair'},
+      'lengths': response_lengths(pairs, candidates),
+      'dpo': dpo_metrics(os.path.join(iter_dir, 'dpo')),
+      'evaluation': evaluation,
+      'seconds': timings or {},
+  }
+
+
+def to_markdown(report: dict) -> str:
+  """Returns the report as a short markdown page."""
+  j, lengths = report['judgments'], report['lengths']
+  lines = [f"# Iteration {report['iteration']} ({report['model']})", '',
+           '| what | value |', '|---|---|',
+           f"| prompts generated / kept | {report['prompts']['generated']} / "
+           f"{report['prompts']['kept']} |",
+           f"| prompts rejected | {report['prompts']['rejected']} |",
+           f"| candidates | {report['candidates']} |",
+           f"| judgments valid / total | {j['valid']} / {j['total']} |",
+           f"| score histogram | {report['score_histogram']} |",
+           f"| pairs | {report['pairs']} |",
+           f"| prompts without a pair | {report['no_pair']} |",
+           f"| mean length chosen / rejected / all (tokens) | {lengths['chosen']['mean']} / "
+           f"{lengths['rejected']['mean']} / {lengths['all']['mean']} |"]
+  for key in ('loss', 'rewards/accuracies', 'rewards/margins'):
+    if key in report['dpo']:
+      lines.append(f"| DPO final {key} | {report['dpo'][key]:.4f} |")
+  for stage, seconds in report['seconds'].items():
+    lines.append(f'| seconds: {stage} | {seconds} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(report: dict, iter_dir: str) -> list:
+  """Writes the score histogram and DPO curves as PNG (when matplotlib is installed)."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return []
+  written = []
+  hist = report['score_histogram']
+  fig, ax = plt.subplots(figsize=(5, 3))
+  ax.bar(list(hist), list(hist.values()))
+  ax.set_title(f"Judge scores, iteration {report['iteration']}")
+  ax.set_xlabel('score')
+  ax.set_ylabel('judgments')
+  fig.tight_layout()
+  written.append(os.path.join(iter_dir, 'scores.png'))
+  fig.savefig(written[-1], dpi=80)
+  plt.close(fig)
+  metrics = _read(os.path.join(iter_dir, 'dpo', 'metrics.jsonl'))
+  curves = [m for m in metrics if 'loss' in m and 'step' in m]
+  if curves:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    steps = [m['step'] for m in curves]
+    axes[0].plot(steps, [m['loss'] for m in curves])
+    axes[0].set_title('DPO loss')
+    if 'rewards/accuracies' in curves[0]:
+      axes[1].plot(steps, [m['rewards/accuracies'] for m in curves])
+    axes[1].set_title('reward accuracy')
+    for ax in axes:
+      ax.set_xlabel('step')
+    fig.tight_layout()
+    written.append(os.path.join(iter_dir, 'dpo.png'))
+    fig.savefig(written[-1], dpi=80)
+    plt.close(fig)
+  return written
+
+
+def write_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
+  """Writes report.json, report.md and plots for iteration t; returns the report."""
+  report = build_report(iter_dir, t, timings)
+  report['plots'] = [os.path.basename(p) for p in plot(report, iter_dir)]
+  with open(os.path.join(iter_dir, 'report.json'), 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(iter_dir, 'report.md'), 'w', encoding='utf-8') as f:
+    f.write(to_markdown(report))
+  return report

@@ -1,0 +1,106 @@
+"""The self-rewarding loop end to end on the tiny config, and its input validation."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import srlm_jax
+from srlm_jax import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  spec = importlib.util.spec_from_file_location('tiny_cfg', os.path.join(ROOT, 'configs',
+                                                                         'tiny.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def load_model(name):
+  return srlm_jax.load(name, dtype='float32')
+
+
+@pytest.fixture(scope='module')
+def two_iterations(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('tiny_loop'))
+  reports = loop.Loop(tiny_config(), workdir, load_model=load_model, progress=False).run()
+  return workdir, reports
+
+
+def test_two_iterations_write_every_stage(two_iterations):
+  workdir, reports = two_iterations
+  assert loop.is_done(os.path.join(workdir, 'm1_sft'))
+  assert [r['iteration'] for r in reports] == [1, 2]
+  for t in (1, 2):
+    d = os.path.join(workdir, f'iter_{t}')
+    for stage in loop.STAGES:
+      assert loop.is_done(os.path.join(d, stage)), (t, stage)
+    report = json.load(open(os.path.join(d, 'report.json')))
+    assert report['prompts']['generated'] == 8
+    kept = report['prompts']['kept']
+    assert report['candidates'] == 4 * kept
+    assert report['judgments']['total'] == 3 * 4 * kept
+    assert os.path.exists(os.path.join(d, 'report.md'))
+    pairs = loop.read_records(os.path.join(d, 'pairs', 'pairs.jsonl'))
+    assert report['pairs'] == len(pairs)
+    for p in pairs:
+      assert p['chosen_score'] > p['rejected_score']
+  # The SFT taught the tiny model the judge format: some judgments parse.
+  assert any(r['judgments']['valid'] > 0 for r in reports)
+
+
+def test_resume_after_a_finished_run_recomputes_nothing(two_iterations):
+  workdir, _ = two_iterations
+  before = {p: os.path.getmtime(p) for p in _files(workdir)}
+  loop.Loop(tiny_config(), workdir, load_model=load_model, progress=False).run()
+  after = {p: os.path.getmtime(p) for p in _files(workdir) if p in before}
+  changed = [p for p in before if before[p] != after.get(p) and 'report' not in p
+             and not p.endswith(('.png', 'config.json'))]
+  assert not changed
+
+
+def _files(root):
+  for dirpath, _, names in os.walk(root):
+    for n in names:
+      yield os.path.join(dirpath, n)
+
+
+@pytest.mark.parametrize('line, message', [
+    ('{"prompt": "Hi", "response": "Hello"', 'malformed JSON'),
+    ('{"prompt": "   ", "response": "Hello"}', "field 'prompt' is empty"),
+    ('{"response": "Hello"}', "missing field 'prompt'"),
+])
+def test_bad_seed_data_fails_before_any_compute(tmp_path, line, message):
+  seeds = tmp_path / 'ift.jsonl'
+  seeds.write_text('{"prompt": "Say hi.", "response": "Hi!"}\n' + line + '\n')
+  config = tiny_config(**{'data.ift': str(seeds)})
+
+  def no_model(name):
+    raise AssertionError('a model was loaded before the seed data was validated')
+
+  with pytest.raises(ValueError, match=f'{seeds}:2: .*{message}'):
+    loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
+       f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={tmp_path}',
+       '--config.creation.n_candidate=8'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert 'n_candidate' in proc.stderr
+  assert not os.listdir(tmp_path)
