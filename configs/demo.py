@@ -30,19 +30,19 @@ def get_config(arg: str = ''):
   # M1: a short SFT on a slice of the seed sets (the full sets take an hour on a laptop CPU).
   c.data.max_ift = 32
   c.data.max_eft = 32
-  c.sft.num_steps = 8
-  c.sft.batch_size = 8
-  c.sft.max_len = 384
+  c.sft.num_steps = 4
+  c.sft.batch_size = 4
+  c.sft.max_len = 256
   c.sft.lr = 1e-5
   c.sft.end_lr = 2e-6
   c.sft.dtype = 'float32'
-  c.sft.checkpoint_every = 4
+  c.sft.checkpoint_every = 2
 
   c.dpo.batch_size = 4
   c.dpo.num_epochs = 1.0
-  c.dpo.max_len = 384
+  c.dpo.max_len = 256
   c.dpo.lr = 1e-6
   c.dpo.end_lr = 1e-7
   c.dpo.dtype = 'float32'
-  c.dpo.checkpoint_every = 4
+  c.dpo.checkpoint_every = 2
   return c

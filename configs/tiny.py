@@ -2,9 +2,9 @@ r"""A random tiny Llama (2 layers, d=64) with SmolLM2's tokenizer: the loop's te
 
   python launch/srlm.py --config=configs/tiny.py --workdir=/tmp/srlm_tiny
 
-Every stage runs, in seconds, on a CPU. M1's SFT is long enough for the tiny model to pick up
-the judge format (`Score: N` at the end) from the EFT examples, so some judgments parse and
-the iterations make real preference pairs.
+Every stage runs, in seconds, on a CPU. A random model judges nothing validly, so its
+iterations usually make no pairs and skip DPO (M_{t+1} = M_t, recorded in dpo/DONE); the
+stages, shards, records and resume logic are the same as in a real run.
 """
 
 import importlib.util
@@ -34,15 +34,15 @@ def get_config(arg: str = ''):
   c.creation.filters.near_duplicate = 1.01
 
   c.data.max_ift = 16
-  c.data.max_eft = 48
-  c.sft.num_steps = 60
+  c.data.max_eft = 16
+  c.sft.num_steps = 12
   c.sft.batch_size = 8
   c.sft.max_len = 96
   c.sft.lr = 3e-3
   c.sft.end_lr = 3e-4
   c.sft.warmup_steps = 5
   c.sft.dtype = 'float32'
-  c.sft.checkpoint_every = 20
+  c.sft.checkpoint_every = 6
 
   c.dpo.batch_size = 2
   c.dpo.num_epochs = 1.0

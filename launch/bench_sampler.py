@@ -34,7 +34,7 @@ flags.DEFINE_enum('model_size', '', ['', '1b'], "'1b': a random-weight ~1B Llama
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute and parameter dtype.')
 flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes to time.')
 flags.DEFINE_integer('new_tokens', 128, 'Tokens generated per row.')
-flags.DEFINE_bool('reference', True, "Also time transformers' generate (--no_reference skips).")
+flags.DEFINE_bool('no_reference', False, "Skip transformers' generate (for GPU runs).")
 flags.DEFINE_string('prompts', os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
                                             'data', 'mt_bench', 'question.jsonl'),
                     'MT-Bench style JSONL whose first turns are the prompts.')
@@ -125,7 +125,7 @@ def left_pad(ids, pad_id):
 
 def main(argv):
   del argv
-  if FLAGS.reference:
+  if not FLAGS.no_reference:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())
   if FLAGS.model_size == '1b':
@@ -136,7 +136,7 @@ def main(argv):
     model = srlm_jax.load(FLAGS.model, dtype=FLAGS.dtype)
     model.config = model.config.replace(dtype=FLAGS.dtype)
   config, m = model.config, FLAGS.new_tokens
-  reference = torch_model(config, model.params) if FLAGS.reference else None
+  reference = None if FLAGS.no_reference else torch_model(config, model.params)
   peak, (copy_bw, read_bw) = matmul_peak(config.dtype), bandwidth()
   bw = max(copy_bw, read_bw)  # the floor takes the best bandwidth seen
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))

@@ -218,7 +218,8 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
 
   A line is a human pair {"prompt", "chosen", "rejected"} (optional "prompt_id", "chosen_rank",
   "rejected_rank") or a ranking {"prompt", "responses": [{"response", "rank"}, ...]}. Pairs are
-  grouped by prompt_id (else prompt text); responses without ranks are ranked by how many of
+  grouped by prompt_id (else prompt text), responses told apart by chosen_id / rejected_id (else
+  text); responses without ranks are ranked by how many of
   their prompt's pairs they lose. `max_pairs` keeps whole prompts in file order, skipping any
   that would take the total past max_pairs (the first prompt is always kept).
   """
@@ -229,7 +230,7 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
       raise ValueError(f'{where}:{n}: field "prompt" must be a non-empty string')
     g = groups.setdefault(obj.get('prompt_id', prompt), {
         'id': str(obj.get('prompt_id', f'{where}:{n}')), 'prompt': prompt, 'responses': [],
-        'ranks': [], 'pairs': []})
+        'keys': [], 'ranks': [], 'pairs': []})
     if 'responses' in obj:
       items = obj['responses']
       if not isinstance(items, list) or not all(
@@ -237,6 +238,7 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
           and isinstance(x.get('rank'), (int, float)) for x in items):
         raise ValueError(f'{where}:{n}: "responses" must be a list of {{"response", "rank"}}')
       g['responses'] += [x['response'] for x in items]
+      g['keys'] += [x.get('id', len(g['keys']) + i) for i, x in enumerate(items)]
       g['ranks'] += [float(x['rank']) for x in items]
       continue
     index = []
@@ -244,13 +246,16 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
       text = obj.get(side)
       if not isinstance(text, str) or not text.strip():
         raise ValueError(f'{where}:{n}: field {side!r} must be a non-empty string')
-      if text not in g['responses']:
+      key = obj.get(f'{side}_id', text)  # replies with the same text but ids stay apart
+      if key not in g['keys']:
+        g['keys'].append(key)
         g['responses'].append(text)
         g['ranks'].append(obj.get(f'{side}_rank'))
-      index.append(g['responses'].index(text))
+      index.append(g['keys'].index(key))
     g['pairs'].append(index)
   out, total = [], 0
   for g in groups.values():
+    del g['keys']
     if any(rank is None for rank in g['ranks']):
       lost = collections.Counter(j for _, j in g['pairs'])
       g['ranks'] = [float(lost[i]) for i in range(len(g['responses']))]

@@ -41,7 +41,10 @@ CACHE = P(None, BATCH, None, 'tensor', None)  # [L, B, S, K, Dh]
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Optional[Sequence[Any]] = None) -> Mesh:
-  """Returns a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 to take the remaining devices."""
+  """Returns a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 to take the remaining devices.
+
+  A shape with no -1 that needs fewer devices than there are uses the first ones.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = [data, fsdp, tensor]
   if shape.count(-1) > 1:
@@ -51,10 +54,11 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     if len(devices) % known:
       raise ValueError(f'{len(devices)} devices do not split into mesh shape {shape}')
     shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
+  if int(np.prod(shape)) > len(devices):
     raise ValueError(f'mesh shape {dict(zip(AXES, shape))} needs {int(np.prod(shape))} devices; '
                      f'{len(devices)} are available')
-  grid = np.asarray(devices, dtype=object).reshape(shape)
+  # An explicit shape smaller than the machine takes the first devices (e.g. (1, 1, 1)).
+  grid = np.asarray(devices[:int(np.prod(shape))], dtype=object).reshape(shape)
   return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 

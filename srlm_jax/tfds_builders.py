@@ -63,7 +63,7 @@ class OasstSrlm(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, features=_features(self.builder_config.name),
+        builder=self, features=_features(self.builder_config.name), disable_shuffling=True,
         description='Open Assistant first turns for Self-Rewarding LM seed and judge data, '
                     'built by srlm_jax.data from local OASST files.')
 

@@ -140,5 +140,6 @@ def test_rule_table_rejects_unknown_params_and_fits_uneven_dims():
   mesh = sharding.make_mesh(2, 2, 2)
   spec = sharding.fit_spec(jax.sharding.PartitionSpec(None, 'fsdp', 'tensor'), (2, 64, 3), mesh)
   assert spec == jax.sharding.PartitionSpec(None, 'fsdp', None)
-  with pytest.raises(ValueError, match='needs 12 devices'):
-    sharding.make_mesh(2, 2, 3)
+  with pytest.raises(ValueError, match='needs 16 devices'):
+    sharding.make_mesh(2, 2, 4)
+  assert sharding.make_mesh(1, 1, 1).devices.size == 1
