@@ -39,6 +39,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.ift = 'embedded:ift_seed.jsonl'  # IFT seed JSONL {prompt, response}; also seeds prompts
   c.data.eft = 'embedded:eft_seed.jsonl'  # EFT seed JSONL {prompt, response, judgment}
+  c.data.eft_target = 'judgment'  # EFT SFT target: 'judgment' (reasons + score), 'score_only'
   c.data.max_ift = 0  # use only the first N IFT records (0: all)
   c.data.max_eft = 0  # use only the first N EFT records (0: all)
 

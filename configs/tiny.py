@@ -2,9 +2,10 @@ r"""A random tiny Llama (2 layers, d=64) with SmolLM2's tokenizer: the loop's te
 
   python launch/srlm.py --config=configs/tiny.py --workdir=/tmp/srlm_tiny
 
-Every stage runs, in seconds, on a CPU. A random model judges nothing validly, so its
-iterations usually make no pairs and skip DPO (M_{t+1} = M_t, recorded in dpo/DONE); the
-stages, shards, records and resume logic are the same as in a real run.
+Every stage runs on a CPU in about a minute. The judge prompt is a short rubric and the EFT
+targets only the `Score: N` line; a few SFT steps do not teach a random model to judge, so its
+judgments are mostly invalid, its iterations usually make no pairs and skip DPO (M_{t+1} = M_t,
+recorded in dpo/DONE). Stages, shards, records and resumption are those of a real run.
 """
 
 import importlib.util
@@ -20,14 +21,18 @@ def get_config(arg: str = ''):
   c = common.get_config(arg)
   c.model = 'tiny:0'
   c.iterations = 2
-  c.shard_size = 4
+  c.shard_size = 2
   c.mesh = (1, 1, 1)
 
-  c.creation.num_requests = 8
-  c.creation.prompt_max_new_tokens = 24
-  c.creation.max_new_tokens = 24
+  c.creation.num_requests = 4
+  c.creation.prompt_max_new_tokens = 16
+  c.creation.n_candidates = 2
+  c.creation.max_new_tokens = 16
   c.creation.judge.k = 3
-  c.creation.judge.max_new_tokens = 24
+  c.creation.judge.max_new_tokens = 8
+  c.creation.judge.template = ('Rate the response from 0 to 5.\nQuestion: {prompt}\n'
+                               'Response: {response}')
+  c.data.eft_target = 'score_only'
   # A random model writes no real instructions; keep what it writes so later stages run.
   c.creation.filters.min_words = 1
   c.creation.filters.require_instruction = False
@@ -35,18 +40,18 @@ def get_config(arg: str = ''):
 
   c.data.max_ift = 16
   c.data.max_eft = 16
-  c.sft.num_steps = 12
-  c.sft.batch_size = 8
-  c.sft.max_len = 96
+  c.sft.num_steps = 4
+  c.sft.batch_size = 4
+  c.sft.max_len = 160
   c.sft.lr = 3e-3
   c.sft.end_lr = 3e-4
-  c.sft.warmup_steps = 5
+  c.sft.warmup_steps = 1
   c.sft.dtype = 'float32'
-  c.sft.checkpoint_every = 6
+  c.sft.checkpoint_every = 2
 
   c.dpo.batch_size = 2
   c.dpo.num_epochs = 1.0
-  c.dpo.max_len = 96
+  c.dpo.max_len = 64
   c.dpo.lr = 1e-3
   c.dpo.end_lr = 1e-4
   c.dpo.dtype = 'float32'

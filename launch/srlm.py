@@ -16,9 +16,7 @@ from ml_collections import config_flags
 
 import jax
 
-import srlm_jax
 from srlm_jax import loop
-from srlm_jax import sharding
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Loop config file.',
                                           lock_config=True)
@@ -30,10 +28,8 @@ def main(argv):
   config = _CONFIG.value
   if config.distributed:
     jax.distributed.initialize()
-  mesh = sharding.make_mesh(*config.mesh)
   # The seed data is read and validated in Loop() before any model is loaded.
-  run = loop.Loop(config, _WORKDIR.value,
-                  load_model=lambda name: srlm_jax.load(name, mesh=mesh, dtype='float32'))
+  run = loop.Loop(config, _WORKDIR.value, load_model=loop.default_loader(config))
   reports = run.run()
   for t, report in enumerate(reports, 1):
     logging.info('iteration %d: %d pairs', t, report['pairs'])

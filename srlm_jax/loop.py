@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from typing import Any, Callable, Optional
 
@@ -40,6 +41,15 @@ from srlm_jax import train
 
 EMBEDDED = os.path.join(os.path.dirname(__file__), 'data')
 STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
+# Crash testing: the process SIGKILLs itself on reaching the named point, '<stage>' (its work
+# done, DONE not yet written) or '<stage>:shard' (its first shard written). Resumption tests
+# use it to kill a run inside each stage in turn.
+KILL_AT_ENV = 'SRLM_JAX_KILL_AT'
+
+
+def _crash_point(name: str) -> None:
+  if os.environ.get(KILL_AT_ENV) == name:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def data_path(path: str) -> str:
@@ -85,6 +95,7 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, in
     if not os.path.exists(path):
       logging.info('%s: shard %d/%d', desc, s + 1, n_shards)
       creation.write_jsonl(path, fn(items[s * shard_size:(s + 1) * shard_size], s))
+      _crash_point(f'{desc}:shard')
     out.extend(read_records(path))
   return out
 
@@ -107,6 +118,14 @@ def read_seed_data(config) -> dict:
   if config.data.max_eft:
     eft = eft[:config.data.max_eft]
   return {'ift': ift, 'eft': eft, 'seed_prompts': [p for p, _ in ift]}
+
+
+def default_loader(config) -> Callable[[str], Any]:
+  """Returns load_model(name): srlm_jax.load onto the config's mesh, in float32."""
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  from srlm_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(*config.mesh)
+  return lambda name: srlm_jax.load(name, mesh=mesh, dtype='float32')
 
 
 class Loop:
@@ -165,10 +184,12 @@ class Loop:
       return params_dir
     records = [{'prompt': p, 'response': r} for p, r in self.seeds['ift']]
     records += [{'prompt': judge.judge_prompt(p, r, self.settings.judge.template),
-                 'response': j} for p, r, j in self.seeds['eft']]
+                 'response': _eft_target(j, self.config.data.eft_target)}
+                for p, r, j in self.seeds['eft']]
     data = creation.write_jsonl(os.path.join(stage, 'data.jsonl'), records)
     cfg = _train_config(self.config.sft, train_data=data, mesh=self.config.mesh)
     train.run_sft(cfg, os.path.join(stage, 'train'), model=self.base())
+    _crash_point('m1_sft')
     mark_done(stage, {'examples': len(records)})
     return params_dir
 
@@ -195,6 +216,7 @@ class Loop:
         os.makedirs(path, exist_ok=True)
         start = time.perf_counter()
         info = fn(path) or {}
+        _crash_point(name)
         timings[name] = round(time.perf_counter() - start, 2)
         mark_done(path, info)
         mark_done(os.path.join(d, 'timings'), timings)
@@ -277,6 +299,15 @@ class Loop:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _eft_target(judgment: str, kind: str) -> str:
+  """Returns the SFT target of an EFT example: the whole judgment or only its verdict line."""
+  if kind == 'judgment':
+    return judgment
+  if kind == 'score_only':
+    return f'Score: {judge.parse_score_host(judgment):g}'
+  raise ValueError(f'data.eft_target={kind!r}: expected judgment or score_only')
+
 
 def _done_info(stage_dir: str) -> dict:
   path = os.path.join(stage_dir, 'DONE')

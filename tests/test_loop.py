@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import srlm_jax
 from srlm_jax import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +29,7 @@ def tiny_config(**overrides):
 
 
 def load_model(name):
-  return srlm_jax.load(name, dtype='float32')
+  return loop.default_loader(tiny_config())(name)
 
 
 @pytest.fixture(scope='module')
@@ -49,10 +48,10 @@ def test_two_iterations_write_every_stage(two_iterations):
     for stage in loop.STAGES:
       assert loop.is_done(os.path.join(d, stage)), (t, stage)
     report = json.load(open(os.path.join(d, 'report.json')))
-    assert report['prompts']['generated'] == 8
+    assert report['prompts']['generated'] == 4
     kept = report['prompts']['kept']
-    assert report['candidates'] == 4 * kept
-    assert report['judgments']['total'] == 3 * 4 * kept
+    assert report['candidates'] == 2 * kept
+    assert report['judgments']['total'] == 3 * 2 * kept
     assert os.path.exists(os.path.join(d, 'report.md'))
     pairs = loop.read_records(os.path.join(d, 'pairs', 'pairs.jsonl'))
     assert report['pairs'] == len(pairs)
@@ -106,3 +105,33 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert proc.returncode != 0
   assert 'n_candidate' in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+KILL_POINTS = ('m1_sft', 'prompts:shard', 'prompts', 'candidates:shard', 'judgments:shard',
+               'pairs', 'ref_logps', 'dpo', 'eval')
+
+
+def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path,
+                                                                        two_iterations):
+  """Each run is SIGKILLed at the next point, the next run resumes; the end equals no kills."""
+  reference, _ = two_iterations
+  workdir = str(tmp_path / 'killed')
+  cmd = [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
+         f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  for point in KILL_POINTS:
+    proc = subprocess.run(cmd, env={**env, loop.KILL_AT_ENV: point}, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == -9, (point, proc.stderr[-3000:])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for t in (1, 2):
+    for stage, name in (('prompts', 'prompts.jsonl'), ('prompts', 'rejected.jsonl'),
+                        ('candidates', 'candidates.jsonl'), ('judgments', 'judgments.jsonl'),
+                        ('pairs', 'pairs.jsonl'), ('pairs', 'decisions.jsonl')):
+      got = loop.read_records(os.path.join(workdir, f'iter_{t}', stage, name))
+      want = loop.read_records(os.path.join(reference, f'iter_{t}', stage, name))
+      assert got == want, (t, stage, name)
+    shards = os.listdir(os.path.join(workdir, f'iter_{t}', 'judgments', 'shards'))
+    assert sorted(shards) == sorted(os.listdir(os.path.join(reference, f'iter_{t}',
+                                                            'judgments', 'shards')))
