@@ -103,12 +103,11 @@ def oasst_pairs(path: str) -> list[dict]:
   return out
 
 
-def select_records(pairs: list[dict], source: str, tokenizer, max_len: int, n: int,
-                   batch_size: int) -> list[data_io.Record]:
+def select_records(candidates: list[data_io.Record], source: str, tokenizer, max_len: int,
+                   n: int, batch_size: int) -> list[data_io.Record]:
   """Returns the first pairs (a multiple of batch_size, at most n) whose prompt fits max_len."""
   records = []
-  for i, p in enumerate(pairs, start=1):
-    record = (source, i, p)
+  for record in candidates:
     prompt, _, _ = (data_io.text_field(record, k) for k in ('prompt', 'chosen', 'rejected'))
     # A prompt of < max_len tokens leaves a target in both libraries (neither drops the pair).
     if len(tokenizer.encode_chat([{'role': 'user', 'content': prompt}])) < max_len:
@@ -270,10 +269,11 @@ def main(argv):
   model = srlm_jax.load(FLAGS.model, mesh=mesh, dtype='float32')
   mc = model.config.replace(dtype=FLAGS.dtype, remat=False)
   if FLAGS.pairs:
-    source, pairs = FLAGS.pairs, [r[2] for r in data_io.read_jsonl(FLAGS.pairs)]
-  else:
-    source, pairs = os.path.normpath(FLAGS.oasst), oasst_pairs(FLAGS.oasst)
-  records = select_records(pairs, source, model.tokenizer, FLAGS.max_len, FLAGS.num_pairs,
+    source, candidates = FLAGS.pairs, data_io.read_jsonl(FLAGS.pairs)
+  else:  # the 'line' of a built pair is its index
+    source = os.path.normpath(FLAGS.oasst)
+    candidates = [(f'{source} (pair)', i, p) for i, p in enumerate(oasst_pairs(source), 1)]
+  records = select_records(candidates, source, model.tokenizer, FLAGS.max_len, FLAGS.num_pairs,
                            FLAGS.batch_size)
   peak = matmul_peak(FLAGS.dtype)
   print(f'device {jax.devices()[0].device_kind}, {mc.num_params / 1e6:.0f}M params, '
