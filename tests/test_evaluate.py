@@ -217,21 +217,21 @@ def test_load_judge_groups_real_pairs_keep_replies_with_equal_text(shared_data, 
 
 
 def test_small_judge_accuracy_run_with_smollm2(shared_data, tmp_path):
-  """End to end on real data and the real model: 8 human pairs, k=1, a few greedy tokens."""
+  """End to end on real data and the real model: 6 human pairs, k=1, a few greedy tokens."""
   import srlm_jax  # pylint: disable=g-import-not-at-top
   rankings, _ = data.eft_eval_from_trees(os.path.join(shared_data, 'oasst1',
                                                       'en-validation.jsonl'))
   # The shortest prompts keep the judge prompts (and this test) short.
   rankings.sort(key=lambda g: len(g['prompt']) + sum(len(r['response']) for r in g['responses']))
   path = data.write_jsonl(str(tmp_path / 'pairs.jsonl'), data.pairs_from_rankings(rankings))
-  groups = evaluate.load_judge_groups(path, max_pairs=8)
-  assert sum(len(g['pairs']) for g in groups) == 8
+  groups = evaluate.load_judge_groups(path, max_pairs=6)  # 2 prompts, 6 responses: one batch
+  assert sum(len(g['pairs']) for g in groups) == 6
   model = srlm_jax.load('smollm2-135m-instruct')
-  settings = judge.JudgeSettings(k=1, temperature=0.0, max_new_tokens=12)
+  settings = judge.JudgeSettings(k=1, temperature=0.0, max_new_tokens=8)
   cache = str(tmp_path / 'judgments.jsonl')
   metrics, records = evaluate.evaluate_judge(model, groups, settings, n_boot=100,
                                              cache_path=cache, progress=False)
-  assert metrics['counts']['pairs'] == 8
+  assert metrics['counts']['pairs'] == 6
   assert len(records) == sum(len(g['responses']) for g in groups)
   assert 0 <= metrics['pairwise_accuracy'] <= 1
   assert all(len(r['judgments']) == 1 and isinstance(r['judgments'][0], str) for r in records)

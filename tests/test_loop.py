@@ -107,8 +107,8 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-KILL_POINTS = ('m1_sft', 'prompts:shard', 'prompts', 'candidates:shard', 'judgments:shard',
-               'pairs', 'ref_logps', 'dpo', 'eval')
+KILL_POINTS = ('m1_sft', 'prompts:shard', 'candidates:shard', 'judgments:shard', 'pairs',
+               'ref_logps', 'dpo', 'eval')
 
 
 def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path,
@@ -118,7 +118,11 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   workdir = str(tmp_path / 'killed')
   cmd = [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
          f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  # The runs share a persistent compilation cache: each would otherwise compile everything.
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   for point in KILL_POINTS:
     proc = subprocess.run(cmd, env={**env, loop.KILL_AT_ENV: point}, capture_output=True,
                           text=True, timeout=900, check=False)
