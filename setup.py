@@ -27,6 +27,7 @@ setuptools.setup(
         'ml-collections>=0.1.1',
         'absl-py>=1.4',
         'tqdm>=4.66',
+        'matplotlib>=3.7',  # the loop's report plots
     ],
     extras_require={
         # transformers' PyTorch Llama is the numerical reference; torch 2.13.0 is the CPU build
@@ -38,6 +39,9 @@ setuptools.setup(
             'accelerate>=1.0',
             'scipy>=1.11',
             'trl>=1.0',  # TRL's DPO losses and DPOTrainer are the references for ours
+            'tensorflow-datasets>=4.9',  # the OASST builders as TFDS datasets (no TensorFlow)
+            'importlib_resources',
+            'array_record',
         ],
     },
 )

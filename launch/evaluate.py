@@ -47,7 +47,8 @@ _MODE = flags.DEFINE_enum('mode', 'judge', ['judge', 'iterations'], 'What to eva
 _JUDGE = flags.DEFINE_string('judge', 'smollm2-135m-instruct', 'Judge model path or name.')
 _PAIRS = flags.DEFINE_string('pairs', None, 'Human pairs (or rankings) JSONL.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.', required=True)
-_MAX_PAIRS = flags.DEFINE_integer('max_pairs', None, 'Evaluate whole prompts up to this many pairs.')
+_MAX_PAIRS = flags.DEFINE_integer('max_pairs', None,
+                                  'Evaluate whole prompts up to this many pairs in all.')
 _K = flags.DEFINE_integer('k', 3, 'Judgments per response (their valid scores are averaged).')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.7, 'Judge sampling temperature (0: greedy).')
 _TOP_P = flags.DEFINE_float('top_p', 0.9, 'Judge nucleus sampling.')
@@ -118,7 +119,7 @@ def _prompt_set() -> list[str]:
 
 
 def _fmt(metrics: dict, key: str, pct: bool = True) -> str:
-  if key not in metrics:
+  if key not in metrics or np.isnan(metrics[key]):
     return '-'
   scale, unit = (100, '%') if pct else (1, '')
   lo, hi = metrics.get(f'{key}_ci', [float('nan')] * 2)
@@ -153,15 +154,16 @@ def plot(rows: list[dict], path: str) -> bool:
   names = [r['name'] for r in rows]
   x = np.arange(len(rows))
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for ax, (title, get) in zip(axes, [
-      ('judge pairwise accuracy', lambda r: r.get('judge_agreement', {})),
-      ('win rate vs first (judged)', lambda r: r.get('head_to_head_vs_first', {}))]):
-    key = 'pairwise_accuracy' if 'judge' in title else 'win_rate'
-    vals = [get(r).get(key, np.nan) for r in rows]
-    cis = np.array([get(r).get(f'{key}_ci', [np.nan, np.nan]) for r in rows], float)
-    ax.errorbar(x, vals, yerr=np.abs(cis.T - np.array(vals)), fmt='o-', capsize=4)
+  for ax, (title, part, key) in zip(axes, [
+      ('judge pairwise accuracy', 'judge_agreement', 'pairwise_accuracy'),
+      ('win rate vs first (judged)', 'head_to_head_vs_first', 'win_rate')]):
+    get = lambda r, part=part: r.get(part, {})
+    has = [i for i, r in enumerate(rows) if key in get(r)]
+    vals = np.array([get(rows[i])[key] for i in has], float)
+    cis = np.array([get(rows[i])[f'{key}_ci'] for i in has], float).reshape(-1, 2)
+    ax.errorbar(x[has], vals, yerr=np.nan_to_num(np.abs(cis.T - vals)), fmt='o-', capsize=4)
     ax.axhline(0.5, color='grey', lw=0.5)
-    ax.set(title=title, xticks=x, xticklabels=names, ylim=(0, 1))
+    ax.set(title=title, xticks=x, xticklabels=names, ylim=(0, 1), xlim=(-0.5, len(rows) - 0.5))
   axes[2].bar(x, [r['lengths']['mean'] for r in rows])
   axes[2].set(title='mean response length (tokens)', xticks=x, xticklabels=names)
   fig.tight_layout()

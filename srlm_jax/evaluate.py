@@ -56,16 +56,9 @@ AGREEMENT_KEYS = ('pairwise_accuracy', 'five_best', 'exact_match', 'spearman', '
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
   """Returns the 1-based ranks of x in ascending order, ties sharing their average rank."""
-  x = np.asarray(x, np.float64)
-  order = np.argsort(x, kind='stable')
-  ranks = np.empty(len(x), np.float64)
-  xs = x[order]
-  start = 0
-  for end in range(1, len(x) + 1):
-    if end == len(x) or xs[end] != xs[start]:
-      ranks[order[start:end]] = (start + end + 1) / 2
-      start = end
-  return ranks
+  _, inverse, counts = np.unique(np.asarray(x, np.float64), return_inverse=True,
+                                 return_counts=True)
+  return (np.cumsum(counts) - (counts - 1) / 2)[inverse.reshape(-1)]
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -151,7 +144,7 @@ def _interval(values: np.ndarray, level: float) -> list:
 
 def judge_agreement(groups: Sequence[tuple], *, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95) -> dict:
-  """Returns the agreement metrics, `<metric>_ci` intervals and counts over (ranks, scores[, pairs])."""
+  """Returns the metrics, `<metric>_ci` intervals and counts of (ranks, scores[, pairs]) groups."""
   if not groups:
     raise ValueError('judge_agreement: no prompts to evaluate')
   stats = [prompt_stats(*g) for g in groups]
@@ -214,7 +207,7 @@ def length_stats(lengths) -> dict:
 # ------------------------------------------------------------------------------ model calls
 
 def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
-  """Returns per prompt {'id', 'prompt', 'responses', 'ranks', 'pairs'} from a pairs/rankings JSONL.
+  """Returns per prompt {'id', 'prompt', 'responses', 'ranks', 'pairs'} of a pairs/rankings file.
 
   A line is a human pair {"prompt", "chosen", "rejected"} (optional "prompt_id", "chosen_rank",
   "rejected_rank") or a ranking {"prompt", "responses": [{"response", "rank"}, ...]}. Pairs are
@@ -282,9 +275,15 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
          'max_new_tokens': settings.max_new_tokens,
          'template': zlib.crc32(repr(settings.template).encode())}
   done = {}
-  if cache_path and os.path.exists(cache_path) and os.path.getsize(cache_path):
-    done = {(r['prompt_id'], r['response_index']): r for _, _, r in read_jsonl(cache_path)
-            if r.get('settings') == tag}
+  if cache_path and os.path.exists(cache_path):
+    with open(cache_path, encoding='utf-8') as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except json.JSONDecodeError:  # a line torn when an earlier run was stopped
+          continue
+        if r.get('settings') == tag:
+          done[(r['prompt_id'], r['response_index'])] = r
   flat = [(gi, ri) for gi, g in enumerate(groups) for ri in range(len(g['responses']))]
   todo = sorted((f for f in flat if (groups[f[0]]['id'], f[1]) not in done),
                 key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
@@ -305,9 +304,9 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
     if cache_path:
       with open(cache_path, 'a', encoding='utf-8') as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in new)
-    elapsed = time.perf_counter() - start_time
-    logging.info('judged %d of %d responses (%.0f s; about %.0f s left)', start + len(part),
-                 len(todo), elapsed, elapsed / (start + len(part)) * (len(todo) - start - len(part)))
+    elapsed, finished = time.perf_counter() - start_time, start + len(part)
+    logging.info('judged %d of %d responses (%.0f s; about %.0f s left)', finished, len(todo),
+                 elapsed, elapsed / finished * (len(todo) - finished))
   records = [done[(groups[gi]['id'], ri)] for gi, ri in flat]
   scores = [np.full(len(g['responses']), np.nan) for g in groups]
   for (gi, ri), r in zip(flat, records):

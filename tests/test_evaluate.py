@@ -238,3 +238,24 @@ def test_small_judge_accuracy_run_with_smollm2(shared_data, tmp_path):
   # A second run finds every judgment in the cache and gives the same numbers.
   again, _ = evaluate.evaluate_judge(model, groups, settings, n_boot=100, cache_path=cache)
   assert again['pairwise_accuracy'] == metrics['pairwise_accuracy']
+
+
+def test_launch_table_and_plot(tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'launch_evaluate', os.path.join(os.path.dirname(__file__), '..', 'launch', 'evaluate.py'))
+  launch = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(launch)
+  agreement = evaluate.judge_agreement([([0, 1], [3, 1]), ([0, 1, 2], [2, 2, 1])], n_boot=20)
+  h2h = dict(evaluate.win_rates([1, 0, -1, 1], n_boot=20),
+             length_controlled=evaluate.length_controlled([1, 0, -1, 1], [1, 2, 3, 4],
+                                                          [1, 2, 3, 9], n_boot=20))
+  rows = [{'name': 'M0', 'judge_agreement': agreement, 'lengths': evaluate.length_stats([5, 7])},
+          {'name': 'M1', 'judge_agreement': agreement, 'head_to_head_vs_first': h2h,
+           'lengths': evaluate.length_stats([9, 11])}]
+  table = launch.markdown_table(rows).splitlines()
+  assert len(table) == 4 and table[0].count('|') == table[2].count('|') == 10
+  assert table[3].startswith('| M1 | 87.5% [') and table[3].endswith('| 10.0 |')  # 3.5 of 4
+  assert '| - |' in table[3]  # no 5 given: 5-best % is undefined
+  if launch.plot(rows, str(tmp_path / 'plot.png')):
+    assert (tmp_path / 'plot.png').stat().st_size > 1000
