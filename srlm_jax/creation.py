@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from srlm_jax import instructions
+from srlm_jax.data_io import write_jsonl
 from srlm_jax import judge as judge_lib
 from srlm_jax import pairs as pairs_lib
 from srlm_jax import sampler
@@ -44,19 +45,6 @@ class CreationSettings:
   min_gap: float = 0.0  # a pair needs best - worst > min_gap (and never a tie)
   length_margin: Optional[float] = None  # set: shortest candidate within margin of the best
   seed: int = 0
-
-
-def write_jsonl(path: str, records: Sequence[dict]) -> str:
-  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  return path
 
 
 def raw_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,

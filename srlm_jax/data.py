@@ -35,7 +35,7 @@ import math
 import os
 from typing import Iterable, Optional, Sequence
 
-from srlm_jax.data_io import Record, read_jsonl
+from srlm_jax.data_io import Record, read_jsonl, write_jsonl  # pylint: disable=unused-import
 
 Report = dict  # {'source', 'read', 'kept', 'dropped': {reason: count}}
 
@@ -341,17 +341,6 @@ def eft_train(ranked_path: Optional[str], quality_path: Optional[str],
     records += fresh
     reports.append(report)
   return records, reports
-
-
-def write_jsonl(path: str, records: Iterable[dict]) -> str:
-  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, path)
-  return path
 
 
 def score_histogram(records: Sequence[dict]) -> dict:

@@ -15,6 +15,7 @@ An SFT dataset is that dict; a DPO dataset is {'chosen': seq, 'rejected': seq} (
 
 import json
 import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -40,6 +41,19 @@ def read_jsonl(path: str) -> list[Record]:
   if not records:
     raise ValueError(f'{path}: no records (the file is empty)')
   return records
+
+
+def write_jsonl(path: str, records) -> str:
+  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
 
 
 def text_field(record: Record, field: str) -> str:
