@@ -21,15 +21,14 @@ checkpoint. Shard seeds depend only on the config's seed and the shard index, so
 run writes the same records as one never interrupted.
 """
 
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from typing import Any, Callable, Optional
 
-import jax
 import numpy as np
 
 from srlm_jax import checkpoint
@@ -141,11 +140,6 @@ class Loop:
     self.settings = creation_settings(config)
     self._base = None
 
-  @property
-  def is_writer(self) -> bool:
-    """Returns whether this process writes records (process 0 of a multi-host run)."""
-    return jax.process_index() == 0
-
   def base(self):
     """Returns M0 (config, tokenizer, params), loaded once."""
     if self._base is None:
@@ -204,8 +198,7 @@ class Loop:
   def iteration(self, t: int, params_dir: Optional[str]) -> dict:
     """Runs (or resumes) iteration t, M_t -> M_{t+1}; returns its report."""
     d = os.path.join(self.workdir, f'iter_{t}')
-    settings = self.settings
-    settings = type(settings)(**{**settings.__dict__, 'seed': settings.seed + 1000 * t})
+    settings = dataclasses.replace(self.settings, seed=self.settings.seed + 1000 * t)
     model = self.model_at(params_dir)
     timings = _done_info(os.path.join(d, 'timings')) or {}
     cfg = self.config
@@ -318,7 +311,6 @@ def _done_info(stage_dir: str) -> dict:
 
 
 def _with_params(model, params):
-  import dataclasses  # pylint: disable=g-import-not-at-top
   if dataclasses.is_dataclass(model):
     return dataclasses.replace(model, params=params)
   import types  # pylint: disable=g-import-not-at-top
@@ -351,7 +343,3 @@ def creation_settings(config) -> creation.CreationSettings:
                                 template=judge.get_template(c.judge.template)),
       min_gap=c.min_gap, length_margin=c.length_margin or None, seed=config.seed)
 
-
-def clear(workdir: str) -> None:
-  """Removes a work directory (for tests and fresh starts)."""
-  shutil.rmtree(workdir, ignore_errors=True)
