@@ -2,9 +2,11 @@ r"""The embedded default: one self-rewarding iteration of SmolLM2-135M-Instruct 
 
   python launch/srlm.py --config=configs/demo.py --workdir=/tmp/srlm_demo
 
-Seed data is the project's own embedded IFT and EFT sets (no download). Sized so that M1 SFT
-plus one full iteration (prompts, candidates, judgments, pairs, DPO) finishes in about ten
-minutes on a 2-core CPU: a short SFT, 16 few-shot requests, 4 candidates and 3 judgments each.
+Seed data is the project's own embedded IFT and EFT sets (no download). Sized to aim at about
+ten minutes for M1 SFT plus one full iteration (prompts, candidates, judgments, pairs, DPO) on
+an idle 2-core CPU: a short SFT, 16 few-shot requests, 4 candidates and 3 judgments each. (On a
+heavily loaded machine it took about 25 minutes; a 135M model judges badly, so an iteration
+may make few or no pairs, in which case DPO is skipped and reported.)
 """
 
 import importlib.util
