@@ -18,7 +18,6 @@ and matvec-read bandwidth).
 
 import json
 import os
-import time
 
 from absl import app, flags
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import llama, sampler
+from srlm_jax.bench_util import matmul_peak, timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -45,30 +45,14 @@ ONE_B = llama.LlamaConfig(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, 
                           ffn_dim=8192, rope_theta=500000.0, tie_embeddings=True)
 
 
-def _timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - start
-
-
-def matmul_peak(dtype) -> float:
-  """Returns the measured FLOP/s of a large square matmul on the default device."""
-  n = 2048 if jax.default_backend() == 'cpu' else 8192
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  _, t = _timed(lambda: [f(a) for _ in range(3)][-1].block_until_ready())
-  return 3 * 2 * n ** 3 / t
-
-
 def bandwidth() -> tuple[float, float]:
   """Returns measured bytes/s of (an elementwise copy of 256 MiB, a matvec reading 256 MiB)."""
   x = jnp.ones((64 * 2 ** 20,), jnp.float32)
   w, v = x.reshape(8192, 8192), jnp.ones((1, 8192), jnp.float32)
   copy, matvec = jax.jit(lambda a: a * 1.0001), jax.jit(lambda a, b: a @ b)
   copy(x).block_until_ready(), matvec(v, w).block_until_ready()
-  _, t_copy = _timed(lambda: [copy(x) for _ in range(3)][-1].block_until_ready())
-  _, t_read = _timed(lambda: [matvec(v, w) for _ in range(3)][-1].block_until_ready())
+  _, t_copy = timed(lambda: [copy(x) for _ in range(3)][-1].block_until_ready())
+  _, t_read = timed(lambda: [matvec(v, w) for _ in range(3)][-1].block_until_ready())
   return 3 * 2 * x.nbytes / t_copy, 3 * x.nbytes / t_read
 
 
@@ -149,8 +133,8 @@ def main(argv):
     tokens, mask = left_pad(prompt_ids(model, b, FLAGS.max_prompt_len), pad_id)
     run = lambda: jax.block_until_ready(sampler.sample(
         config, model.params, tokens, mask, 0, max_new_tokens=m).tokens)
-    _, first = _timed(run)
-    out, t_ours = _timed(run)
+    _, first = timed(run)
+    out, t_ours = timed(run)
     assert out.shape == (b, m)
     row = {'batch': b, 'prompt_len': tokens.shape[1], 'new_tokens': m,
            'ours_tok_s': b * m / t_ours, 'compile_s': max(first - t_ours, 0.0)}
@@ -160,7 +144,7 @@ def main(argv):
                                          min_new_tokens=n, do_sample=False, pad_token_id=pad_id)
       with torch.no_grad():
         gen(2)  # warm-up
-        ref, t_ref = _timed(lambda: gen(m))
+        ref, t_ref = timed(lambda: gen(m))
       assert ref.shape == (b, tokens.shape[1] + m)
       row.update(transformers_tok_s=b * m / t_ref, ratio=t_ref / t_ours,
                  same_tokens=float((ref[:, tokens.shape[1]:].numpy() == np.asarray(out)).mean()))

@@ -46,11 +46,11 @@ import types
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import srlm_jax
 from srlm_jax import data, data_io, hf_io, sharding, train
+from srlm_jax.bench_util import matmul_peak, timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -73,22 +73,6 @@ flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 # AdamW and clipping as TRL / transformers default them; the schedule constant, no warmup.
 OPTIMIZER = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0, warmup_steps=0,
                  schedule='constant')
-
-
-def _timed(fn):
-  start = time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - start
-
-
-def matmul_peak(dtype) -> float:
-  """Returns the median FLOP/s of 5 large square matmuls in dtype on the default device."""
-  n = 2048 if jax.default_backend() == 'cpu' else 8192
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: jnp.dot(x, x))
-  f(a).block_until_ready()
-  times = [_timed(lambda: f(a).block_until_ready())[1] for _ in range(5)]
-  return 2 * n ** 3 / statistics.median(times)
 
 
 def oasst_pairs(path: str) -> list[dict]:
@@ -139,7 +123,7 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
   b, steps, warmup = FLAGS.batch_size, FLAGS.steps, FLAGS.warmup
   dataset = data_io.tokenize_dpo(records, model.tokenizer, FLAGS.max_len, chat_template=True)
   n = data_io.num_examples(dataset)
-  dataset, ref_s = _timed(lambda: jax.block_until_ready(
+  dataset, ref_s = timed(lambda: jax.block_until_ready(
       train.compute_ref_logps(mc, model.params, dataset, b, mesh)))
   cfg = types.SimpleNamespace(lr=FLAGS.lr, end_lr=FLAGS.lr, num_steps=warmup + steps, **OPTIMIZER)
   optimizer = train.make_optimizer(cfg)
@@ -159,11 +143,11 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
     losses.append(float(metrics['loss']))
     tokens.append(int(dataset['chosen']['mask'][rows].sum() + dataset['rejected']['mask'][rows]
                       .sum()))
-  timed = times[warmup:]
-  out = _rates(timed, tokens[warmup:], b, mc.num_params, peak)
+  step_s = times[warmup:]
+  out = _rates(step_s, tokens[warmup:], b, mc.num_params, peak)
   out.update(
-      dtype=mc.dtype, step_s=timed, warmup_step_s=times[:warmup],
-      compile_s=max(times[0] - statistics.median(timed), 0.0), ref_precompute_s=ref_s,
+      dtype=mc.dtype, step_s=step_s, warmup_step_s=times[:warmup],
+      compile_s=max(times[0] - statistics.median(step_s), 0.0), ref_precompute_s=ref_s,
       tokens_per_pair=sum(tokens[warmup:]) / (b * steps),
       padded_positions_per_step=2 * b * FLAGS.max_len,
       mfu_padded=6 * mc.num_params * 2 * b * FLAGS.max_len / out['s_per_step'] / peak,
@@ -200,7 +184,7 @@ def run_trl(hf_dir: str, records, peak: float, num_params: int) -> dict:
     ref_precompute_s = 0.0
 
     def _precompute_ref_logps(self, *args, **kwargs):
-      out, t = _timed(lambda: super(TimedDPOTrainer, self)._precompute_ref_logps(*args, **kwargs))
+      out, t = timed(lambda: super(TimedDPOTrainer, self)._precompute_ref_logps(*args, **kwargs))
       self.ref_precompute_s += t
       return out
 
@@ -224,7 +208,7 @@ def run_trl(hf_dir: str, records, peak: float, num_params: int) -> dict:
       logging_steps=10 ** 6, dataloader_num_workers=0, dataloader_pin_memory=False,
       disable_tqdm=True, seed=0)
   timer = StepTimes()
-  trainer, setup_s = _timed(lambda: TimedDPOTrainer(
+  trainer, setup_s = timed(lambda: TimedDPOTrainer(
       model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[timer]))
   result = trainer.train()
   assert len(timer.end) == warmup + steps, (len(timer.begin), len(timer.end))
