@@ -68,6 +68,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
   c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
 
+  c.eval = ml_collections.ConfigDict()  # each iteration's eval stage, run on M_{t+1}
+  # Human-preference pairs JSONL {prompt, chosen, rejected} (launch/build_data.py writes
+  # human_pairs.jsonl from OASST1): M_{t+1}'s judge agreement with them; '' skips it.
+  c.eval.pairs = ''
+  c.eval.max_pairs = 64  # whole prompts from the file's start, up to this many pairs (0: all)
+  c.eval.k = 3  # judgments per response; the other judge settings are creation.judge's
+
   c.sft = load('sft').get_config()  # M0 -> M1 on IFT + EFT
   c.sft.enabled = True  # False starts the iterations from M0 itself
   c.sft.num_epochs = 1.0  # passes over IFT + EFT (when sft.num_steps is 0)

@@ -12,7 +12,8 @@ by atomically writing DONE; a stage with DONE is never run again):
     pairs/       pairs.jsonl, decisions.jsonl
     ref_logps/   ref_logps.npz (M_t's log-probs of every chosen and rejected response)
     dpo/         orbax checkpoints, metrics.jsonl, params/ (M_{t+1})
-    eval/        eval.json (lengths; judge agreement when config.eval.pairs is set)
+    eval/        eval.json: response lengths; with config.eval.pairs, M_{t+1}'s judge agreement
+                 with those human pairs (judgments.jsonl holds its judgments, resumable)
     report.json, report.md, *.png
 
 The sampling stages run in shards of `config.shard_size` prompts, each written atomically, so
@@ -34,6 +35,7 @@ import numpy as np
 from srlm_jax import checkpoint
 from srlm_jax import creation
 from srlm_jax import data_io
+from srlm_jax import evaluate as evaluate_lib
 from srlm_jax import judge
 from srlm_jax import report as report_lib
 from srlm_jax import train
@@ -137,6 +139,9 @@ class Loop:
     self.load_model = load_model
     self.progress = progress
     self.seeds = read_seed_data(config)  # validated before any compute
+    self.eval_groups = (evaluate_lib.load_judge_groups(config.eval.pairs,
+                                                       config.eval.max_pairs or None)
+                        if config.eval.pairs else [])
     self.settings = creation_settings(config)
     self._base = None
 
@@ -282,6 +287,15 @@ class Loop:
                                                                       'pairs.jsonl')),
                                            read_records(os.path.join(d, 'candidates',
                                                                      'candidates.jsonl')))
+      result = {'lengths': result}
+      if self.eval_groups:  # M_{t+1} judges the human pairs
+        judged = self.model_at(self.params_after(t, params_dir))
+        metrics, _ = evaluate_lib.evaluate_judge(
+            judged, self.eval_groups, dataclasses.replace(settings.judge, k=cfg.eval.k),
+            seed=settings.seed, progress=self.progress,
+            cache_path=os.path.join(path, 'judgments.jsonl'))
+        result['judge_agreement'] = {'model': f'M{t + 1}', 'pairs_file': cfg.eval.pairs,
+                                     **metrics}
       with open(os.path.join(path, 'eval.json'), 'w', encoding='utf-8') as f:
         json.dump(result, f, indent=2)
 

@@ -111,6 +111,14 @@ def to_markdown(report: dict) -> str:
   for key in ('loss', 'rewards/accuracies', 'rewards/margins'):
     if key in report['dpo']:
       lines.append(f"| DPO final {key} | {report['dpo'][key]:.4f} |")
+  agreement = report['evaluation'].get('judge_agreement')
+  if agreement:
+    n = agreement['counts']
+    lines.append(f"| {agreement['model']} judge vs humans | {n['pairs']} pairs, {n['prompts']} "
+                 f"prompts, valid judgments {n['valid_judgment_fraction']:.2f} |")
+    for key in ('pairwise_accuracy', 'five_best', 'exact_match', 'spearman', 'kendall_tau'):
+      lo, hi = agreement[f'{key}_ci']
+      lines.append(f'| {key} (95% CI) | {agreement[key]:.3f} ({lo:.3f}, {hi:.3f}) |')
   for stage, seconds in report['seconds'].items():
     lines.append(f'| seconds: {stage} | {seconds} |')
   return '\n'.join(lines) + '\n'

@@ -73,6 +73,41 @@ def test_resume_after_a_finished_run_recomputes_nothing(two_iterations):
   assert not changed
 
 
+def test_eval_stage_measures_the_new_models_judge_agreement(two_iterations, tmp_path):
+  """config.eval.pairs: the eval stage judges human pairs with M_{t+1} and reports agreement."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_iterations[0], workdir)
+  shutil.rmtree(os.path.join(workdir, 'iter_1', 'eval'))  # only this stage runs again
+  pairs = tmp_path / 'human_pairs.jsonl'
+  pairs.write_text(''.join(json.dumps(r) + '\n' for r in [
+      {'prompt': 'Name a prime number.', 'chosen': '7 is prime.', 'rejected': 'Dogs bark.'},
+      {'prompt': 'Name a prime number.', 'chosen': '7 is prime.', 'rejected': '8.'},
+      {'prompt': 'What is 2 + 2?', 'chosen': '4', 'rejected': 'It is 5.'}]))
+  config = tiny_config(**{'iterations': 1, 'eval.pairs': str(pairs), 'eval.k': 2})
+  loop.Loop(config, workdir, load_model=load_model, progress=False).run()
+  result = json.load(open(os.path.join(workdir, 'iter_1', 'eval', 'eval.json')))
+  agreement = result['judge_agreement']
+  assert agreement['model'] == 'M2'
+  assert agreement['counts']['pairs'] == 3 and agreement['counts']['prompts'] == 2
+  assert 0.0 <= agreement['pairwise_accuracy'] <= 1.0  # ties and invalid count 1/2
+  judged = loop.read_records(os.path.join(workdir, 'iter_1', 'eval', 'judgments.jsonl'))
+  assert len(judged) == 5 and all(len(r['judgments']) == 2 for r in judged)
+  assert 'pairwise_accuracy' in open(os.path.join(workdir, 'iter_1', 'report.md')).read()
+  assert result['lengths']['all']['mean'] > 0
+
+
+def test_bad_eval_pairs_fail_before_any_compute(tmp_path):
+  pairs = tmp_path / 'pairs.jsonl'
+  pairs.write_text('{"prompt": "Hi", "chosen": "Hello"}\n')
+
+  def no_model(name):
+    raise AssertionError('a model was loaded before the eval pairs were validated')
+
+  with pytest.raises(ValueError, match=f"{pairs}:1: .*rejected"):
+    loop.Loop(tiny_config(**{'eval.pairs': str(pairs)}), str(tmp_path / 'w'), load_model=no_model)
+
+
 def _files(root):
   for dirpath, _, names in os.walk(root):
     for n in names:
