@@ -14,7 +14,8 @@ whose chat-formatted prompt alone fills --max_len are skipped, so neither librar
 Truncation: each chat-formatted sequence keeps its first --max_len + 1 tokens on both sides.
 Ours reads max_len of them and scores the next-token targets (data_io layout); TRL is given
 max_length = max_len + 1, so both score exactly the same targets, and TRL's forward reads one
-more position per sequence. TRL pads each batch to its longest sequence; ours pads to max_len.
+more position per sequence. TRL pads each batch to its longest sequence; ours cuts each batch
+to the length bucket of its longest sequence (32 * {1, 1.5} * 2^i, data_io.trim_batch).
 Each side's real (non-pad) input tokens are counted on its own and reported per pair.
 
 Timing: --warmup steps (our compile, TRL's first steps) then --steps timed steps on the same
@@ -132,11 +133,13 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
   step = train.jit_step(train.make_dpo_step(mc, optimizer, 'sigmoid', FLAGS.beta), mesh,
                         shardings)
   rng = jax.random.key(0)
-  times, losses, tokens = [], [], []
+  times, losses, tokens, padded = [], [], [], []
   for i in range(warmup + steps):
     rows = batch_rows(i, b, n)
     start = time.perf_counter()
-    batch = train.put_batch(mesh, jax.tree.map(lambda x: x[rows], dataset))
+    host = data_io.trim_batch(jax.tree.map(lambda x: x[rows], dataset), FLAGS.max_len)
+    batch = train.put_batch(mesh, host)
+    padded.append(2 * b * host['chosen']['mask'].shape[1])
     state, metrics = step(state, batch, rng)
     metrics = jax.device_get(metrics)
     times.append(time.perf_counter() - start)
@@ -149,8 +152,8 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
       dtype=mc.dtype, step_s=step_s, warmup_step_s=times[:warmup],
       compile_s=max(times[0] - statistics.median(step_s), 0.0), ref_precompute_s=ref_s,
       tokens_per_pair=sum(tokens[warmup:]) / (b * steps),
-      padded_positions_per_step=2 * b * FLAGS.max_len,
-      mfu_padded=6 * mc.num_params * 2 * b * FLAGS.max_len / out['s_per_step'] / peak,
+      padded_positions_per_step=float(np.mean(padded[warmup:])),
+      mfu_padded=6 * mc.num_params * np.mean(padded[warmup:]) / out['s_per_step'] / peak,
       mean_loss=float(np.mean(losses)), losses=losses, num_pairs=n)
   sequences = {}
   for side in ('chosen', 'rejected'):

@@ -218,6 +218,27 @@ def batch_at(dataset, step: int, batch_size: int, seed: int = 0, shuffle: bool =
   return jax.tree.map(lambda x: x[idx], dataset)
 
 
+def length_bucket(n: int, max_len: int, minimum: int = 32) -> int:
+  """Returns the smallest of minimum * {1, 1.5} * 2^i that is >= n, capped at max_len."""
+  size = minimum
+  while size < n:
+    size = size * 3 // 2 if (size & (size - 1)) == 0 else size // 3 * 4
+  return min(size, max_len)
+
+
+def trim_batch(batch, max_len: int):
+  """Returns the batch with its [B, max_len] arrays cut to the length bucket of its longest row.
+
+  Rows are right-padded (`pack`), so the cut drops only padding: a step gives the same numbers
+  on the cut batch, on fewer positions (a jitted step compiles once per bucket, a few at most).
+  """
+  masks = [x for path, x in jax.tree_util.tree_leaves_with_path(batch)
+           if getattr(path[-1], 'key', None) == 'mask']
+  longest = max(int(np.max(np.sum(m, axis=1), initial=1)) for m in masks)
+  n = length_bucket(longest, max_len)
+  return jax.tree.map(lambda x: x[:, :n] if x.ndim >= 2 and x.shape[1] == max_len else x, batch)
+
+
 def batches_in_order(dataset, batch_size: int):
   """Yields (batch, n_real) covering every row once in order; the last batch repeats rows."""
   n = num_examples(dataset)

@@ -361,7 +361,9 @@ def _setup(cfg, model):
 def _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, **kwargs):
   init_fn, shardings = make_init(model.params, optimizer, mesh)
   state = train_loop(
-      step_fn, init_fn, lambda i: data_io.batch_at(dataset, i, cfg.batch_size, cfg.seed),
+      step_fn, init_fn,
+      lambda i: data_io.trim_batch(data_io.batch_at(dataset, i, cfg.batch_size, cfg.seed),
+                                   cfg.max_len),
       num_steps, workdir=workdir, mesh=mesh, shardings=shardings, rng=jax.random.key(cfg.seed),
       checkpoint_every=cfg.checkpoint_every, keep=cfg.keep, log_every=cfg.log_every,
       eval_every=cfg.eval_every, **kwargs)

@@ -46,7 +46,7 @@ def _chain(x):
   return 4 + (x * 7 + 3) % 60
 
 
-def sft_data(n, seed):
+def sft_data(n, seed, max_len=T):
   """Returns SFT rows: prompt [BOS, a], response a's chain under a fixed map, of random length."""
   rng, rows = np.random.default_rng(seed), []
   for _ in range(n):
@@ -56,10 +56,10 @@ def sft_data(n, seed):
       response.append(_chain(response[-1]))
     response.append(EOS)
     rows.append((prompt + response, [False] * len(prompt) + [True] * len(response)))
-  return data_io.pack(rows, T, 0)
+  return data_io.pack(rows, max_len, 0)
 
 
-def dpo_data(n, seed):
+def dpo_data(n, seed, max_len=T):
   """Returns DPO pairs of random responses; the chosen ends with MARK, the rejected with ANTI."""
   rng, chosen, rejected = np.random.default_rng(seed), [], []
   for _ in range(n):
@@ -67,7 +67,8 @@ def dpo_data(n, seed):
     sides = [rng.integers(5, 64, int(rng.integers(2, 6))).tolist() for _ in range(2)]
     for rows, response in zip((chosen, rejected), (sides[0] + [MARK], sides[1] + [ANTI])):
       rows.append((prompt + response, [False] * len(prompt) + [True] * len(response)))
-  return {'chosen': data_io.pack(chosen, T, 0), 'rejected': data_io.pack(rejected, T, 0)}
+  return {'chosen': data_io.pack(chosen, max_len, 0),
+          'rejected': data_io.pack(rejected, max_len, 0)}
 
 
 @pytest.fixture(scope='module')
@@ -137,6 +138,36 @@ def test_sharded_step_matches_single_device(params, dpo_set, kind):
   eight, h8 = _run(step_fn, params, get_batch, 3, _mesh((2, 2, 2)))
   np.testing.assert_allclose([m['loss'] for m in h8], [m['loss'] for m in h1], atol=1e-5)
   assert _max_diff(one, eight) < 1e-5
+
+
+def test_length_buckets_and_trim_batch():
+  assert [data_io.length_bucket(n, 512) for n in (1, 33, 49, 65, 100, 129, 200, 385, 999)] == [
+      32, 48, 64, 96, 128, 192, 256, 512, 512]
+  rows = [([1, 5, 6, 7], [False, False, True, True]), ([1] + [9] * 40, [False] + [True] * 40)]
+  batch = {'chosen': data_io.pack(rows, 256, 0), 'ref_chosen_logps': np.zeros(2, np.float32)}
+  cut = data_io.trim_batch(batch, 256)
+  assert cut['chosen']['inputs'].shape == (2, 48) and cut['ref_chosen_logps'].shape == (2,)
+  np.testing.assert_array_equal(cut['chosen']['targets'], batch['chosen']['targets'][:, :48])
+  assert not batch['chosen']['mask'][:, 48:].any()
+
+
+@pytest.mark.parametrize('kind', ['sft', 'dpo'])
+def test_trimmed_batches_give_the_same_steps(params, kind):
+  """Cutting right padding (what run_sft / run_dpo do per batch) changes no number."""
+  long = 96  # the data's max_len; every row fits in 12 tokens, so batches cut to 32 positions
+  if kind == 'sft':
+    data, step_fn = sft_data(16, 5, long), SFT_STEP
+  else:
+    data = train.compute_ref_logps(CFG, params, dpo_data(16, 6, long), batch_size=16,
+                                   mesh=_mesh())
+    step_fn = DPO_STEP
+  full_batch = lambda i: data_io.batch_at(data, i, B)
+  cut_batch = lambda i: data_io.trim_batch(full_batch(i), long)
+  assert jax.tree.leaves(cut_batch(0))[0].shape[1] == 32
+  full, h1 = _run(step_fn, params, full_batch, 2)
+  cut, h2 = _run(step_fn, params, cut_batch, 2)
+  np.testing.assert_allclose([m['loss'] for m in h2], [m['loss'] for m in h1], rtol=1e-5)
+  assert _max_diff(full, cut) < 1e-5
 
 
 @pytest.mark.parametrize('kind', ['sft', 'dpo'])
