@@ -28,13 +28,16 @@ def get_config(arg: str = ''):
   c.creation.prompt_max_new_tokens = 64
   c.creation.max_new_tokens = 96
   c.creation.judge.max_new_tokens = 96
+  # The additive rubric in brief (judge.COMPACT_RUBRIC): the full one makes ~430-token EFT
+  # prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
+  c.creation.judge.template = 'compact'
 
   # M1: a short SFT on a slice of the seed sets (the full sets take an hour on a laptop CPU).
   c.data.max_ift = 32
   c.data.max_eft = 32
   c.sft.num_steps = 4
   c.sft.batch_size = 4
-  c.sft.max_len = 256
+  c.sft.max_len = 512  # compact-rubric EFT examples (300 tokens, at most 480) fit whole
   c.sft.lr = 1e-5
   c.sft.end_lr = 2e-6
   c.sft.dtype = 'float32'

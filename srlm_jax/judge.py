@@ -73,7 +73,21 @@ the one description that fits it best:
 
 Explain your choice briefly, then end with a final line of the form "Score: <points>"."""
 
-TEMPLATES = {'additive': ADDITIVE_RUBRIC, 'choice': CHOICE_RUBRIC}
+# The additive rubric in a few lines, for small models and CPU demos: judge prompts about 300
+# tokens shorter, so SFT on EFT examples and judging cost less and fit short context windows.
+COMPACT_RUBRIC = """\
+Score the response to the question from 0 to 5, adding one point for each that holds: it is \
+relevant; it covers much of the question; it usefully answers the basics; it is a clear, \
+organised, helpful assistant answer; it is expert and tailored, with nothing extraneous.
+<question>
+{prompt}
+</question>
+<response>
+{response}
+</response>
+End with a line "Score: <points>"."""
+
+TEMPLATES = {'additive': ADDITIVE_RUBRIC, 'choice': CHOICE_RUBRIC, 'compact': COMPACT_RUBRIC}
 
 _TAG = re.compile(r'<(/?)(question|response)>', re.IGNORECASE)
 
