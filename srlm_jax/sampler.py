@@ -16,9 +16,9 @@ Static shapes: `sample` pads prompts to P = bucket(length) and buffers to M = bu
 powers of two from 32, so a run compiles once per (batch, P, M) and sampling mode. temperature,
 top_p, min_p and max_new_tokens are device scalars (no recompile when they change); which filters
 are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
-sequences are static, as they decide which ops run: greedy is a max, and nothing sorts V (top-p
-searches a top-k candidate set, falling back to an exact bisection over V in the rare step where
-the candidates hold too little mass).
+sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
+never sorts V: it finds the nucleus threshold by a 31-step bisection over V (on XLA:CPU,
+`lax.top_k` over a 49k vocabulary becomes a full sort, 10-20x slower than the bisection).
 
 Filters, in Hugging Face's order: logits / temperature, top-k (exactly k tokens), top-p (the most
 likely tokens until their mass reaches top_p, renormalised over the top-k survivors), min-p
@@ -46,7 +46,6 @@ Array = jax.Array
 P = jax.sharding.PartitionSpec
 _NEG_INF = float(np.finfo(np.float32).min)
 MIN_BUCKET = 32  # smallest prompt and new-token bucket
-TOP_P_CANDIDATES = 256  # top-p without top-k looks for the nucleus among this many tokens first
 DEFAULT_ROWS = 64  # rows (prompts * n) per device batch in `generate`
 
 
@@ -92,7 +91,6 @@ class Mode:
   eos_ids: tuple[int, ...] = ()
   stop_seqs: tuple[tuple[int, ...], ...] = ()
   pad_id: int = 0
-  top_p_candidates: int = TOP_P_CANDIDATES
 
   @property
   def stop_width(self) -> int:
@@ -256,23 +254,19 @@ def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mo
     if mode.use_min_p:
       w_RV = jnp.where(w_RV >= min_p, w_RV, 0.0)
     return _inverse_cdf(w_RV, u_R)
-  k = min(v, mode.top_k or mode.top_p_candidates)
-  vals_RC, idx_RC = jax.lax.top_k(x_RV, k)  # sorted, most likely first
+  if not mode.top_k:  # top-p (and min-p): exact over all of V, sort-free
+    return _nucleus_bisect(x_RV, u_R, top_p, min_p, mode)
+  vals_RC, idx_RC = jax.lax.top_k(x_RV, min(v, mode.top_k))  # sorted, most likely first
   w_RC = jnp.exp(vals_RC - vals_RC[:, :1])
-  keep, covered = jnp.ones(w_RC.shape, bool), jnp.array(True)
-  if mode.use_top_p:  # renormalised over the top-k survivors, else over all of V
-    total_R = jnp.sum(w_RC if mode.top_k else jnp.exp(x_RV - vals_RC[:, :1]), axis=1)
+  keep = jnp.ones(w_RC.shape, bool)
+  if mode.use_top_p:  # renormalised over the top-k survivors
+    total_R = jnp.sum(w_RC, axis=1)
     c_RC = jnp.cumsum(w_RC, axis=1) / total_R[:, None]
     keep = c_RC - w_RC / total_R[:, None] < top_p
-    covered = jnp.all(c_RC[:, -1] >= top_p)
   if mode.use_min_p:
     keep &= w_RC >= min_p
   choice_R = _inverse_cdf(jnp.where(keep, w_RC, 0.0), u_R)
-  token_R = jnp.take_along_axis(idx_RC, choice_R[:, None], axis=1)[:, 0]
-  if mode.use_top_p and not mode.top_k and k < v:
-    token_R = jax.lax.cond(covered, lambda: token_R,
-                           lambda: _nucleus_bisect(x_RV, u_R, top_p, min_p, mode))
-  return token_R
+  return jnp.take_along_axis(idx_RC, choice_R[:, None], axis=1)[:, 0]
 
 
 def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: Mode):
