@@ -42,6 +42,9 @@ setuptools.setup(
             'tensorflow-datasets>=4.9',  # the OASST builders as TFDS datasets (no TensorFlow)
             'importlib_resources',
             'array_record',
+            'nbclient>=0.9',  # tests/test_colabs.py runs the colabs/ notebooks in a kernel
+            'nbformat>=5.9',
+            'ipykernel>=6.29',
         ],
     },
 )

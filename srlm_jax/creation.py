@@ -128,8 +128,11 @@ def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dic
   for j in judgment_records:
     if j['mean'] is not None:
       scores[index[j['id']], j['candidate']] = j['mean']
+  # An empty response (eos sampled first) is no training example: never chosen nor rejected.
+  nonempty = np.array([[bool(t.strip()) for t in r['candidates']] for r in candidate_records],
+                      bool).reshape(len(candidate_records), n)
   out = jax.device_get(pairs_lib.select_pairs(
-      scores, ~np.isnan(scores), lengths, min_gap=settings.min_gap,
+      scores, ~np.isnan(scores) & nonempty, lengths, min_gap=settings.min_gap,
       length_margin=settings.length_margin))
   pair_records, decisions = [], []
   for p, r in enumerate(candidate_records):

@@ -289,12 +289,13 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
                 key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
   chunk = chunk or 1 << (max(1, 64 // settings.k).bit_length() - 1)
   start_time = time.perf_counter()
+  parser = judge_lib.make_score_parser(model.tokenizer) if todo else None  # built once
   for start in range(0, len(todo), chunk):
     part = todo[start:start + chunk]
     result = judge_lib.judge_responses(
         model, [groups[gi]['prompt'] for gi, _ in part],
-        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings, seed=seed + start,
-        progress=progress)
+        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings, parser=parser,
+        seed=seed + start, progress=progress)
     new = [{'prompt_id': groups[gi]['id'], 'response_index': ri,
             'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
             'scores': [None if np.isnan(x) else float(x) for x in result.scores_RxK[f]],

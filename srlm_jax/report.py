@@ -126,15 +126,14 @@ def to_markdown(report: dict) -> str:
 
 def plot(report: dict, iter_dir: str) -> list:
   """Writes the score histogram and DPO curves as PNG (when matplotlib is installed)."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  try:  # Figure objects, not pyplot: the caller's backend (a notebook's inline one) stays
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   except ImportError:
     return []
   written = []
   hist = report['score_histogram']
-  fig, ax = plt.subplots(figsize=(5, 3))
+  fig = Figure(figsize=(5, 3))
+  ax = fig.subplots()
   ax.bar(list(hist), list(hist.values()))
   ax.set_title(f"Judge scores, iteration {report['iteration']}")
   ax.set_xlabel('score')
@@ -142,11 +141,11 @@ def plot(report: dict, iter_dir: str) -> list:
   fig.tight_layout()
   written.append(os.path.join(iter_dir, 'scores.png'))
   fig.savefig(written[-1], dpi=80)
-  plt.close(fig)
   metrics = _read(os.path.join(iter_dir, 'dpo', 'metrics.jsonl'))
   curves = [m for m in metrics if 'loss' in m and 'step' in m]
   if curves:
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig = Figure(figsize=(8, 3))
+    axes = fig.subplots(1, 2)
     steps = [m['step'] for m in curves]
     axes[0].plot(steps, [m['loss'] for m in curves])
     axes[0].set_title('DPO loss')
@@ -158,7 +157,6 @@ def plot(report: dict, iter_dir: str) -> list:
     fig.tight_layout()
     written.append(os.path.join(iter_dir, 'dpo.png'))
     fig.savefig(written[-1], dpi=80)
-    plt.close(fig)
   return written
 
 

@@ -138,3 +138,20 @@ def test_random_against_reference(wrap, use_lengths):
     _check_row(out, p, want)
     reasons.add(want[2])
   assert reasons == {0, 1, 2, 3}  # every rule was exercised
+
+
+def test_make_pairs_never_pairs_an_empty_response():
+  """An empty candidate (eos first) keeps its judgments on record but cannot be chosen/rejected."""
+  from srlm_jax import creation  # pylint: disable=g-import-not-at-top
+  settings = creation.CreationSettings(n_candidates=3)
+  candidates = [{'id': 'p0', 'prompt': 'Q?', 'candidates': ['  ', 'good', 'bad'],
+                 'lengths': [1, 5, 4]},
+                {'id': 'p1', 'prompt': 'R?', 'candidates': ['', 'ok', 'fine'],
+                 'lengths': [1, 3, 3]}]
+  judged = [{'id': 'p0', 'candidate': 0, 'mean': 5.0}, {'id': 'p0', 'candidate': 1, 'mean': 4.0},
+            {'id': 'p0', 'candidate': 2, 'mean': 1.0}, {'id': 'p1', 'candidate': 0, 'mean': 0.0},
+            {'id': 'p1', 'candidate': 1, 'mean': 3.0}, {'id': 'p1', 'candidate': 2, 'mean': None}]
+  pair_records, decisions = creation.make_pairs(candidates, judged, settings)
+  assert [(p['id'], p['chosen'], p['rejected']) for p in pair_records] == [('p0', 'good', 'bad')]
+  assert decisions[0]['scores'] == [5.0, 4.0, 1.0]
+  assert decisions[1]['decision'] == pairs.REASONS[pairs.FEWER_THAN_TWO_VALID]
