@@ -187,7 +187,7 @@ class Loop:
                 for p, r, j in self.seeds['eft']]
     data = creation.write_jsonl(os.path.join(stage, 'data.jsonl'), records)
     cfg = _train_config(self.config.sft, train_data=data, mesh=self.config.mesh)
-    train.run_sft(cfg, os.path.join(stage, 'train'), model=self.base())
+    train.run_sft(cfg, os.path.join(stage, 'train'), model=self.base(), progress=self.progress)
     _crash_point('m1_sft')
     mark_done(stage, {'examples': len(records)})
     return params_dir
@@ -278,7 +278,8 @@ class Loop:
       with np.load(os.path.join(d, 'ref_logps', 'ref_logps.npz')) as f:
         ref = {k: f[k] for k in f.files}
       dpo_cfg = _train_config(cfg.dpo, train_data=pairs_path, mesh=cfg.mesh)
-      state = train.run_dpo(dpo_cfg, path, model=model, ref_logps=ref)
+      state = train.run_dpo(dpo_cfg, path, model=model, ref_logps=ref,
+                            progress=self.progress)
       del state
       return {'skipped': False}
 

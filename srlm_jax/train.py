@@ -376,7 +376,7 @@ def _num_steps(cfg, n: int) -> int:
   return cfg.num_steps or max(1, int(cfg.num_epochs * n) // cfg.batch_size)
 
 
-def run_sft(cfg, workdir: str, model=None) -> TrainState:
+def run_sft(cfg, workdir: str, model=None, progress: bool = True) -> TrainState:
   """Fine-tunes cfg.model (or `model`: .config, .params, .tokenizer) on cfg.train_data."""
   model, mesh, mc = _setup(cfg, model)
   load = functools.partial(data_io.load_sft, tokenizer=model.tokenizer, max_len=cfg.max_len,
@@ -387,7 +387,7 @@ def run_sft(cfg, workdir: str, model=None) -> TrainState:
   step_fn = make_sft_step(mc, optimizer, lr_schedule(cfg, num_steps), cfg.grad_accum)
   eval_fn = sft_eval(mc, load(cfg.eval_data), cfg.batch_size, mesh) if cfg.eval_data else None
   return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer,
-              eval_fn=eval_fn)
+              eval_fn=eval_fn, progress=progress)
 
 
 def _dpo_data(cfg, model, path):
@@ -402,7 +402,8 @@ def reference_logps(cfg, model=None) -> dict:
   return {k: scored[k] for k in ('ref_chosen_logps', 'ref_rejected_logps')}
 
 
-def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None) -> TrainState:
+def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None,
+            progress: bool = True) -> TrainState:
   """Trains cfg.model (or `model`) with DPO on cfg.train_data against a frozen reference.
 
   The reference is ref_params, else cfg.ref_params / cfg.ref_model, else the starting policy;
@@ -448,4 +449,4 @@ def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None) -> T
   step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, options, lr_schedule(cfg, num_steps),
                           cfg.grad_accum)
   return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, prepare=prepare,
-              eval_fn=eval_fn)
+              eval_fn=eval_fn, progress=progress)
