@@ -26,7 +26,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import llama, sampler
-from srlm_jax.bench_util import matmul_peak, timed
+from srlm_jax.bench_util import matmul_peak, timed, write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -172,10 +172,7 @@ def main(argv):
             'num_params': config.num_params, 'matmul_peak_flops': peak,
             'copy_bandwidth_bytes_s': copy_bw, 'matvec_read_bandwidth_bytes_s': read_bw,
             'cpu_count': os.cpu_count(), 'rows': rows}
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
-    print(f'wrote {FLAGS.out}')
+  write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':

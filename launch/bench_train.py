@@ -51,7 +51,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import data, data_io, hf_io, sharding, train
-from srlm_jax.bench_util import matmul_peak, timed
+from srlm_jax.bench_util import matmul_peak, timed, write_json
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -322,10 +322,7 @@ def main(argv):
                    'order': 'sequential (file order) on both sides'},
       'flops_counted': '6 * num_params * real (non-pad) input tokens of chosen + rejected',
       'ours': ours, 'trl': trl_out, 'check': check}
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
-    print(f'wrote {FLAGS.out}')
+  write_json(FLAGS.out, result)
 
 
 if __name__ == '__main__':

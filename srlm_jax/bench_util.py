@@ -1,5 +1,6 @@
 """Timing helpers shared by the launch/bench_*.py scripts."""
 
+import json
 import statistics
 import time
 
@@ -23,3 +24,11 @@ def matmul_peak(dtype, repeats: int = 5) -> float:
   f(a).block_until_ready()
   times = [timed(lambda: f(a).block_until_ready())[1] for _ in range(repeats)]
   return 2 * n ** 3 / statistics.median(times)
+
+
+def write_json(path: str, result: dict) -> None:
+  """Writes a benchmark's result as JSON to path ('' writes nothing)."""
+  if path:
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1)
+    print(f'wrote {path}')

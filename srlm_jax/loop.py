@@ -284,11 +284,9 @@ class Loop:
       return {'skipped': False}
 
     def evaluate(path):
-      result = report_lib.response_lengths(read_records(os.path.join(d, 'pairs',
-                                                                      'pairs.jsonl')),
-                                           read_records(os.path.join(d, 'candidates',
-                                                                     'candidates.jsonl')))
-      result = {'lengths': result}
+      result = {'lengths': report_lib.response_lengths(
+          read_records(os.path.join(d, 'pairs', 'pairs.jsonl')),
+          read_records(os.path.join(d, 'candidates', 'candidates.jsonl')))}
       if self.eval_groups:  # M_{t+1} judges the human pairs
         judged = self.model_at(self.params_after(t, params_dir))
         metrics, _ = evaluate_lib.evaluate_judge(
