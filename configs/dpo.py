@@ -61,6 +61,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.dtype = 'bfloat16'  # compute dtype 'float32' | 'bfloat16'; params stay float32 (master)
   c.remat = False  # recompute each layer in the backward pass to save activation memory
   c.mesh = (1, -1, 1)  # (data, fsdp, tensor) mesh shape; -1 takes the remaining devices
+  c.distributed = False  # call jax.distributed.initialize() first (multi-host runs)
 
   c.log_every = 10  # steps between metrics.jsonl / TensorBoard writes
   c.eval_every = 200  # steps between held-out evaluations (when eval_data is set)

@@ -10,16 +10,19 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from srlm_jax import distributed
 from srlm_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics.jsonl and params go here.')
+_INIT_DISTRIBUTED = distributed.define_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
+  _INIT_DISTRIBUTED(_CONFIG.value.distributed)
   train.run_dpo(_CONFIG.value, _WORKDIR.value)
 
 

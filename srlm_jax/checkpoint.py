@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from srlm_jax import distributed
 from srlm_jax import sharding
 
 
@@ -126,12 +127,15 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = distributed.is_writer()  # a multi-host run logs once, from process 0
+    self.tb = None
+    if not self.enabled:
+      return
     if os.path.exists(self.path):  # a resumed run drops the lines logged after its checkpoint
       with open(self.path, encoding='utf-8') as f:
         kept = [l for l in f if l.strip() and json.loads(l).get('step', 0) <= resume_step]
       with open(self.path, 'w', encoding='utf-8') as f:
         f.writelines(kept)
-    self.tb = None
     found = lambda name: importlib.util.find_spec(name) is not None
     if found('tensorboardX'):  # optional: event files only when a writer is installed
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -142,6 +146,8 @@ class MetricsWriter:
 
   def write(self, step: int, metrics: dict) -> None:
     """Appends one line {'step': step, **metrics} (and TensorBoard scalars)."""
+    if not self.enabled:
+      return
     metrics = {k: float(v) for k, v in metrics.items()}
     with open(self.path, 'a', encoding='utf-8') as f:
       f.write(json.dumps({'step': step, **metrics}) + '\n')

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from srlm_jax import distributed
+
 Record = tuple[str, int, dict]  # (file, 1-based line, the parsed object)
 
 
@@ -44,15 +46,20 @@ def read_jsonl(path: str) -> list[Record]:
 
 
 def write_jsonl(path: str, records) -> str:
-  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes records as JSONL atomically (a temp file, then a rename) and returns the path.
+
+  In a multi-host run process 0 writes and every process waits until the file is there.
+  """
+  if distributed.is_writer():
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp.{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  distributed.barrier(f'write {path}')
   return path
 
 

@@ -45,6 +45,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from srlm_jax import distributed
 from srlm_jax import judge as judge_lib
 from srlm_jax import sampler
 from srlm_jax.data_io import read_jsonl
@@ -302,7 +303,7 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
             'mean': None if np.isnan(result.mean_R[f]) else float(result.mean_R[f]),
             'settings': tag} for f, (gi, ri) in enumerate(part)]
     done.update({(r['prompt_id'], r['response_index']): r for r in new})
-    if cache_path:
+    if cache_path and distributed.is_writer():
       with open(cache_path, 'a', encoding='utf-8') as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in new)
     elapsed, finished = time.perf_counter() - start_time, start + len(part)

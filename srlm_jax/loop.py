@@ -35,6 +35,7 @@ import numpy as np
 from srlm_jax import checkpoint
 from srlm_jax import creation
 from srlm_jax import data_io
+from srlm_jax import distributed
 from srlm_jax import evaluate as evaluate_lib
 from srlm_jax import judge
 from srlm_jax import report as report_lib
@@ -62,20 +63,33 @@ def data_path(path: str) -> str:
 
 # --- stage bookkeeping ---------------------------------------------------------------------
 
+def exists(path: str) -> bool:
+  """Returns os.path.exists(path), the same answer on every process of a multi-host run.
+
+  Every process looks before any may go on (a barrier), so none sees a file that process 0
+  wrote after the others looked and takes a different branch.
+  """
+  found = os.path.exists(path)
+  distributed.barrier(f'exists {path}')
+  return found
+
+
 def is_done(stage_dir: str) -> bool:
   """Returns whether the stage in stage_dir has completed."""
-  return os.path.exists(os.path.join(stage_dir, 'DONE'))
+  return exists(os.path.join(stage_dir, 'DONE'))
 
 
 def mark_done(stage_dir: str, info: Optional[dict] = None) -> None:
-  """Marks the stage complete, atomically (a temp file renamed to DONE)."""
-  os.makedirs(stage_dir, exist_ok=True)
-  tmp = os.path.join(stage_dir, f'.DONE.tmp.{os.getpid()}')
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(info or {}, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(stage_dir, 'DONE'))
+  """Marks the stage complete, atomically (a temp file renamed to DONE); process 0 writes it."""
+  if distributed.is_writer():
+    os.makedirs(stage_dir, exist_ok=True)
+    tmp = os.path.join(stage_dir, f'.DONE.tmp.{os.getpid()}')
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(info or {}, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(stage_dir, 'DONE'))
+  distributed.barrier(f'done {stage_dir}')
 
 
 def read_records(path: str) -> list:
@@ -93,7 +107,7 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, in
   n_shards = max(1, -(-len(items) // shard_size))
   for s in range(n_shards):
     path = os.path.join(shard_dir, f'{s:05d}.jsonl')
-    if not os.path.exists(path):
+    if not exists(path):
       logging.info('%s: shard %d/%d', desc, s + 1, n_shards)
       creation.write_jsonl(path, fn(items[s * shard_size:(s + 1) * shard_size], s))
       _crash_point(f'{desc}:shard')
@@ -162,8 +176,9 @@ class Loop:
   def run(self) -> list:
     """Runs or resumes M1 SFT and every iteration; returns each iteration's report."""
     os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(self.config.to_json_best_effort(indent=2))
+    if distributed.is_writer():
+      with open(os.path.join(self.workdir, 'config.json'), 'w', encoding='utf-8') as f:
+        f.write(self.config.to_json_best_effort(indent=2))
     params_dir = self.sft_m1()
     reports = []
     for t in range(1, self.config.iterations + 1):
@@ -265,9 +280,10 @@ class Loop:
         return {'skipped': True}
       dpo_cfg = _train_config(cfg.dpo, train_data=pairs_path, mesh=cfg.mesh)
       logps = train.reference_logps(dpo_cfg, model)
-      tmp = os.path.join(path, 'ref_logps.tmp.npz')
-      np.savez(tmp, **logps)
-      os.replace(tmp, os.path.join(path, 'ref_logps.npz'))
+      if distributed.is_writer():  # read back after the stage's DONE (a barrier)
+        tmp = os.path.join(path, 'ref_logps.tmp.npz')
+        np.savez(tmp, **logps)
+        os.replace(tmp, os.path.join(path, 'ref_logps.npz'))
       return {'pairs': int(len(logps['ref_chosen_logps']))}
 
     def dpo(path):
@@ -295,8 +311,9 @@ class Loop:
             cache_path=os.path.join(path, 'judgments.jsonl'))
         result['judge_agreement'] = {'model': f'M{t + 1}', 'pairs_file': cfg.eval.pairs,
                                      **metrics}
-      with open(os.path.join(path, 'eval.json'), 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=2)
+      if distributed.is_writer():
+        with open(os.path.join(path, 'eval.json'), 'w', encoding='utf-8') as f:
+          json.dump(result, f, indent=2)
 
     for name, fn in zip(STAGES, (prompts, candidates, judgments, pairs, ref_logps, dpo,
                                  evaluate)):

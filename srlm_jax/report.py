@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from srlm_jax import distributed
+
 
 def _read(path: str) -> list:
   if not os.path.exists(path):
@@ -161,11 +163,19 @@ def plot(report: dict, iter_dir: str) -> list:
 
 
 def write_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
-  """Writes report.json, report.md and plots for iteration t; returns the report."""
+  """Writes report.json, report.md and plots for iteration t; returns the report.
+
+  In a multi-host run process 0 writes them and the others read report.json back.
+  """
+  if not distributed.is_writer():
+    distributed.barrier(f'report {iter_dir}')
+    with open(os.path.join(iter_dir, 'report.json'), encoding='utf-8') as f:
+      return json.load(f)
   report = build_report(iter_dir, t, timings)
   report['plots'] = [os.path.basename(p) for p in plot(report, iter_dir)]
   with open(os.path.join(iter_dir, 'report.json'), 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
   with open(os.path.join(iter_dir, 'report.md'), 'w', encoding='utf-8') as f:
     f.write(to_markdown(report))
+  distributed.barrier(f'report {iter_dir}')
   return report

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from srlm_jax import llama, sharding
+from srlm_jax import distributed, llama, sharding
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
@@ -434,7 +434,8 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
   key = jax.random.key(seed)
   results: list = [None] * len(ids)
   with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), tqdm.tqdm(
-      total=len(ids), disable=not progress, desc='generate', unit='prompt') as bar:
+      total=len(ids), disable=not (progress and distributed.is_writer()), desc='generate',
+      unit='prompt') as bar:
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
       # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
@@ -445,7 +446,7 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
       for r, i in enumerate(rows):
         tokens[r, p - len(ids[i]):], mask[r, p - len(ids[i]):] = ids[i], True
       tokens, mask, pids = sharding.shard_batch(mesh, tokens, mask, np.asarray(rows, np.int32))
-      out = jax.device_get(sample(model.config, model.params, tokens, mask, key,
+      out = distributed.to_host(sample(model.config, model.params, tokens, mask, key,
                                   prompt_ids_B=pids, **settings))
       for r, i in enumerate(chunk):
         comps = []

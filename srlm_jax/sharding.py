@@ -117,11 +117,20 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
   return sharding_for(mesh, P(BATCH), shape)
 
 
+def put_global(x, sharding: NamedSharding) -> jax.Array:
+  """Returns host array x (the same on every process) as a global array with `sharding`.
+
+  Each process copies only the slices its own devices hold (in a multi-host run, its share).
+  """
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def shard_batch(mesh: Optional[Mesh], *arrays):
   """Returns host arrays placed on mesh with the batch split over ('data', 'fsdp')."""
   if mesh is None:
     return arrays if len(arrays) != 1 else arrays[0]
-  out = tuple(jax.device_put(a, batch_sharding(mesh, np.shape(a))) for a in arrays)
+  out = tuple(put_global(a, batch_sharding(mesh, np.shape(a))) for a in arrays)
   return out if len(out) != 1 else out[0]
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from srlm_jax import checkpoint, data_io, llama, losses, sharding
+from srlm_jax import checkpoint, data_io, distributed, llama, losses, sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -214,7 +214,8 @@ def put_batch(mesh: Optional[Mesh], batch):
   """Returns a host batch (any tree) on mesh, each leaf's leading dimension split on BATCH."""
   if mesh is None:
     return jax.tree.map(jnp.asarray, batch)
-  return jax.tree.map(lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.shape)), batch)
+  return jax.tree.map(lambda x: sharding.put_global(x, sharding.batch_sharding(mesh, x.shape)),
+                      batch)
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -227,7 +228,7 @@ def dataset_logps(config, params, seqs, batch_size: int = 16, mesh: Optional[Mes
   logps, counts = [], []
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for batch, n in data_io.batches_in_order(seqs, batch_size):
-      lp, c = jax.device_get(_jit_logps(config, params, put_batch(mesh, batch)))
+      lp, c = distributed.to_host(_jit_logps(config, params, put_batch(mesh, batch)))
       logps.append(lp[:n])
       counts.append(c[:n])
   return np.concatenate(logps), np.concatenate(counts)
@@ -321,13 +322,14 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
       state = ckpts.restore(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
       logging.info('resumed from %s at step %d', ckpts.directory, start)
     log = checkpoint.MetricsWriter(workdir, resume_step=start)
-    bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps, disable=not progress)
+    bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps,
+                    disable=not (progress and distributed.is_writer()))
     for i in bar:
       batch = put_batch(mesh, get_batch(i))
       if prepare is not None:
         batch = prepare(batch)
       state, metrics = step(state, batch, rng)
-      metrics = jax.device_get(metrics)
+      metrics = distributed.to_host(metrics)
       done = i + 1
       _check_finite(metrics, done, ckpts)
       bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}')

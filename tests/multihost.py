@@ -1,0 +1,43 @@
+"""Runs a launch script as a multi-host job on this machine: N local processes, one JAX runtime.
+
+Each process gets its own fake CPU devices and joins the others through a local coordinator
+(jax.distributed with Gloo collectives), as the hosts of a pod would.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run(argv: list, *, processes: int = 2, devices_per_process: int = 1,
+        timeout: int = 600) -> list:
+  """Runs `python argv...` as `processes` processes of one job; returns their stderr texts.
+
+  Fails (AssertionError with the logs' tails) unless every process exits with status 0.
+  """
+  address = f'localhost:{free_port()}'
+  env = dict(os.environ,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  procs = [subprocess.Popen(
+      [sys.executable, *argv, f'--coordinator_address={address}',
+       f'--num_processes={processes}', f'--process_id={i}'],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  logs = []
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=timeout)
+      logs.append(err)
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (p, err) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f'process {i} exited with {p.returncode}:\n{err[-3000:]}'
+  return logs
