@@ -4,9 +4,14 @@ r"""The embedded default: one self-rewarding iteration of SmolLM2-135M-Instruct 
 
 Seed data is the project's own embedded IFT and EFT sets (no download). Sized to aim at about
 ten minutes for M1 SFT plus one full iteration (prompts, candidates, judgments, pairs, DPO) on
-an idle 2-core CPU: a short SFT, 16 few-shot requests, 4 candidates and 3 judgments each. (On a
-heavily loaded machine it took about 25 minutes; a 135M model judges badly, so an iteration
-may make few or no pairs, in which case DPO is skipped and reported.)
+an idle 2-core CPU: a short SFT, 16 few-shot requests, 4 candidates and 3 judgments each.
+
+M1 is taught to judge by score-only EFT targets (data.eft_target='score_only': the judge
+answers "Score: N" without its reasons). SmolLM2-135M-Instruct before training writes no
+parseable verdict at all (0 of 24 in a run with the full rubric); trained on whole judgments
+for a few CPU steps it still rambles; twelve SFT steps on the verdict line alone gave 48 of 48
+valid judgments, scores spread over 0-5, and preference pairs. A larger model (configs/
+smollm2_oasst.py, paper_llama2_70b.py) keeps the paper's reasons-then-score judgments.
 """
 
 import importlib.util
@@ -27,7 +32,7 @@ def get_config(arg: str = ''):
   c.creation.num_requests = 16
   c.creation.prompt_max_new_tokens = 64
   c.creation.max_new_tokens = 96
-  c.creation.judge.max_new_tokens = 96
+  c.creation.judge.max_new_tokens = 32  # "Score: N" and the end of turn; a short buffer
   # The additive rubric in brief (judge.COMPACT_RUBRIC): the full one makes ~430-token EFT
   # prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
   c.creation.judge.template = 'compact'
@@ -35,11 +40,12 @@ def get_config(arg: str = ''):
   # M1: a short SFT on a slice of the seed sets (the full sets take an hour on a laptop CPU).
   c.data.max_ift = 32
   c.data.max_eft = 32
-  c.sft.num_steps = 4
+  c.data.eft_target = 'score_only'  # a 135M model learns the verdict line in a few steps
+  c.sft.num_steps = 12
   c.sft.batch_size = 4
   c.sft.max_len = 512  # compact-rubric EFT examples (300 tokens, at most 480) fit whole
-  c.sft.lr = 1e-5
-  c.sft.end_lr = 2e-6
+  c.sft.lr = 1e-4
+  c.sft.end_lr = 1e-5
   c.sft.dtype = 'float32'
   c.sft.checkpoint_every = 2
 

@@ -1,16 +1,20 @@
 """Batched sampling from a Llama: one prefill, then a device-side `lax.while_loop` decode.
 
-Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, M new-token bucket,
-S = P + M cache slots, C candidate tokens, W longest stop sequence; V, K, G, Dh, D as in llama.py.
+Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, Q = P - 1 prompt
+cache slots, M new-token bucket, C candidate tokens, W longest stop sequence; V, K, G, Dh, D as in
+llama.py.
 
 Two jitted functions (the tunix layout): `prefill` runs the left-padded prompts, minus their last
-token, through `llama.Llama` once, fills a KV cache of S slots and repeats its rows N times (the N
-samples of a prompt share one prefill), returning a `DecodeState` pytree. `decode` (the state
-donated, so the cache is updated in place) runs `decode_step` in a `lax.while_loop`, one token per
-row per step, the prompt's last token first, until every row is done or max_new_tokens are made.
-Cache slots per row are [left padding | prompt | generated]: the last prompt token sits at slot
-P-1, generated token t is fed at slot P+t; the kv mask marks real prompt slots and all generated
-slots (causality hides the future); RoPE positions count real tokens only.
+token, through `llama.Llama` once and keeps their keys and values as the prompt cache, one per
+prompt ([B, ...]: the N samples of a prompt share its prefill and read its cache, never a copy),
+returning a `DecodeState` pytree. `decode` (the state donated, so the cache is updated in place)
+runs `decode_step` in a `lax.while_loop`, one token per row per step, the prompt's last token
+first, until every row is done or max_new_tokens are made. Each row also has a generation cache
+of M slots ([R, ...]): step t writes the token it feeds (the last prompt token, then generated
+token t-1) at slot t. A row attends to its prompt's real (unpadded) prompt slots and to its own
+generation slots up to the current one; RoPE positions count real tokens only. Sharing the prompt
+cache makes N samples read the prompt's keys and values once per step, not N times: judging
+(N = 3, prompts of a rubric plus a response) is bound by these reads on a CPU.
 
 Static shapes: `sample` pads prompts to P = bucket(length) and buffers to M = bucket(max_new),
 powers of two from 32, so a run compiles once per (batch, P, M) and sampling mode. temperature,
@@ -68,8 +72,9 @@ class SampleOutput:
 class DecodeState:
   """The decode loop's carry."""
   step: Array  # [] int32: tokens generated so far
-  cache: dict  # {'k': L per-layer [R, K, Dh, S] buffers, 'v': L per-layer [R, K, S, Dh] ones}
-  kv_mask_RS: Array  # real prompt slots and every generated slot
+  cache: dict  # per layer: prompt 'pk' [B, K, Dh, Q], 'pv' [B, K, Q, Dh]; rows 'k' [R, K, Dh, M],
+  #             'v' [R, K, M, Dh] (keys with Dh before the slots: no transpose in the einsums)
+  prompt_mask_BQ: Array  # real (not padding) prompt cache slots
   token_R: Array  # the token fed at this step
   position_R: Array  # its RoPE position
   key_R: Array  # per-row PRNG keys
@@ -117,26 +122,25 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   """Returns the decode state after one pass over the prompts (all but their last token)."""
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
   mask_BP = prompt_mask_BP.astype(bool)
-  kv_mask_BS = jnp.concatenate([mask_BP, jnp.ones((b, m), bool)], axis=1)
   positions_BP = llama.default_positions(mask_BP)
   cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE),
-                       llama.init_cache(config, b, p + m))
+                       llama.init_cache(config, b, p - 1))
   # The logits are unused, so XLA drops the [B, P, V] projection.
   _, cache = llama.Llama(config).apply(
-      {'params': params}, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], kv_mask_BS,
+      {'params': params}, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1],
       cache=cache, cache_index=0)
   rep = lambda x: jnp.repeat(x, n, axis=0)
-  # The decode cache is one buffer per layer, keys [R, K, Dh, S] and values [R, K, S, Dh]: both
-  # attention einsums contract without transposing a buffer (on CPU the keys' [S, Dh] layout
-  # makes the score einsum 3x slower), and each step updates every buffer in place.
-  order = {'k': (0, 2, 3, 1), 'v': (0, 2, 1, 3)}
-  cache = _constrain_cache({name: tuple(rep(c[l].transpose(order[name])) for l in range(len(c)))
-                            for name, c in cache.items()})
-  r = b * n
+  r, layers = b * n, range(config.n_layers)
+  rows = lambda shape: jnp.zeros((r, config.n_kv_heads) + shape, cache['k'].dtype)
+  cache = _constrain_cache({
+      'pk': tuple(cache['k'][l].transpose(0, 2, 3, 1) for l in layers),
+      'pv': tuple(cache['v'][l].transpose(0, 2, 1, 3) for l in layers),
+      'k': tuple(rows((config.head_dim, m)) for _ in layers),
+      'v': tuple(rows((m, config.head_dim)) for _ in layers)})
   row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
   return DecodeState(
       step=jnp.zeros((), jnp.int32), cache=cache,
-      kv_mask_RS=sharding.constrain(rep(kv_mask_BS), P(sharding.BATCH)),
+      prompt_mask_BQ=sharding.constrain(mask_BP[:, :-1], P(sharding.BATCH)),
       token_R=rep(prompt_tokens_BP[:, -1].astype(jnp.int32)), position_R=rep(positions_BP[:, -1]),
       key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
       tail_RW=jnp.full((r, stop_width), -1, jnp.int32),
@@ -159,8 +163,8 @@ def _rms_norm(x, scale, eps):
 
 
 def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_R: Array,
-                   kv_mask_RS: Array, cache: dict, slot: Array) -> tuple[Array, dict]:
-  """Returns (float32 logits [R, V], updated cache) for one token per row written at `slot`.
+                   prompt_mask_BQ: Array, cache: dict, slot: Array) -> tuple[Array, dict]:
+  """Returns (float32 logits [R, V], updated cache) for one token per row at generation `slot`.
 
   The maths of `llama.Llama` (tests hold it to `llama.forward`), unrolled over `split_layers`
   params: on CPU this step is 1.5-2.5x faster than the scanned model, whose per-step dynamic
@@ -168,25 +172,41 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   """
   cfg, dt = config, jnp.dtype(config.dtype)
   r, h, k, dh = token_R.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
+  (b, q), g = prompt_mask_BQ.shape, h // k
+  n, m = r // b, cache['k'][0].shape[-1]
   dense = lambda x, w: jnp.dot(x, w.astype(dt))
   inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
-  s = kv_mask_RS.shape[1]
-  allowed_R11S = (kv_mask_RS & (jnp.arange(s)[None, :] <= slot))[:, None, None, :]
+  allowed_R11Q = jnp.repeat(prompt_mask_BQ, n, axis=0)[:, None, None, :]
+  allowed_11M = (jnp.arange(m) <= slot)[None, None, :]
   x_RD = dparams['embed']['embedding'][token_R].astype(dt)
   ks, vs = list(cache['k']), list(cache['v'])
+  scale = np.float32(1 / np.sqrt(dh))
   for l, lp in enumerate(dparams['layers']):
     a_RD = _rms_norm(x_RD, lp['attn_norm']['scale'], cfg.norm_eps)
     att = lp['attn']
     rope = lambda x, heads: llama.apply_rope(x.reshape(r, 1, heads, dh), pos_R1, inv_freq)
-    q_RKGD = rope(dense(a_RD, att['q_proj']['kernel']), h).reshape(r, k, h // k, dh)
+    q_RKGD = rope(dense(a_RD, att['q_proj']['kernel']), h).reshape(r, k, g, dh)
     key_RKD1 = rope(dense(a_RD, att['k_proj']['kernel']), k).reshape(r, k, dh, 1)
     val_RK1D = dense(a_RD, att['v_proj']['kernel']).reshape(r, k, 1, dh)
     ks[l] = jax.lax.dynamic_update_slice(ks[l], key_RKD1.astype(ks[l].dtype), (0, 0, 0, slot))
     vs[l] = jax.lax.dynamic_update_slice(vs[l], val_RK1D.astype(vs[l].dtype), (0, 0, slot, 0))
-    scores = jnp.einsum('rkgd,rkds->rkgs', q_RKGD, ks[l].astype(dt),
-                        preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
-    probs = jax.nn.softmax(jnp.where(allowed_R11S, scores, _NEG_INF), axis=-1).astype(dt)
-    out = jnp.einsum('rkgs,rksd->rkgd', probs, vs[l].astype(dt)).reshape(r, h * dh)
+    # Scores over the shared prompt slots (the N rows of a prompt as one [N*G, Dh] query
+    # block) and over the row's own generation slots, softmaxed together.
+    q_BKXD = q_RKGD.reshape(b, n, k, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, k, n * g, dh)
+    prompt_RKGQ = jnp.einsum('bkxd,bkdq->bkxq', q_BKXD, cache['pk'][l].astype(dt),
+                             preferred_element_type=jnp.float32).reshape(b, k, n, g, q)
+    prompt_RKGQ = prompt_RKGQ.transpose(0, 2, 1, 3, 4).reshape(r, k, g, q) * scale
+    own_RKGM = jnp.einsum('rkgd,rkdm->rkgm', q_RKGD, ks[l].astype(dt),
+                          preferred_element_type=jnp.float32) * scale
+    scores = jnp.concatenate([jnp.where(allowed_R11Q, prompt_RKGQ, _NEG_INF),
+                              jnp.where(allowed_11M, own_RKGM, _NEG_INF)], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    p_BKXQ = probs[..., :q].reshape(b, n, k, g, q).transpose(0, 2, 1, 3, 4).reshape(
+        b, k, n * g, q)
+    out_BKXD = jnp.einsum('bkxq,bkqd->bkxd', p_BKXQ, cache['pv'][l].astype(dt))
+    out = out_BKXD.reshape(b, k, n, g, dh).transpose(0, 2, 1, 3, 4).reshape(r, k, g, dh)
+    out = (out + jnp.einsum('rkgm,rkmd->rkgd', probs[..., q:], vs[l].astype(dt))).reshape(
+        r, h * dh)
     x_RD = x_RD + dense(out, att['o_proj']['kernel'])
     m_RD = _rms_norm(x_RD, lp['mlp_norm']['scale'], cfg.norm_eps)
     mlp = lp['mlp']
@@ -196,7 +216,7 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   x_RD = _rms_norm(x_RD, dparams['final_norm']['scale'], cfg.norm_eps)
   w_VD = dparams['embed']['embedding'] if cfg.tie_embeddings else dparams['lm_head']['kernel'].T
   logits = jnp.einsum('rd,vd->rv', x_RD, w_VD.astype(dt), preferred_element_type=jnp.float32)
-  return logits, _constrain_cache({'k': tuple(ks), 'v': tuple(vs)})
+  return logits, _constrain_cache({**cache, 'k': tuple(ks), 'v': tuple(vs)})
 
 
 def _first_above(c_RX: Array, t_R: Array, w_RX: Array) -> Array:
@@ -286,9 +306,8 @@ def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: M
 def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: dict,
                 mode: Mode) -> tuple[DecodeState, Array]:
   """Returns (the state after one token per row, its float32 logits [R, V]) (split_layers)."""
-  p = state.kv_mask_RS.shape[1] - state.tokens_RM.shape[1]
   logits_RV, cache = decode_forward(config, dparams, state.token_R, state.position_R,
-                                    state.kv_mask_RS, state.cache, p - 1 + state.step)
+                                    state.prompt_mask_BQ, state.cache, state.step)
   token_R, logprob_R = next_token(logits_RV, state.key_R, state.step, knobs, mode)
   done, step = state.done_R, state.step
   token_R = jnp.where(done, mode.pad_id, token_R)
