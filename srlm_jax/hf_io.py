@@ -31,6 +31,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from srlm_jax import distributed
 from srlm_jax import llama
 from srlm_jax import sharding
 
@@ -381,28 +382,35 @@ def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
   """Returns out_dir after writing config.json and model.safetensors (transformers Llama layout).
 
   `dtype` casts the tensors (default: each param's own dtype). A tokenizer with `save_pretrained`
-  (or wrapping one as `.hf`) is saved beside them.
+  (or wrapping one as `.hf`) is saved beside them. In a multi-host run every process calls it
+  (params spanning hosts are all-gathered) and process 0 writes.
   """
   check_params(config, params, source='export_hf params')
+  saver = None
+  if tokenizer is not None:
+    saver = tokenizer if hasattr(tokenizer, 'save_pretrained') else getattr(tokenizer, 'hf', None)
+    if not hasattr(saver, 'save_pretrained'):
+      raise ValueError(f'export_hf({out_dir}): tokenizer {type(tokenizer).__name__} has no '
+                       'save_pretrained (nor a transformers tokenizer as .hf)')
   flat = _flat(params)
   cast = _dtype_name(dtype)
   tensors = {}
   for path, hf_names, _ in _param_names(config):
-    value = np.asarray(jax.device_get(flat[path]))
+    value = distributed.to_host(flat[path])
     value = value.astype(jnp.dtype(cast)) if cast else value
     per_tensor = list(value) if path.startswith('layers/') else [value]
     for name, v in zip(hf_names, per_tensor):
       tensors[name] = np.ascontiguousarray(v.T if path.endswith('/kernel') else v)
+  if not distributed.is_writer():
+    distributed.barrier(f'export {out_dir}')
+    return out_dir
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
   hf_config = config_to_hf(config)
   hf_config['dtype'] = str(tensors['model.embed_tokens.weight'].dtype)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_config, f, indent=2)
-  if tokenizer is not None:
-    saver = tokenizer if hasattr(tokenizer, 'save_pretrained') else getattr(tokenizer, 'hf', None)
-    if not hasattr(saver, 'save_pretrained'):
-      raise ValueError(f'export_hf({out_dir}): tokenizer {type(tokenizer).__name__} has no '
-                       'save_pretrained (nor a transformers tokenizer as .hf)')
+  if saver is not None:
     saver.save_pretrained(out_dir)
+  distributed.barrier(f'export {out_dir}')
   return out_dir
