@@ -34,6 +34,7 @@ setuptools.setup(
         # already on disk on the project's machines.
         'test': [
             'pytest>=8',
+            'pytest-xdist>=3.5',  # the suite runs in two workers, one test file each at a time
             'hypothesis>=6.100',
             'torch==2.13.0',
             'accelerate>=1.0',

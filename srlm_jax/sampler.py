@@ -16,8 +16,10 @@ generation slots up to the current one; RoPE positions count real tokens only. S
 cache makes N samples read the prompt's keys and values once per step, not N times: judging
 (N = 3, prompts of a rubric plus a response) is bound by these reads on a CPU.
 
-Static shapes: `sample` pads prompts to P = bucket(length) and buffers to M = bucket(max_new),
-powers of two from 32, so a run compiles once per (batch, P, M) and sampling mode. temperature,
+Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5} * 2^i (at most a
+third of a prompt batch is padding: prefill and every decode step scale with P), and buffers to
+M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
+sampling mode. temperature,
 top_p, min_p and max_new_tokens are device scalars (no recompile when they change); which filters
 are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
 sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
@@ -36,6 +38,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import sys
 from typing import Any, Optional, Sequence, Union
 
 import flax.struct
@@ -44,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from srlm_jax import distributed, llama, sharding
+from srlm_jax import data_io, distributed, llama, sharding
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
@@ -105,6 +108,11 @@ class Mode:
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
   """Returns the smallest power of two that is >= n and >= minimum."""
   return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def prompt_bucket(n: int) -> int:
+  """Returns the padded prompt length: the smallest of 32 * {1, 1.5} * 2^i that is >= n."""
+  return data_io.length_bucket(n, max_len=sys.maxsize, minimum=MIN_BUCKET)
 
 
 CACHE_LAYER = P(sharding.BATCH, 'tensor', None, None)  # a decode cache layer
@@ -379,7 +387,7 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
     raise ValueError('every prompt row must be left-padded with a real last token')
   mode = make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
-  pad = ((0, 0), (bucket(p) - p, 0))
+  pad = ((0, 0), (prompt_bucket(p) - p, 0))
   tokens = jnp.pad(jnp.asarray(prompt_tokens_BP, jnp.int32), pad)
   mask = jnp.pad(jnp.asarray(prompt_mask_BP, bool), pad)
   key = jax.random.key(key) if isinstance(key, int) else key
