@@ -184,8 +184,13 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   n, m = r // b, cache['k'][0].shape[-1]
   dense = lambda x, w: jnp.dot(x, w.astype(dt))
   inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
-  allowed_R11Q = jnp.repeat(prompt_mask_BQ, n, axis=0)[:, None, None, :]
+  allowed_BK1Q = prompt_mask_BQ[:, None, None, :]
   allowed_11M = (jnp.arange(m) <= slot)[None, None, :]
+  # [R, K, G, X] (row-major, R = B*N) <-> [B, K, N*G, X] (the N rows of a prompt together)
+  to_prompt_major = lambda x: x.reshape(b, n, k, g, -1).transpose(0, 2, 1, 3, 4).reshape(
+      b, k, n * g, x.shape[-1])
+  to_row_major = lambda x: x.reshape(b, k, n, g, -1).transpose(0, 2, 1, 3, 4).reshape(
+      r, k, g, x.shape[-1])
   x_RD = dparams['embed']['embedding'][token_R].astype(dt)
   ks, vs = list(cache['k']), list(cache['v'])
   scale = np.float32(1 / np.sqrt(dh))
@@ -198,23 +203,25 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
     val_RK1D = dense(a_RD, att['v_proj']['kernel']).reshape(r, k, 1, dh)
     ks[l] = jax.lax.dynamic_update_slice(ks[l], key_RKD1.astype(ks[l].dtype), (0, 0, 0, slot))
     vs[l] = jax.lax.dynamic_update_slice(vs[l], val_RK1D.astype(vs[l].dtype), (0, 0, slot, 0))
-    # Scores over the shared prompt slots (the N rows of a prompt as one [N*G, Dh] query
-    # block) and over the row's own generation slots, softmaxed together.
-    q_BKXD = q_RKGD.reshape(b, n, k, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, k, n * g, dh)
-    prompt_RKGQ = jnp.einsum('bkxd,bkdq->bkxq', q_BKXD, cache['pk'][l].astype(dt),
-                             preferred_element_type=jnp.float32).reshape(b, k, n, g, q)
-    prompt_RKGQ = prompt_RKGQ.transpose(0, 2, 1, 3, 4).reshape(r, k, g, q) * scale
+    # One softmax over two blocks of slots: the shared prompt slots (the N rows of a prompt as
+    # one [N*G, Dh] query block) and the row's own generation slots; no concatenation.
+    q_BKXD = to_prompt_major(q_RKGD)
+    prompt_BKXQ = jnp.einsum('bkxd,bkdq->bkxq', q_BKXD, cache['pk'][l].astype(dt),
+                             preferred_element_type=jnp.float32) * scale
+    prompt_BKXQ = jnp.where(allowed_BK1Q, prompt_BKXQ, _NEG_INF)
     own_RKGM = jnp.einsum('rkgd,rkdm->rkgm', q_RKGD, ks[l].astype(dt),
                           preferred_element_type=jnp.float32) * scale
-    scores = jnp.concatenate([jnp.where(allowed_R11Q, prompt_RKGQ, _NEG_INF),
-                              jnp.where(allowed_11M, own_RKGM, _NEG_INF)], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    p_BKXQ = probs[..., :q].reshape(b, n, k, g, q).transpose(0, 2, 1, 3, 4).reshape(
-        b, k, n * g, q)
-    out_BKXD = jnp.einsum('bkxq,bkqd->bkxd', p_BKXQ, cache['pv'][l].astype(dt))
-    out = out_BKXD.reshape(b, k, n, g, dh).transpose(0, 2, 1, 3, 4).reshape(r, k, g, dh)
-    out = (out + jnp.einsum('rkgm,rkmd->rkgd', probs[..., q:], vs[l].astype(dt))).reshape(
-        r, h * dh)
+    own_RKGM = jnp.where(allowed_11M, own_RKGM, _NEG_INF)
+    max_RKG1 = jnp.maximum(to_row_major(jnp.max(prompt_BKXQ, -1, keepdims=True)),
+                           jnp.max(own_RKGM, -1, keepdims=True))
+    e_prompt = jnp.exp(prompt_BKXQ - to_prompt_major(max_RKG1))
+    e_own = jnp.exp(own_RKGM - max_RKG1)
+    total_RKG1 = to_row_major(jnp.sum(e_prompt, -1, keepdims=True)) + jnp.sum(e_own, -1,
+                                                                              keepdims=True)
+    out_RKGD = to_row_major(jnp.einsum('bkxq,bkqd->bkxd', e_prompt.astype(dt),
+                                       cache['pv'][l].astype(dt)))
+    out_RKGD = out_RKGD + jnp.einsum('rkgm,rkmd->rkgd', e_own.astype(dt), vs[l].astype(dt))
+    out = (out_RKGD / total_RKG1.astype(dt)).reshape(r, h * dh)
     x_RD = x_RD + dense(out, att['o_proj']['kernel'])
     m_RD = _rms_norm(x_RD, lp['mlp_norm']['scale'], cfg.norm_eps)
     mlp = lp['mlp']
