@@ -179,18 +179,3 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   shards = os.listdir(os.path.join(workdir, 'iter_1', 'judgments', 'shards'))
   assert sorted(shards) == sorted(os.listdir(os.path.join(reference, 'iter_1', 'judgments',
                                                           'shards')))
-
-
-def test_two_processes_write_each_record_once_and_match_one_process(tmp_path, two_iterations):
-  """A two-host run of iteration 1 (the batch split over both) ends with the same records."""
-  import multihost  # pylint: disable=g-import-not-at-top
-  reference, _ = two_iterations
-  workdir = tmp_path / 'two_hosts'
-  multihost.run([os.path.join(ROOT, 'launch', 'srlm.py'),
-                 f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}',
-                 '--config.iterations=1', '--config.mesh=(2,1,1)', '--config.distributed=True'],
-                processes=2, devices_per_process=1)
-  assert_same_records(workdir, reference)
-  sft = lambda w: loop.read_records(os.path.join(w, 'm1_sft', 'train', 'metrics.jsonl'))
-  assert [l['step'] for l in sft(workdir)] == [l['step'] for l in sft(reference)]
-  assert os.path.exists(os.path.join(workdir, 'iter_1', 'report.md'))
