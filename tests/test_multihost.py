@@ -1,6 +1,6 @@
 """Multi-host training: two local processes (one JAX runtime over both) give one device's numbers.
 
-The loop's multi-host test is in test_loop.py (it compares with that module's reference run).
+The loop's multi-host test is in test_loop_multihost.py.
 """
 
 import json
