@@ -19,9 +19,8 @@ cache makes N samples read the prompt's keys and values once per step, not N tim
 Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5} * 2^i (at most a
 third of a prompt batch is padding: prefill and every decode step scale with P), and buffers to
 M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
-sampling mode. temperature,
-top_p, min_p and max_new_tokens are device scalars (no recompile when they change); which filters
-are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
+sampling mode. temperature, top_p, min_p and max_new_tokens are device scalars (no recompile
+when they change); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
 sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
 never sorts V: it finds the nucleus threshold by a 31-step bisection over V (on XLA:CPU,
 `lax.top_k` over a 49k vocabulary becomes a full sort, 10-20x slower than the bisection).
@@ -184,7 +183,7 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
   n, m = r // b, cache['k'][0].shape[-1]
   dense = lambda x, w: jnp.dot(x, w.astype(dt))
   inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
-  allowed_BK1Q = prompt_mask_BQ[:, None, None, :]
+  allowed_B11Q = prompt_mask_BQ[:, None, None, :]
   allowed_11M = (jnp.arange(m) <= slot)[None, None, :]
   # [R, K, G, X] (row-major, R = B*N) <-> [B, K, N*G, X] (the N rows of a prompt together)
   to_prompt_major = lambda x: x.reshape(b, n, k, g, -1).transpose(0, 2, 1, 3, 4).reshape(
@@ -208,7 +207,7 @@ def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_
     q_BKXD = to_prompt_major(q_RKGD)
     prompt_BKXQ = jnp.einsum('bkxd,bkdq->bkxq', q_BKXD, cache['pk'][l].astype(dt),
                              preferred_element_type=jnp.float32) * scale
-    prompt_BKXQ = jnp.where(allowed_BK1Q, prompt_BKXQ, _NEG_INF)
+    prompt_BKXQ = jnp.where(allowed_B11Q, prompt_BKXQ, _NEG_INF)
     own_RKGM = jnp.einsum('rkgd,rkdm->rkgm', q_RKGD, ks[l].astype(dt),
                           preferred_element_type=jnp.float32) * scale
     own_RKGM = jnp.where(allowed_11M, own_RKGM, _NEG_INF)

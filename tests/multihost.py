@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 
 def free_port() -> int:
@@ -18,26 +19,32 @@ def free_port() -> int:
 
 def run(argv: list, *, processes: int = 2, devices_per_process: int = 1,
         timeout: int = 600) -> list:
-  """Runs `python argv...` as `processes` processes of one job; returns their stderr texts.
+  """Runs `python argv...` as `processes` processes of one job; returns their output texts.
 
   Fails (AssertionError with the logs' tails) unless every process exits with status 0.
   """
   address = f'localhost:{free_port()}'
   env = dict(os.environ,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  # Output goes to files, not pipes: a process blocked on a full pipe would stall the others
+  # at their next barrier.
+  outs = [tempfile.TemporaryFile('w+') for _ in range(processes)]
   procs = [subprocess.Popen(
       [sys.executable, *argv, f'--coordinator_address={address}',
        f'--num_processes={processes}', f'--process_id={i}'],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(processes)]
-  logs = []
+      env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+           for i, out in enumerate(outs)]
   try:
     for p in procs:
-      _, err = p.communicate(timeout=timeout)
-      logs.append(err)
+      p.wait(timeout=timeout)
   finally:
     for p in procs:
       p.kill()
+  logs = []
+  for out in outs:
+    out.seek(0)
+    logs.append(out.read())
+    out.close()
   for i, (p, err) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f'process {i} exited with {p.returncode}:\n{err[-3000:]}'
   return logs
