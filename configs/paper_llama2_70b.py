@@ -51,6 +51,7 @@ def get_config(arg: str = '/data/srlm_oasst'):
     block.max_len = 2048
     block.dtype = 'bfloat16'
     block.remat = True
+    block.unroll_layers = False  # a loop over the layers keeps compiles short at this size
     block.mesh = (1, -1, 8)
     block.checkpoint_every = 200
     block.log_every = 10

@@ -69,6 +69,8 @@ flags.DEFINE_string('pairs', '', 'JSONL of {prompt, chosen, rejected} to use ins
 flags.DEFINE_float('beta', 0.1, 'DPO beta (sigmoid loss).')
 flags.DEFINE_float('lr', 1e-6, 'AdamW learning rate (constant, no warmup).')
 flags.DEFINE_bool('no_reference', False, "Skip TRL's DPOTrainer (e.g. for GPU runs).")
+flags.DEFINE_bool('unroll_layers', True, 'Compile our layers as straight-line code (the '
+                  'configs/dpo.py default) rather than a loop over the stacked params.')
 flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 
 # AdamW and clipping as TRL / transformers default them; the schedule constant, no warmup.
@@ -254,7 +256,7 @@ def main(argv):
     torch.set_num_threads(os.cpu_count())
   mesh = sharding.make_mesh(1, -1, 1)
   model = srlm_jax.load(FLAGS.model, mesh=mesh, dtype='float32')
-  mc = model.config.replace(dtype=FLAGS.dtype, remat=False)
+  mc = model.config.replace(dtype=FLAGS.dtype, remat=False, unroll_layers=FLAGS.unroll_layers)
   if FLAGS.pairs:
     source, candidates = FLAGS.pairs, data_io.read_jsonl(FLAGS.pairs)
   else:  # the 'line' of a built pair is its index
@@ -319,6 +321,7 @@ def main(argv):
                    'pairs_source': source, 'dtype': FLAGS.dtype, 'loss': 'sigmoid',
                    'beta': FLAGS.beta, 'lr': FLAGS.lr, **OPTIMIZER,
                    'reference': 'precomputed', 'gradient_checkpointing': False,
+                   'unroll_layers': FLAGS.unroll_layers,
                    'order': 'sequential (file order) on both sides'},
       'flops_counted': '6 * num_params * real (non-pad) input tokens of chosen + rejected',
       'ours': ours, 'trl': trl_out, 'check': check}

@@ -69,6 +69,10 @@ class LlamaConfig:
   dtype: str = 'float32'  # compute dtype: 'float32' or 'bfloat16'
   param_dtype: str = 'float32'  # dtype params are created in; loaded params keep their own
   remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+  # Compile the layers as straight-line code rather than a loop over the stacked params: no
+  # per-layer slicing and stacking of params and activations (about 10% faster training steps
+  # on CPU), at about 3x the compile time. The param tree is the same either way.
+  unroll_layers: bool = False
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -139,9 +143,45 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype)[None, None, :] * x32.astype(self.dtype)
 
 
+@jax.custom_vjp
+def matmul(x_MI: Array, w_IO: Array) -> Array:
+  """Returns x [..., I] @ w [I, O]; its weight gradient is one 2-D matmul over all tokens.
+
+  Autodiff of the same product contracts the [B, T] axes of activations and output gradients,
+  which XLA:CPU lowers by transposing the activations first (strided copies fused with the
+  elementwise backward, slower than the matmuls themselves). Flattening the tokens to one
+  [B*T] axis contracts the leading axis of two row-major operands, a plain GEMM on every
+  backend; under a mesh the flattened axis keeps the batch sharding.
+  """
+  return x_MI @ w_IO
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(residuals, dy):
+  x, w = residuals
+  dx = jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
+  dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]),
+                           (((0,), (0,)), ((), ())))
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
+  """nn.Dense's product (last axis of lhs with the kernel's first) through `matmul`."""
+  if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or precision or kwargs:
+    raise ValueError(f'unexpected Dense product {dimension_numbers}, {precision}, {kwargs}')
+  return matmul(lhs, rhs)
+
+
 def _dense(features, name, cfg):
   return nn.Dense(features, use_bias=False, name=name, dtype=cfg.dtype,
-                  param_dtype=cfg.param_dtype, kernel_init=nn.initializers.normal(0.02))
+                  param_dtype=cfg.param_dtype, kernel_init=nn.initializers.normal(0.02),
+                  dot_general=_dense_dot_general)
 
 
 class Attention(nn.Module):
@@ -173,12 +213,16 @@ class Attention(nn.Module):
     if segment_ids is not None:
       allowed_BTS &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
-    q = q.reshape(b, t, k, h // k, dh)
-    scores = jnp.einsum('btkgd,bskd->bkgts', q, key, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(dh).astype(np.float32)
-    scores = jnp.where(allowed_BTS[:, None, None], scores, _NEG_INF)
+    # Heads-major operands [B, K, G, T, Dh] and [B, K, S, Dh]: both products are then plain
+    # batched matmuls, and the mask is one additive [B, T, S] bias shared by all heads.
+    q_BKGTd = q.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4)
+    key_BKSd, val_BKSd = key.transpose(0, 2, 1, 3), val.transpose(0, 2, 1, 3)
+    bias_BTS = jnp.where(allowed_BTS, 0.0, _NEG_INF)
+    scores = jnp.einsum('bkgtd,bksd->bkgts', q_BKGTd, key_BKSd, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(dh).astype(np.float32) + bias_BTS[:, None, None]
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum('bkgts,bskd->btkgd', probs, val).reshape(b, t, h * dh)
+    out = jnp.einsum('bkgts,bksd->bkgtd', probs, val_BKSd)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
     return _dense(cfg.dim, 'o_proj', cfg)(out), new_cache
 
 
@@ -235,7 +279,7 @@ class Llama(nn.Module):
     block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
     layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                     length=cfg.n_layers)
+                     length=cfg.n_layers, unroll=cfg.n_layers if cfg.unroll_layers else 1)
     x_BTD, new_cache = layers(cfg, name='layers')(
         x_BTD, cache, positions_BT, kv_mask_BS.astype(bool), cache_index, segment_ids)
     x_BTD = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x_BTD)

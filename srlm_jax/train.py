@@ -357,7 +357,8 @@ def _setup(cfg, model):
   if cfg.batch_size % cfg.grad_accum or (cfg.batch_size // cfg.grad_accum) % n:
     raise ValueError(f'batch_size={cfg.batch_size} must split into grad_accum={cfg.grad_accum} '
                      f'micro-batches whose size divides by the {n} data-parallel devices')
-  return model, mesh, model.config.replace(dtype=cfg.dtype, remat=cfg.remat)
+  return model, mesh, model.config.replace(dtype=cfg.dtype, remat=cfg.remat,
+                                          unroll_layers=cfg.unroll_layers)
 
 
 def _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, **kwargs):

@@ -184,7 +184,9 @@ def test_grad_accumulation_equals_full_batch(params, dpo_set, kind):
   accum, h4 = _run(accum_step, params, get_batch, 2)
   for key in ('loss', 'grad_norm'):
     np.testing.assert_allclose([m[key] for m in h4], [m[key] for m in h1], rtol=1e-5)
-  assert _max_diff(full, accum) < 1e-5
+  # Summing 4 micro-batch gradients rounds differently from one product over the batch; Adam
+  # steps are about lr = 1e-3 each, so 2e-5 is 2% of one step (a wrong gradient is far off).
+  assert _max_diff(full, accum) < 2e-5
 
 
 def test_online_reference_matches_precomputed(params, dpo_set):
