@@ -5,7 +5,8 @@ Both sides train the same float32 SmolLM2-135M-Instruct weights (ours exported w
 preference pairs, in the same order, with the same settings: --batch_size pairs per step, the
 sigmoid DPO loss at beta 0.1, AdamW (lr 1e-6 constant, no warmup, betas 0.9/0.999, eps 1e-8, no
 weight decay, global-norm clipping at 1.0), reference log-probs precomputed once per dataset,
-no gradient checkpointing, and the same CPU threads, measured in the same run.
+no gradient checkpointing, and the same CPU threads, measured in the same run. Our layers are
+compiled as straight-line code (--unroll_layers, the configs/dpo.py default).
 
 Data: OASST1 first turns (prompts with >= 2 ranked replies, rank 0 chosen, the highest rank
 rejected) read from --oasst at run time, or --pairs JSONL `{prompt, chosen, rejected}`. Pairs
