@@ -109,9 +109,9 @@ def judge_candidates(model: Any, candidate_records: Sequence[dict], settings: Cr
                                  progress=progress)
   return [{'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
            'judgments': result.texts[i],
-           'scores': [None if np.isnan(s) else float(s) for s in result.scores_RxK[i]],
+           'scores': [judge_lib.score_json(s) for s in result.scores_RxK[i]],
            'valid': [bool(v) for v in result.valid_RxK[i]],
-           'mean': None if np.isnan(result.mean_R[i]) else float(result.mean_R[i]),
+           'mean': judge_lib.score_json(result.mean_R[i]),
            'n_valid': int(result.n_valid_R[i])}
           for i, (r, j, text) in enumerate(flat)]
 
@@ -139,7 +139,7 @@ def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dic
     reason = pairs_lib.REASONS[int(out['reason'][p])]
     c, rj = int(out['chosen'][p]), int(out['rejected'][p])
     decisions.append({'id': r['id'], 'decision': reason,
-                      'scores': [None if np.isnan(s) else float(s) for s in scores[p]]})
+                      'scores': [judge_lib.score_json(s) for s in scores[p]]})
     if out['has_pair'][p]:
       pair_records.append({
           'id': r['id'], 'prompt': r['prompt'], 'chosen': r['candidates'][c],

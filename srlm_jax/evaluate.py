@@ -299,8 +299,8 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
         seed=seed + start, progress=progress)
     new = [{'prompt_id': groups[gi]['id'], 'response_index': ri,
             'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
-            'scores': [None if np.isnan(x) else float(x) for x in result.scores_RxK[f]],
-            'mean': None if np.isnan(result.mean_R[f]) else float(result.mean_R[f]),
+            'scores': [judge_lib.score_json(x) for x in result.scores_RxK[f]],
+            'mean': judge_lib.score_json(result.mean_R[f]),
             'settings': tag} for f, (gi, ri) in enumerate(part)]
     done.update({(r['prompt_id'], r['response_index']): r for r in new})
     if cache_path and distributed.is_writer():

@@ -151,6 +151,13 @@ class Judgments:
   n_valid_R: np.ndarray  # int32
 
 
+def score_json(x) -> Optional[float]:
+  """Returns a float32 score as the shortest decimal that reads back as the same float32 (3.1,
+  not 3.0999999046325684), or None for NaN (no valid score): how records store scores."""
+  x = np.float32(x)
+  return None if np.isnan(x) else float(np.format_float_positional(x, unique=True))
+
+
 def pad_right(rows: Sequence[np.ndarray], pad_id: int, multiple: int = 32) -> np.ndarray:
   """Returns the rows right-padded with pad_id to a common length (a multiple of `multiple`)."""
   width = max([len(r) for r in rows] + [1])

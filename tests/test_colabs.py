@@ -54,7 +54,7 @@ MAX_LEN = 64
 EVAL_EVERY = 5''',
     'judge_study': '''\
 OASST1 = os.path.join(os.environ['SRLM_JAX_SHARED_DATA'], 'oasst1', 'en-validation.jsonl')
-MAX_PAIRS = 6
+MAX_PAIRS = 3
 KS = (1, 3)
 RUBRIC_K = 3
 MAX_NEW_TOKENS = 32

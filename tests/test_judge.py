@@ -2,6 +2,8 @@
 
 import pytest
 
+import numpy as np
+
 from srlm_jax import judge
 
 
@@ -38,3 +40,11 @@ def test_templates_are_configurable():
 def test_pad_right():
   out = judge.pad_right([[1, 2], [3]], pad_id=0, multiple=4)
   assert out.tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
+
+
+def test_score_json_is_the_shortest_float32_decimal():
+  assert judge.score_json(np.float32(3.1)) == 3.1
+  assert judge.score_json(np.float32(4.0)) == 4.0
+  assert judge.score_json(np.float32(np.nan)) is None
+  third = np.float32(10 / 3)
+  assert np.float32(judge.score_json(third)) == third  # reads back as the same float32
