@@ -1,8 +1,7 @@
 """Judge prompt templates: the rubric, quoting, configurability."""
 
-import pytest
-
 import numpy as np
+import pytest
 
 from srlm_jax import judge
 
