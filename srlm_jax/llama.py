@@ -144,7 +144,7 @@ class RMSNorm(nn.Module):
 
 
 @jax.custom_vjp
-def matmul(x_MI: Array, w_IO: Array) -> Array:
+def matmul(x: Array, w: Array) -> Array:
   """Returns x [..., I] @ w [I, O]; its weight gradient is one 2-D matmul over all tokens.
 
   Autodiff of the same product contracts the [B, T] axes of activations and output gradients,
@@ -153,7 +153,7 @@ def matmul(x_MI: Array, w_IO: Array) -> Array:
   [B*T] axis contracts the leading axis of two row-major operands, a plain GEMM on every
   backend; under a mesh the flattened axis keeps the batch sharding.
   """
-  return x_MI @ w_IO
+  return x @ w
 
 
 def _matmul_fwd(x, w):
