@@ -70,8 +70,8 @@ class LlamaConfig:
   param_dtype: str = 'float32'  # dtype params are created in; loaded params keep their own
   remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
   # Compile the layers as straight-line code rather than a loop over the stacked params: no
-  # per-layer slicing and stacking of params and activations (about 10% faster training steps
-  # on CPU), at about 3x the compile time. The param tree is the same either way.
+  # per-layer slicing and stacking of params and activations (SmolLM2-135M gradient on CPU:
+  # 24.5 -> 20.6 s), at 3.6x the compile time. The param tree is the same either way.
   unroll_layers: bool = False
 
   def __post_init__(self):

@@ -20,8 +20,8 @@ Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5}
 third of a prompt batch is padding: prefill and every decode step scale with P), and buffers to
 M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
 sampling mode. temperature, top_p, min_p and max_new_tokens are device scalars (no recompile
-when they change); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1, min_p > 0), top_k, eos ids and stop
-sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
+when they change); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1,
+min_p > 0), top_k, eos ids and stop sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
 never sorts V: it finds the nucleus threshold by a 31-step bisection over V (on XLA:CPU,
 `lax.top_k` over a 49k vocabulary becomes a full sort, 10-20x slower than the bisection).
 
