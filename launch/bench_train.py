@@ -6,7 +6,8 @@ preference pairs, in the same order, with the same settings: --batch_size pairs 
 sigmoid DPO loss at beta 0.1, AdamW (lr 1e-6 constant, no warmup, betas 0.9/0.999, eps 1e-8, no
 weight decay, global-norm clipping at 1.0), reference log-probs precomputed once per dataset,
 no gradient checkpointing, and the same CPU threads, measured in the same run. Our layers are
-compiled as straight-line code (--unroll_layers, the configs/dpo.py default).
+compiled as straight-line code (--unroll_layers) and our output head runs at the target tokens
+only (--head_at_loss_positions), as configs/dpo.py sets them.
 
 Data: OASST1 first turns (prompts with >= 2 ranked replies, rank 0 chosen, the highest rank
 rejected) read from --oasst at run time, or --pairs JSONL `{prompt, chosen, rejected}`. Pairs
@@ -19,10 +20,12 @@ more position per sequence. TRL pads each batch to its longest sequence; ours cu
 to the length bucket of its longest sequence (32 * {1, 1.5} * 2^i, data_io.trim_batch).
 Each side's real (non-pad) input tokens are counted on its own and reported per pair.
 
-Timing: --warmup steps (our compile, TRL's first steps) then --steps timed steps on the same
-batches. Ours: host batch -> device -> step -> metrics fetched, as train.train_loop does. TRL:
-`on_step_begin` -> `on_step_end` of a TrainerCallback (forward, backward, clipping, optimizer;
-data loading excluded, so `trl_loop_s_per_step` between consecutive step ends is also given).
+Timing: --warmup steps then --steps timed steps on the same batches. Each of our batch shapes
+is compiled first by one step on a throwaway state (`compile_s`: those steps' total), so no
+timed step compiles. Ours: host batch -> device -> step -> metrics fetched, as
+train.train_loop does. TRL: `on_step_begin` -> `on_step_end` of a TrainerCallback (forward,
+backward, clipping, optimizer; data loading excluded, so `trl_loop_s_per_step` between
+consecutive step ends is also given).
 The reference precompute, our compile and TRL's setup are reported on their own. Model FLOPs
 utilisation: 6 * num_params * real input tokens of chosen + rejected (forward + backward; the
 tied embedding counted once, as the LM head; attention scores not counted) per step time,
@@ -41,7 +44,6 @@ import os
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
-import statistics
 import tempfile
 import time
 import types
@@ -59,7 +61,7 @@ flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                   'Our compute dtype (bfloat16: GPU only); TRL always trains in float32.')
 flags.DEFINE_integer('steps', 5, 'Timed optimizer steps (after --warmup).')
-flags.DEFINE_integer('warmup', 2, 'Untimed steps first (our compile; TRL first steps).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps first (after our compiles; TRL first steps).')
 flags.DEFINE_integer('batch_size', 4, 'Preference pairs per optimizer step.')
 flags.DEFINE_integer('max_len', 256, 'Input tokens per sequence (prompt + response).')
 flags.DEFINE_integer('num_pairs', 32, 'Pairs to build (rounded down to a multiple of batch).')
@@ -72,6 +74,8 @@ flags.DEFINE_float('lr', 1e-6, 'AdamW learning rate (constant, no warmup).')
 flags.DEFINE_bool('no_reference', False, "Skip TRL's DPOTrainer (e.g. for GPU runs).")
 flags.DEFINE_bool('unroll_layers', True, 'Compile our layers as straight-line code (the '
                   'configs/dpo.py default) rather than a loop over the stacked params.')
+flags.DEFINE_bool('head_at_loss_positions', True, 'Run our output head at the target tokens '
+                  'only (train.add_loss_positions, the configs/dpo.py default).')
 flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 
 # AdamW and clipping as TRL / transformers default them; the schedule constant, no warmup.
@@ -136,11 +140,27 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
   step = train.jit_step(train.make_dpo_step(mc, optimizer, 'sigmoid', FLAGS.beta), mesh,
                         shardings)
   rng = jax.random.key(0)
+
+  def host_batch(i):
+    host = data_io.trim_batch(jax.tree.map(lambda x: x[batch_rows(i, b, n)], dataset),
+                              FLAGS.max_len)
+    if FLAGS.head_at_loss_positions:
+      host = train.add_loss_positions(host, mesh.shape['data'] * mesh.shape['fsdp'])
+    return host
+
+  # Compile every batch shape first, each on a throwaway state, so no timed step compiles.
+  shapes, compile_s = {}, []
+  for i in range(warmup + steps):
+    shapes.setdefault(tuple(x.shape for x in jax.tree.leaves(host_batch(i))), i)
+  for i in shapes.values():
+    _, seconds = timed(lambda: jax.block_until_ready(
+        step(init_fn(), train.put_batch(mesh, host_batch(i)), rng)))
+    compile_s.append(seconds)
   times, losses, tokens, padded = [], [], [], []
   for i in range(warmup + steps):
     rows = batch_rows(i, b, n)
     start = time.perf_counter()
-    host = data_io.trim_batch(jax.tree.map(lambda x: x[rows], dataset), FLAGS.max_len)
+    host = host_batch(i)
     batch = train.put_batch(mesh, host)
     padded.append(2 * b * host['chosen']['mask'].shape[1])
     state, metrics = step(state, batch, rng)
@@ -153,7 +173,7 @@ def run_ours(model, mesh, mc, records, peak: float) -> dict:
   out = _rates(step_s, tokens[warmup:], b, mc.num_params, peak)
   out.update(
       dtype=mc.dtype, step_s=step_s, warmup_step_s=times[:warmup],
-      compile_s=max(times[0] - statistics.median(step_s), 0.0), ref_precompute_s=ref_s,
+      compile_s=sum(compile_s), compiled_shapes=len(shapes), ref_precompute_s=ref_s,
       tokens_per_pair=sum(tokens[warmup:]) / (b * steps),
       padded_positions_per_step=float(np.mean(padded[warmup:])),
       mfu_padded=6 * mc.num_params * np.mean(padded[warmup:]) / out['s_per_step'] / peak,
@@ -249,7 +269,7 @@ def run_trl(hf_dir: str, records, peak: float, num_params: int) -> dict:
 def main(argv):
   del argv
   if FLAGS.warmup < 1 or FLAGS.steps < 1:
-    raise app.UsageError('--warmup and --steps must be >= 1 (the first step compiles)')
+    raise app.UsageError('--warmup and --steps must be >= 1 (first steps run slow)')
   if FLAGS.dtype == 'bfloat16' and jax.default_backend() == 'cpu':
     raise app.UsageError('--dtype=bfloat16 is for GPU runs; the CPU comparison is float32')
   if not FLAGS.no_reference:

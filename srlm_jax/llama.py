@@ -171,6 +171,47 @@ def _matmul_bwd(residuals, dy):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def head_matmul(x: Array, w: Array, tied: bool) -> Array:
+  """Returns float32 logits x [..., D] @ w: w is the [D, V] head, or the [V, D] embedding if tied.
+
+  Like `matmul`, its weight gradient is one GEMM over all tokens; a tied embedding's comes out
+  as [V, D] directly, with no [D, V] gradient to transpose.
+  """
+  return _head_product(x, w, tied)
+
+
+def _head_product(x, w, tied):
+  return jax.lax.dot_general(x, w.astype(x.dtype), (((x.ndim - 1,), (1 if tied else 0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _head_fwd(x, w, tied):
+  return _head_product(x, w, tied), (x, w)
+
+
+def _head_bwd(tied, residuals, dy):
+  x, w = residuals
+  dy = dy.astype(x.dtype)  # what autodiff of the mixed-precision product does too
+  f32 = jnp.float32
+  dx = jax.lax.dot_general(dy, w.astype(x.dtype), (((dy.ndim - 1,), (0 if tied else 1,)), ((), ())),
+                           preferred_element_type=f32)
+  x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+  operands = (dy2, x2) if tied else (x2, dy2)
+  dw = jax.lax.dot_general(*operands, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+head_matmul.defvjp(_head_fwd, _head_bwd)
+
+
+def logits(config: 'LlamaConfig', params, x_ND: Array) -> Array:
+  """Returns float32 logits [..., V] of final-norm hidden states [..., D] (the output head)."""
+  if config.tie_embeddings:
+    return head_matmul(x_ND, params['embed']['embedding'], True)
+  return head_matmul(x_ND, params['lm_head']['kernel'], False)
+
+
 def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
   """nn.Dense's product (last axis of lhs with the kernel's first) through `matmul`."""
   if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or precision or kwargs:
@@ -266,12 +307,16 @@ class LmHead(nn.Module):
 
 
 class Llama(nn.Module):
-  """The decoder: (tokens, positions, kv_mask[, cache]) -> (float32 logits, new cache)."""
+  """The decoder: (tokens, positions, kv_mask[, cache]) -> (float32 logits, new cache).
+
+  With `hidden_only`, it returns the final-norm hidden states [B, T, D] instead of the logits,
+  for callers that apply the head (`logits`) to some positions only.
+  """
   config: LlamaConfig
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0,
-               segment_ids=None):
+               segment_ids=None, hidden_only: bool = False):
     cfg = self.config
     embed = nn.Embed(cfg.vocab_size, cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      embedding_init=nn.initializers.normal(0.02), name='embed')
@@ -283,10 +328,11 @@ class Llama(nn.Module):
     x_BTD, new_cache = layers(cfg, name='layers')(
         x_BTD, cache, positions_BT, kv_mask_BS.astype(bool), cache_index, segment_ids)
     x_BTD = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x_BTD)
-    w_DV = embed.embedding.T if cfg.tie_embeddings else LmHead(cfg, name='lm_head')()
-    logits = jnp.einsum('btd,dv->btv', x_BTD, w_DV.astype(cfg.dtype),
-                        preferred_element_type=jnp.float32)
-    return logits, new_cache
+    if hidden_only:
+      return x_BTD, new_cache
+    if cfg.tie_embeddings:
+      return head_matmul(x_BTD, embed.embedding, True), new_cache
+    return head_matmul(x_BTD, LmHead(cfg, name='lm_head')(), False), new_cache
 
 
 def default_positions(mask_BT: Array) -> Array:

@@ -104,24 +104,59 @@ def _logits(config, params, seq) -> jax.Array:
   return llama.Llama(config).apply({'params': params}, seq['inputs'], positions, seq['mask'])[0]
 
 
-def sequence_logps(config, params, seq) -> tuple[jax.Array, jax.Array]:
-  """Returns float32 [B] summed log-probs of each row's loss_mask targets, and their counts."""
-  return losses.sequence_logps(_logits(config, params, seq), seq['targets'], seq['loss_mask'])
+def _logits_at(config, params, seq, index_GN) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Returns float32 logits [G, N, V], targets [G, N] and valid [G, N] at `loss_positions`.
+
+  index_GN holds flat positions into G equal groups of consecutive rows (-1: an unused slot);
+  see `add_loss_positions`. Only these positions go through the output head.
+  """
+  positions = llama.default_positions(seq['mask'])
+  hidden_BTD = llama.Llama(config).apply({'params': params}, seq['inputs'], positions,
+                                         seq['mask'], hidden_only=True)[0]
+  (b, t, d), g = hidden_BTD.shape, index_GN.shape[0]
+  valid_GN = index_GN >= 0
+  index_GN = jnp.where(valid_GN, index_GN, 0)
+  hidden_GND = jnp.take_along_axis(hidden_BTD.reshape(g, b // g * t, d), index_GN[..., None],
+                                   axis=1)
+  targets_GN = jnp.take_along_axis(seq['targets'].reshape(g, b // g * t), index_GN, axis=1)
+  return llama.logits(config, params, hidden_GND), jnp.where(valid_GN, targets_GN, 0), valid_GN
+
+
+def sequence_logps(config, params, seq, index=None) -> tuple[jax.Array, jax.Array]:
+  """Returns float32 [B] summed log-probs of each row's loss_mask targets, and their counts.
+
+  With `index` (a batch's `loss_positions`), the head runs at those positions only.
+  """
+  if index is None:
+    return losses.sequence_logps(_logits(config, params, seq), seq['targets'], seq['loss_mask'])
+  logits_GNV, targets_GN, valid_GN = _logits_at(config, params, seq, index)
+  logps_GN = jnp.where(valid_GN, losses.token_logps(logits_GNV, targets_GN), 0.0)
+  (b, t), g = seq['targets'].shape, index.shape[0]
+  # Each slot's row within its group, one-hot: a [G, N] x [G, N, B/G] sum back to rows.
+  row_GNR = (index[..., None] // t == jnp.arange(b // g)[None, None]) & valid_GN[..., None]
+  logps_B = jnp.einsum('gn,gnr->gr', logps_GN, row_GNR.astype(jnp.float32)).reshape(b)
+  return logps_B, seq['loss_mask'].astype(bool).sum(-1).astype(jnp.float32)
+
+
+def _interleave(chosen, rejected):
+  """Returns the [2B, ...] rows chosen[0], rejected[0], chosen[1], ... of two [B, ...] trees."""
+  return jax.tree.map(lambda x, y: jnp.stack([x, y], 1).reshape(-1, *x.shape[1:]),
+                      chosen, rejected)
 
 
 def pair_logps(config, params, batch):
   """Returns (chosen, rejected) log-probs and counts, both sides in one [2B, T] forward."""
-  c, r = batch['chosen'], batch['rejected']
-  b = c['inputs'].shape[0]
   # Interleaving (row 2i chosen, 2i+1 rejected) keeps both halves of a pair on one device.
-  both = jax.tree.map(lambda x, y: jnp.stack([x, y], 1).reshape(2 * b, *x.shape[1:]), c, r)
-  logps, n = sequence_logps(config, params, both)
-  logps, n = logps.reshape(b, 2), n.reshape(b, 2)
+  both = _interleave(batch['chosen'], batch['rejected'])
+  logps, n = sequence_logps(config, params, both, batch.get('loss_positions'))
+  logps, n = logps.reshape(-1, 2), n.reshape(-1, 2)
   return logps[:, 0], logps[:, 1], n[:, 0], n[:, 1]
 
 
 def sft_loss(params, batch, *, model_config):
   """Returns the token-mean NLL of the response tokens and its metrics."""
+  if 'loss_positions' in batch:
+    return losses.sft_loss(*_logits_at(model_config, params, batch, batch['loss_positions']))
   return losses.sft_loss(_logits(model_config, params, batch), batch['targets'],
                          batch['loss_mask'])
 
@@ -131,6 +166,35 @@ def dpo_loss(params, batch, *, model_config, loss_fn, beta, options):
   pc, pr, nc, nr = pair_logps(model_config, params, batch)
   return loss_fn(pc, pr, batch['ref_chosen_logps'], batch['ref_rejected_logps'], beta=beta,
                  chosen_lengths=nc, rejected_lengths=nr, **options)
+
+
+def add_loss_positions(batch, groups: int, grad_accum: int = 1, buckets: int = 8):
+  """Returns the host batch with `loss_positions` [grad_accum * groups, N]: where the head runs.
+
+  The output head ([D, V], the largest matmul of a small model) and its gradient then cover
+  the target tokens only, not the prompts and the padding: the same numbers, less compute.
+  Row d * grad_accum + j lists the flat positions (row * T + t, rows counted within the group,
+  a DPO batch's sides interleaved as in `pair_logps`) of the loss_mask targets of micro-batch
+  j's group d of consecutive rows, -1 filling the rest. With groups = the data-parallel device
+  count, each device gathers from its own rows. N is the largest group's count rounded up to
+  1/buckets of the group's positions, so a run compiles a few shapes per length bucket.
+  """
+  sides = [batch['chosen'], batch['rejected']] if 'chosen' in batch else [batch]
+  mask = np.stack([np.asarray(side['loss_mask'], bool) for side in sides], 1)  # [B, S, T]
+  b, k = mask.shape[0], grad_accum
+  if b % (k * groups):
+    raise ValueError(f'a batch of {b} rows does not split into grad_accum={k} micro-batches '
+                     f'of {groups} groups')
+  # Micro-batch j holds rows j, k + j, ... (`_micro`); group d a run of consecutive ones.
+  grouped = mask.reshape(b // k, k, -1).swapaxes(0, 1).reshape(k, groups, -1)
+  quantum = -(-grouped.shape[-1] // buckets)
+  n = max(1, -(-int(grouped.sum(-1).max()) // quantum)) * quantum
+  index = np.full((groups, k, n), -1, np.int32)
+  for j in range(k):
+    for d in range(groups):
+      where = np.flatnonzero(grouped[j, d])
+      index[d, j, :len(where)] = where
+  return {**batch, 'loss_positions': index.reshape(groups * k, n)}
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -363,10 +427,16 @@ def _setup(cfg, model):
 
 def _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, **kwargs):
   init_fn, shardings = make_init(model.params, optimizer, mesh)
+
+  def get_batch(i):
+    batch = data_io.trim_batch(data_io.batch_at(dataset, i, cfg.batch_size, cfg.seed),
+                               cfg.max_len)
+    if cfg.head_at_loss_positions:
+      batch = add_loss_positions(batch, mesh.shape['data'] * mesh.shape['fsdp'], cfg.grad_accum)
+    return batch
+
   state = train_loop(
-      step_fn, init_fn,
-      lambda i: data_io.trim_batch(data_io.batch_at(dataset, i, cfg.batch_size, cfg.seed),
-                                   cfg.max_len),
+      step_fn, init_fn, get_batch,
       num_steps, workdir=workdir, mesh=mesh, shardings=shardings, rng=jax.random.key(cfg.seed),
       checkpoint_every=cfg.checkpoint_every, keep=cfg.keep, log_every=cfg.log_every,
       eval_every=cfg.eval_every, **kwargs)

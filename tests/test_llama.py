@@ -158,6 +158,28 @@ def test_matmul_gradients_equal_autodiff_of_the_product():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('tied', [False, True])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_head_matmul_gradients_equal_autodiff_of_the_product(tied, dtype):
+  """llama.head_matmul (float32 logits, tied [V, D] or untied [D, V] weight) equals autodiff of
+  the mixed-precision einsum, in values and in both gradients."""
+  kx, kw, ky = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 5, 8)).astype(dtype)
+  w = jax.random.normal(kw, (11, 8) if tied else (8, 11))  # float32 master weights
+  dy = jax.random.normal(ky, (3, 5, 11))
+  spec = 'btd,vd->btv' if tied else 'btd,dv->btv'
+  ref = jax.vjp(lambda a, b: jnp.einsum(spec, a, b.astype(dtype),
+                                        preferred_element_type=jnp.float32), x, w)
+  ours = jax.vjp(lambda a, b: llama.head_matmul(a, b, tied), x, w)
+  assert ours[0].dtype == jnp.float32
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+  tol = 1e-5 if dtype == 'float32' else 2e-2
+  for got, want in zip(ours[1](dy), ref[1](dy)):
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=tol, atol=tol)
+
+
 def test_unrolled_layers_give_the_same_logits_and_grads():
   cfg = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48)
   params = llama.init_params(cfg, jax.random.key(1))

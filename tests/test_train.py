@@ -5,6 +5,7 @@ The model is a tiny random Llama on integer token data; tokenisation tests use t
 tokenizer. Every step is the library's own jitted step (train.jit_step).
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -187,6 +188,55 @@ def test_grad_accumulation_equals_full_batch(params, dpo_set, kind):
   # Summing 4 micro-batch gradients rounds differently from one product over the batch; Adam
   # steps are about lr = 1e-3 each, so 2e-5 is 2% of one step (a wrong gradient is far off).
   assert _max_diff(full, accum) < 2e-5
+
+
+@pytest.mark.parametrize('kind', ['sft', 'dpo'])
+@pytest.mark.parametrize('mesh_shape,grad_accum', [((1, 1, 1), 1), ((1, 1, 1), 4),
+                                                   ((2, 2, 2), 1)])
+def test_head_at_loss_positions_gives_the_same_steps(params, dpo_set, kind, mesh_shape,
+                                                     grad_accum):
+  """The head on `loss_positions` only (one group per data-parallel device and micro-batch)
+  gives the steps of the head on every position, on one device and on 8."""
+  data = sft_data(32, 7) if kind == 'sft' else dpo_set
+  make = train.make_sft_step if kind == 'sft' else functools.partial(train.make_dpo_step,
+                                                                      loss='sigmoid', beta=0.1)
+  step_fn = make(CFG, OPT, schedule=train.lr_schedule(OPT_CFG), grad_accum=grad_accum)
+  groups = mesh_shape[0] * mesh_shape[1]
+  get_batch = lambda i: data_io.batch_at(data, i, B)
+  compact = lambda i: train.add_loss_positions(get_batch(i), groups, grad_accum)
+  assert compact(0)['loss_positions'].shape[0] == groups * grad_accum
+  full, h1 = _run(SFT_STEP if kind == 'sft' else DPO_STEP, params, get_batch, 3)
+  ours, h2 = _run(step_fn, params, compact, 3, _mesh(mesh_shape))
+  # Not rewards/accuracies: policy == reference at step 0, so its rewards are rounding noise.
+  for key in set(h1[0]) - {'rewards/accuracies'}:
+    np.testing.assert_allclose([m[key] for m in h2], [m[key] for m in h1], rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  assert _max_diff(full, ours) < (2e-5 if grad_accum > 1 else 1e-5)
+
+
+def test_loss_positions_list_each_groups_targets():
+  """Row d * k + j lists micro-batch j's group d's loss positions (sides interleaved), -1 after,
+  its width the largest group's count rounded up to 1/8 of a group's positions."""
+  rng = np.random.default_rng(0)
+  mask = lambda: rng.random((8, 16)) < 0.4
+  batch = {'chosen': {'loss_mask': mask()}, 'rejected': {'loss_mask': mask()}}
+  k, groups = 2, 2
+  index = train.add_loss_positions(batch, groups, k)['loss_positions']
+  both = np.stack([batch['chosen']['loss_mask'], batch['rejected']['loss_mask']], 1)  # [B,2,T]
+  counts = []
+  for j in range(k):
+    rows = both[j::k]  # micro-batch j: rows j, k + j, ...
+    for d in range(groups):
+      group = rows[d * 2:(d + 1) * 2].reshape(-1)  # 2 pairs: 4 interleaved rows of 16
+      listed = index[d * k + j]
+      want = np.flatnonzero(group)
+      np.testing.assert_array_equal(listed[:len(want)], want)
+      assert (listed[len(want):] == -1).all()
+      counts.append(len(want))
+  quantum = 4 * 16 // 8
+  assert index.shape[1] == -(-max(counts) // quantum) * quantum
+  with pytest.raises(ValueError, match='grad_accum=3'):
+    train.add_loss_positions(batch, 1, 3)
 
 
 def test_online_reference_matches_precomputed(params, dpo_set):
