@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def free_port() -> int:
@@ -21,7 +22,8 @@ def run(argv: list, *, processes: int = 2, devices_per_process: int = 1,
         timeout: int = 600) -> list:
   """Runs `python argv...` as `processes` processes of one job; returns their output texts.
 
-  Fails (AssertionError with the logs' tails) unless every process exits with status 0.
+  Fails (AssertionError with every process's log tail) unless all exit with status 0 within
+  `timeout` seconds in all; processes still running then are killed, their logs kept.
   """
   address = f'localhost:{free_port()}'
   env = dict(os.environ,
@@ -34,17 +36,22 @@ def run(argv: list, *, processes: int = 2, devices_per_process: int = 1,
        f'--num_processes={processes}', f'--process_id={i}'],
       env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
            for i, out in enumerate(outs)]
+  deadline, timed_out = time.monotonic() + timeout, False
   try:
     for p in procs:
-      p.wait(timeout=timeout)
+      p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+  except subprocess.TimeoutExpired:
+    timed_out = True
   finally:
     for p in procs:
       p.kill()
+      p.wait()
   logs = []
   for out in outs:
     out.seek(0)
     logs.append(out.read())
     out.close()
-  for i, (p, err) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f'process {i} exited with {p.returncode}:\n{err[-3000:]}'
+  failed = [i for i, p in enumerate(procs) if timed_out or p.returncode != 0]
+  assert not failed, (f'timed out after {timeout} s; ' if timed_out else '') + '\n'.join(
+      f'process {i} exited with {procs[i].returncode}:\n{logs[i][-3000:]}' for i in failed)
   return logs
