@@ -182,7 +182,8 @@ def head_matmul(x: Array, w: Array, tied: bool) -> Array:
 
 
 def _head_product(x, w, tied):
-  return jax.lax.dot_general(x, w.astype(x.dtype), (((x.ndim - 1,), (1 if tied else 0,)), ((), ())),
+  contract = ((x.ndim - 1,), (1 if tied else 0,))
+  return jax.lax.dot_general(x, w.astype(x.dtype), (contract, ((), ())),
                              preferred_element_type=jnp.float32)
 
 
@@ -194,8 +195,8 @@ def _head_bwd(tied, residuals, dy):
   x, w = residuals
   dy = dy.astype(x.dtype)  # what autodiff of the mixed-precision product does too
   f32 = jnp.float32
-  dx = jax.lax.dot_general(dy, w.astype(x.dtype), (((dy.ndim - 1,), (0 if tied else 1,)), ((), ())),
-                           preferred_element_type=f32)
+  contract = ((dy.ndim - 1,), (0 if tied else 1,))
+  dx = jax.lax.dot_general(dy, w.astype(x.dtype), (contract, ((), ())), preferred_element_type=f32)
   x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
   operands = (dy2, x2) if tied else (x2, dy2)
   dw = jax.lax.dot_general(*operands, (((0,), (0,)), ((), ())), preferred_element_type=f32)
