@@ -180,6 +180,36 @@ def test_head_matmul_gradients_equal_autodiff_of_the_product(tied, dtype):
                                rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize('unroll', [False, True])
+def test_causal_query_blocks_give_the_same_logits_and_grads(unroll):
+  """Attention in query blocks (the blocks above the diagonal skipped) equals one block, with
+  left and right padding and packed segments, in logits and in gradients."""
+  cfg = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48,
+                          unroll_layers=unroll)
+  params = llama.init_params(cfg, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (3, 96), 0, 64)
+  mask = np.ones((3, 96), bool)
+  mask[0, :17], mask[1, 70:] = False, False  # left padding, right padding
+  segments = np.repeat(np.arange(3), 32)[None] * np.ones((3, 1), np.int32)
+  segments[:2] = 0
+
+  def logits(c):
+    return jax.jit(llama.forward, static_argnums=0)(c, params, tokens, mask=mask,
+                                                    segment_ids=segments)
+  grad = jax.jit(jax.grad(lambda p, c: (llama.forward(c, p, tokens, mask=mask) * mask[..., None])
+                          .std()), static_argnums=1)
+  one = cfg.replace(query_block=0)
+  for block in (16, 32):  # 8 and 4 blocks (query_block does not divide T: at most 16 each)
+    c = cfg.replace(query_block=block)
+    dots = lambda c: str(jax.make_jaxpr(llama.forward, static_argnums=0)(c, params, tokens)
+                         ).count('dot_general')
+    assert dots(c) > dots(one)  # the blocked path is the one under test
+    # Real tokens only: a left-pad query sees no key, and its (unused) output differs.
+    np.testing.assert_allclose(logits(c)[mask], logits(one)[mask], rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(grad(params, c)), jax.tree.leaves(grad(params, one))):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_unrolled_layers_give_the_same_logits_and_grads():
   cfg = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=48)
   params = llama.init_params(cfg, jax.random.key(1))
