@@ -7,7 +7,8 @@ sigmoid DPO loss at beta 0.1, AdamW (lr 1e-6 constant, no warmup, betas 0.9/0.99
 weight decay, global-norm clipping at 1.0), reference log-probs precomputed once per dataset,
 no gradient checkpointing, and the same CPU threads, measured in the same run. Our layers are
 compiled as straight-line code (--unroll_layers) and our output head runs at the target tokens
-only (--head_at_loss_positions), as configs/dpo.py sets them.
+only (--head_at_loss_positions), as configs/dpo.py sets them; attention runs in causal query
+blocks of 128 (LlamaConfig.query_block, the default).
 
 Data: OASST1 first turns (prompts with >= 2 ranked replies, rank 0 chosen, the highest rank
 rejected) read from --oasst at run time, or --pairs JSONL `{prompt, chosen, rejected}`. Pairs
@@ -343,6 +344,8 @@ def main(argv):
                    'beta': FLAGS.beta, 'lr': FLAGS.lr, **OPTIMIZER,
                    'reference': 'precomputed', 'gradient_checkpointing': False,
                    'unroll_layers': FLAGS.unroll_layers,
+                   'head_at_loss_positions': FLAGS.head_at_loss_positions,
+                   'query_block': mc.query_block,
                    'order': 'sequential (file order) on both sides'},
       'flops_counted': '6 * num_params * real (non-pad) input tokens of chosen + rejected',
       'ours': ours, 'trl': trl_out, 'check': check}
