@@ -7,7 +7,10 @@ sampler's compile time (first call minus a timed call) is reported on its own. B
 measurement, the floors and the fraction of them reached: compute (2 * params * generated tokens
 FLOPs at a measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt
 tokens) and memory (params + KV cache read once per decode step, at the better of a measured copy
-and matvec-read bandwidth).
+and matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
+at that peak, its prompts run without padding (2 * params * (generated + real prompt tokens)):
+a speed-up over transformers above `unpadded_floor_tok_s / transformers_tok_s` would need more
+than the device's matmul peak.
 
   python launch/bench_sampler.py --out=/tmp/bench_sampler.json
   python launch/bench_sampler.py --batch_sizes=1,16 --new_tokens=32 --out=/tmp/b.json  # quick
@@ -153,16 +156,18 @@ def main(argv):
         jnp.dtype(config.dtype).itemsize)
     compute_floor = 2 * config.num_params * b * m / peak
     prefill_floor = 2 * config.num_params * tokens.size / peak  # the padded prompts, extra
+    unpadded_floor = 2 * config.num_params * (b * m + mask.sum()) / peak
     memory_floor = m * (param_bytes + cache_bytes) / bw
     row.update(compute_floor_tok_s=b * m / compute_floor, memory_floor_tok_s=b * m / memory_floor,
+               unpadded_floor_tok_s=b * m / float(max(unpadded_floor, memory_floor)),
                floor_fraction=max(compute_floor, memory_floor) / t_ours,
                floor_with_prefill_fraction=(max(compute_floor, memory_floor) + prefill_floor)
                / t_ours)
     rows.append(row)
     print(json.dumps(row))
   cols = ['batch', 'prompt_len', 'ours_tok_s', 'transformers_tok_s', 'ratio', 'same_tokens',
-          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'floor_fraction',
-          'floor_with_prefill_fraction']
+          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'unpadded_floor_tok_s',
+          'floor_fraction', 'floor_with_prefill_fraction']
   print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
   cell = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
   for row in rows:

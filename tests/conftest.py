@@ -2,9 +2,11 @@
 
 import os
 
+import multihost
+
 # Must be set before jax initialises its backends: every test session sees 8 CPU devices, so
 # sharded and single-device runs can be compared in one process.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('XLA_FLAGS', multihost.xla_flags(8))
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top

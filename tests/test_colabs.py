@@ -22,6 +22,8 @@ import time
 import nbformat
 import pytest
 
+import multihost
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, 'colabs')
 SHARED_DATA = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data'))
@@ -92,7 +94,8 @@ def kernel_env():
   saved = dict(os.environ)
   os.environ[ENV_FLAG] = '1'
   os.environ['SRLM_JAX_SHARED_DATA'] = SHARED_DATA
-  os.environ.pop('XLA_FLAGS', None)  # conftest's 8 fake devices are for the sharding tests
+  # One device: conftest's 8 fake devices are for the sharding tests.
+  os.environ['XLA_FLAGS'] = multihost.xla_flags(1)
   os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, saved.get('PYTHONPATH')) if p)
   try:
     yield

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import multihost
 from srlm_jax import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +166,7 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
          f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}',
          '--config.iterations=1']
   # The runs share a persistent compilation cache: each would otherwise compile everything.
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=multihost.xla_flags(8),
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')

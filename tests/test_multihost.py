@@ -34,7 +34,7 @@ def test_dpo_on_two_processes_equals_one_device(tmp_path):
                            for i in range(12)))
   multihost.run(_dpo_argv(tmp_path / 'two', pairs, '(1,2,2)') + ['--config.distributed=True'],
                 processes=2, devices_per_process=2)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = dict(os.environ, XLA_FLAGS=multihost.xla_flags(1))
   proc = subprocess.run([sys.executable, *_dpo_argv(tmp_path / 'one', pairs, '(1,1,1)')],
                         env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
