@@ -1,7 +1,8 @@
 """Runs a launch script as a multi-host job on this machine: N local processes, one JAX runtime.
 
 Each process gets its own fake CPU devices and joins the others through a local coordinator
-(jax.distributed with Gloo collectives), as the hosts of a pod would.
+(jax.distributed with Gloo collectives), as the hosts of a pod would. `xla_flags` gives the XLA
+flags of every test process: this one's (conftest), these jobs', the notebook kernels'.
 """
 
 import os
