@@ -193,12 +193,10 @@ def test_grad_accumulation_equals_full_batch(params, dpo_set, kind):
 _FULL_HEAD_STEPS = {}
 
 
-def _full_head_steps(kind, params, dpo_set):
-  """Returns _run's 3 steps of `kind` with the head on every position (once per kind)."""
+def _full_head_steps(kind, params, get_batch):
+  """Returns _run's 3 steps of `kind` with the head on every position (run once per kind)."""
   if kind not in _FULL_HEAD_STEPS:
-    data = sft_data(32, 7) if kind == 'sft' else dpo_set
-    _FULL_HEAD_STEPS[kind] = _run(SFT_STEP if kind == 'sft' else DPO_STEP, params,
-                                  lambda i: data_io.batch_at(data, i, B), 3)
+    _FULL_HEAD_STEPS[kind] = _run(SFT_STEP if kind == 'sft' else DPO_STEP, params, get_batch, 3)
   return _FULL_HEAD_STEPS[kind]
 
 
@@ -217,7 +215,7 @@ def test_head_at_loss_positions_gives_the_same_steps(params, dpo_set, kind, mesh
   get_batch = lambda i: data_io.batch_at(data, i, B)
   compact = lambda i: train.add_loss_positions(get_batch(i), groups, grad_accum)
   assert compact(0)['loss_positions'].shape[0] == groups * grad_accum
-  full, h1 = _full_head_steps(kind, params, dpo_set)
+  full, h1 = _full_head_steps(kind, params, get_batch)
   ours, h2 = _run(step_fn, params, compact, 3, _mesh(mesh_shape))
   # Not rewards/accuracies: policy == reference at step 0, so its rewards are rounding noise.
   for key in set(h1[0]) - {'rewards/accuracies'}:
