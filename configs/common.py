@@ -35,6 +35,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.shard_size = 16  # prompts per shard of the sampling stages (the resume granularity)
   c.mesh = (1, -1, 1)  # (data, fsdp, tensor) mesh shape; -1 takes the remaining devices
   c.distributed = False  # call jax.distributed.initialize() first (multi-host runs)
+  # resume a workdir whose recorded config.json differs in the fields listed in the error
+  # (the change is recorded in workdir/history.jsonl); False refuses such a resume
+  c.allow_config_change = False
 
   c.data = ml_collections.ConfigDict()
   c.data.ift = 'embedded:ift_seed.jsonl'  # IFT seed JSONL {prompt, response}; also seeds prompts

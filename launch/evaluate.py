@@ -82,10 +82,11 @@ def _dump(path: str, obj) -> None:
     json.dump(obj, f, indent=2)
 
 
-def _agreement(model, groups, cache_path=None) -> tuple[dict, list]:
+def _agreement(model, groups, cache_path=None, judge_id=None) -> tuple[dict, list]:
   start = time.perf_counter()
   metrics, records = evaluate.evaluate_judge(model, groups, _settings(), n_boot=_N_BOOT.value,
-                                             seed=_SEED.value, cache_path=cache_path)
+                                             seed=_SEED.value, cache_path=cache_path,
+                                             judge_id=judge_id)
   metrics['seconds'] = round(time.perf_counter() - start, 1)
   return metrics, records
 
@@ -97,7 +98,7 @@ def run_judge() -> dict:
   cache = _OUT.value + '.judgments.jsonl'
   if not _RESUME.value and os.path.exists(cache):
     os.remove(cache)
-  metrics, records = _agreement(model, groups, cache)
+  metrics, records = _agreement(model, groups, cache, judge_id=_JUDGE.value)
   out = dict(metrics, judge=_JUDGE.value, pairs_file=os.path.abspath(_PAIRS.value),
              settings={'k': _K.value, 'temperature': _TEMPERATURE.value, 'top_p': _TOP_P.value,
                        'max_new_tokens': _MAX_NEW_TOKENS.value, 'template': _TEMPLATE.value,

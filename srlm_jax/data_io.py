@@ -26,11 +26,20 @@ from srlm_jax import distributed
 Record = tuple[str, int, dict]  # (file, 1-based line, the parsed object)
 
 
-def read_jsonl(path: str) -> list[Record]:
-  """Returns the (path, line, object) of every non-blank line; malformed lines raise ValueError."""
+def read_jsonl(path: str, allow_empty: bool = False) -> list[Record]:
+  """Returns the (path, line, object) of every non-blank line; a bad line raises ValueError.
+
+  Undecodable bytes, malformed JSON and non-objects are errors naming `file:line`; so is an
+  empty file unless allow_empty.
+  """
   records = []
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, start=1):
+  with open(path, 'rb') as f:  # bytes, so that a non-UTF-8 line can be named
+    for n, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column '
+                         f'{e.start + 1})') from None
       if not line.strip():
         continue
       try:
@@ -40,7 +49,7 @@ def read_jsonl(path: str) -> list[Record]:
       if not isinstance(obj, dict):
         raise ValueError(f'{path}:{n}: expected a JSON object, got {type(obj).__name__}')
       records.append((path, n, obj))
-  if not records:
+  if not records and not allow_empty:
     raise ValueError(f'{path}: no records (the file is empty)')
   return records
 

@@ -35,19 +35,21 @@ responses are of similar length (longer / shorter <= max_ratio, in tokens).
 """
 
 import collections
+import hashlib
 import json
 import logging
 import os
 import re
 import time
-import zlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from srlm_jax import data as data_lib
 from srlm_jax import distributed
 from srlm_jax import judge as judge_lib
 from srlm_jax import sampler
+from srlm_jax import workdir
 from srlm_jax.data_io import read_jsonl
 
 LENGTH_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048)  # histogram bin edges (tokens), then inf
@@ -218,7 +220,7 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
   that would take the total past max_pairs (the first prompt is always kept).
   """
   groups = collections.OrderedDict()
-  for where, n, obj in read_jsonl(path):
+  for where, n, obj in data_lib.read_source(path):  # JSONL or tfds:<config>/<split>@<dir>
     prompt = obj.get('prompt')
     if not isinstance(prompt, str) or not prompt.strip():
       raise ValueError(f'{where}:{n}: field "prompt" must be a non-empty string')
@@ -264,27 +266,33 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
 
 def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings, *,
                  seed: int = 0, progress: bool = True, cache_path: Optional[str] = None,
-                 chunk: Optional[int] = None) -> tuple[list, list]:
+                 chunk: Optional[int] = None,
+                 judge_id: Optional[str] = None) -> tuple[list, list]:
   """Returns (per group its judge scores, per-response judgment records); each response once.
 
   Responses are judged longest first in chunks of `chunk` (default: the largest power of two
   <= 64 / k, one unpadded device batch of the sampler); with `cache_path`, each chunk's
-  records are appended there as they finish, and records already there (same settings) are
-  reused, so an interrupted run resumes.
+  records are appended there as they finish, and records already there are reused, so an
+  interrupted run resumes. A record is reused only when everything that decides its content
+  is the same: the judge (`judge_id`, default model.path, and a digest of its weights), the
+  template, the sampling settings and the seed; any other record is ignored and judged again.
   """
-  tag = {'k': settings.k, 'temperature': settings.temperature, 'top_p': settings.top_p,
-         'max_new_tokens': settings.max_new_tokens,
-         'template': zlib.crc32(repr(settings.template).encode())}
-  done = {}
+  tag = cache_key(model, settings, seed, judge_id)
+  done, stale = {}, 0
   if cache_path and os.path.exists(cache_path):
-    with open(cache_path, encoding='utf-8') as f:
+    with open(cache_path, 'rb') as f:
       for line in f:
         try:
-          r = json.loads(line)
-        except json.JSONDecodeError:  # a line torn when an earlier run was stopped
+          r = json.loads(line.decode('utf-8'))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # torn when a run was stopped
           continue
         if r.get('settings') == tag:
           done[(r['prompt_id'], r['response_index'])] = r
+        else:
+          stale += 1
+  if stale:
+    logging.warning('%s: %d cached judgments come from another judge, weights, template, '
+                    'sampling or seed; not reused (judged again)', cache_path, stale)
   flat = [(gi, ri) for gi, g in enumerate(groups) for ri in range(len(g['responses']))]
   todo = sorted((f for f in flat if (groups[f[0]]['id'], f[1]) not in done),
                 key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
@@ -316,12 +324,24 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
   return scores, records
 
 
+def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
+              judge_id: Optional[str] = None) -> dict:
+  """Returns what decides a judgment's content: judge, weights digest, settings, seed."""
+  return {'judge': judge_id if judge_id is not None else str(getattr(model, 'path', '')),
+          'weights': workdir.params_digest(model.params)[:32],
+          'k': settings.k, 'temperature': settings.temperature, 'top_p': settings.top_p,
+          'max_new_tokens': settings.max_new_tokens,
+          'template': hashlib.sha256(repr(settings.template).encode()).hexdigest()[:16],
+          'seed': seed}
+
+
 def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings,
                    *, n_boot: int = 1000, seed: int = 0, progress: bool = True,
-                   cache_path: Optional[str] = None) -> tuple[dict, list]:
+                   cache_path: Optional[str] = None,
+                   judge_id: Optional[str] = None) -> tuple[dict, list]:
   """Returns (the judge-agreement metrics, the per-response judgment records)."""
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
-                                 cache_path=cache_path)
+                                 cache_path=cache_path, judge_id=judge_id)
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
                             n_boot=n_boot, seed=seed)
   valid = [v for r in records for v in r['scores']]

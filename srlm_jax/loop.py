@@ -34,12 +34,15 @@ import numpy as np
 
 from srlm_jax import checkpoint
 from srlm_jax import creation
+from srlm_jax import data as data_lib
 from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import evaluate as evaluate_lib
 from srlm_jax import judge
 from srlm_jax import report as report_lib
 from srlm_jax import train
+from srlm_jax import validate
+from srlm_jax import workdir as workdir_lib
 
 EMBEDDED = os.path.join(os.path.dirname(__file__), 'data')
 STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
@@ -80,12 +83,16 @@ def is_done(stage_dir: str) -> bool:
 
 
 def mark_done(stage_dir: str, info: Optional[dict] = None) -> None:
-  """Marks the stage complete, atomically (a temp file renamed to DONE); process 0 writes it."""
+  """Marks the stage complete, atomically (a temp file renamed to DONE); process 0 writes it.
+
+  DONE holds info plus `outputs`: the record count and sha256 of each record file at the top
+  of stage_dir, which `read_records` and the next run's start check.
+  """
   if distributed.is_writer():
     os.makedirs(stage_dir, exist_ok=True)
     tmp = os.path.join(stage_dir, f'.DONE.tmp.{os.getpid()}')
     with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(info or {}, f)
+      json.dump({**(info or {}), 'outputs': workdir_lib.stage_outputs(stage_dir)}, f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, os.path.join(stage_dir, 'DONE'))
@@ -93,9 +100,13 @@ def mark_done(stage_dir: str, info: Optional[dict] = None) -> None:
 
 
 def read_records(path: str) -> list:
-  """Returns the JSON objects of a JSONL file the loop wrote (empty file: no records)."""
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Returns the JSON objects of a JSONL file the loop wrote (empty file: no records).
+
+  A file its stage's DONE records is checked against its digest first; a truncated or edited
+  file, like a malformed line, is an error naming it.
+  """
+  workdir_lib.verify_output(path)
+  return [obj for _, _, obj in data_io.read_jsonl(path, allow_empty=True)]
 
 
 def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, int], list],
@@ -107,10 +118,17 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, in
   n_shards = max(1, -(-len(items) // shard_size))
   for s in range(n_shards):
     path = os.path.join(shard_dir, f'{s:05d}.jsonl')
-    if not exists(path):
+    sidecar = workdir_lib.shard_sidecar(path)
+    # A shard without its digest was cut off before it was recorded: written again (its seed
+    # depends only on its index, so the records are the same).
+    if not exists(sidecar):
       logging.info('%s: shard %d/%d', desc, s + 1, n_shards)
       creation.write_jsonl(path, fn(items[s * shard_size:(s + 1) * shard_size], s))
+      if distributed.is_writer():
+        _write_json(sidecar, workdir_lib.file_digest(path))
+      distributed.barrier(f'digest {sidecar}')
       _crash_point(f'{desc}:shard')
+    workdir_lib.verify_file(path, workdir_lib.read_json(sidecar), sidecar)
     out.extend(read_records(path))
   return out
 
@@ -120,9 +138,9 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: Callable[[list, in
 def read_seed_data(config) -> dict:
   """Returns the validated seed records; any bad line raises naming its file and line."""
   ift = [(data_io.text_field(r, 'prompt'), data_io.text_field(r, 'response'))
-         for r in data_io.read_jsonl(data_path(config.data.ift))]
+         for r in data_lib.read_source(data_path(config.data.ift))]
   eft = []
-  for r in data_io.read_jsonl(data_path(config.data.eft)):
+  for r in data_lib.read_source(data_path(config.data.eft)):
     path, line, obj = r
     judgment = data_io.text_field(r, 'judgment')
     if judge.parse_score_host(judgment) is None:
@@ -148,11 +166,13 @@ class Loop:
 
   def __init__(self, config, workdir: str, *, load_model: Callable[[str], Any],
                progress: bool = True):
+    validate.check_loop_config(config)  # every field, before anything is read or loaded
     self.config = config
     self.workdir = workdir
     self.load_model = load_model
     self.progress = progress
     self.seeds = read_seed_data(config)  # validated before any compute
+    validate.check_few_shot(config, len(self.seeds['seed_prompts']), data_path(config.data.ift))
     self.eval_groups = (evaluate_lib.load_judge_groups(config.eval.pairs,
                                                        config.eval.max_pairs or None)
                         if config.eval.pairs else [])
@@ -176,15 +196,22 @@ class Loop:
   def run(self) -> list:
     """Runs or resumes M1 SFT and every iteration; returns each iteration's report."""
     os.makedirs(self.workdir, exist_ok=True)
-    if distributed.is_writer():
-      with open(os.path.join(self.workdir, 'config.json'), 'w', encoding='utf-8') as f:
-        f.write(self.config.to_json_best_effort(indent=2))
-    params_dir = self.sft_m1()
-    reports = []
-    for t in range(1, self.config.iterations + 1):
-      reports.append(self.iteration(t, params_dir))
-      params_dir = self.params_after(t, params_dir)
-    return reports
+    # Before any compute: one live run per workdir, the same config as the run it resumes
+    # (or the recorded override), and every output recorded so far intact.
+    held = workdir_lib.lock(self.workdir)
+    try:
+      workdir_lib.check_config(self.workdir, self.config,
+                               self.config.get('allow_config_change', False))
+      workdir_lib.verify_workdir(self.workdir)
+      params_dir = self.sft_m1()
+      reports = []
+      for t in range(1, self.config.iterations + 1):
+        reports.append(self.iteration(t, params_dir))
+        params_dir = self.params_after(t, params_dir)
+      return reports
+    finally:
+      if held:
+        held.release()
 
   # --- M1 ------------------------------------------------------------------------------------
 
@@ -220,7 +247,8 @@ class Loop:
     d = os.path.join(self.workdir, f'iter_{t}')
     settings = dataclasses.replace(self.settings, seed=self.settings.seed + 1000 * t)
     model = self.model_at(params_dir)
-    timings = _done_info(os.path.join(d, 'timings')) or {}
+    timings = {k: v for k, v in _done_info(os.path.join(d, 'timings')).items()
+               if k != 'outputs'}
     cfg = self.config
 
     def stage(name, fn):
@@ -291,6 +319,7 @@ class Loop:
       if _done_info(os.path.join(d, 'ref_logps')).get('skipped'):
         logging.warning('iteration %d made no preference pairs: M_%d = M_%d', t, t + 1, t)
         return {'skipped': True}
+      workdir_lib.verify_output(os.path.join(d, 'ref_logps', 'ref_logps.npz'))
       with np.load(os.path.join(d, 'ref_logps', 'ref_logps.npz')) as f:
         ref = {k: f[k] for k in f.files}
       dpo_cfg = _train_config(cfg.dpo, train_data=pairs_path, mesh=cfg.mesh)
@@ -336,8 +365,16 @@ def _done_info(stage_dir: str) -> dict:
   path = os.path.join(stage_dir, 'DONE')
   if not os.path.exists(path):
     return {}
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return workdir_lib.read_json(path)  # a truncated DONE is an error naming it
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def _with_params(model, params):
