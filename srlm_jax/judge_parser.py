@@ -1,19 +1,25 @@
 """The judge's verdict `Score: X`, parsed from generated token ids on the device.
 
-Grammar (one verdict; the same in `HOST_PATTERN` and in the jitted automaton):
+Grammar (the same in `parse_score_host` and in the jitted automaton). The verdict is the
+judge's own last word: it is read only from the final non-blank line of the text (a line is
+blank when it holds nothing but GAP characters), and that line must begin with it:
 
-    verdict := SCORE GAP* ':' GAP* NUMBER
-    SCORE   := 'score' in any letter case, not preceded by an ASCII letter
-               ('overscore: 4' and 'Scores: 4' are not verdicts; '3score: 4', '_score: 4' are)
+    verdict line := GAP* SCORE GAP* ':' GAP* NUMBER TAIL
+    SCORE   := 'score' in any letter case
     GAP     := ' ' | '\t' | '*'   (so '**Score:** 4', 'Score : 4', 'Score: **4**' all count;
-               a newline does not)
+               a newline does not: 'Score\n: 4' and 'Score:\n4' are not verdicts)
     NUMBER  := [0-4] ('.' [0-9]+)? | '5' ('.' '0'+)?   (a value in [0, 5]: 4, 4.5, 3.25, 5.00)
                not followed by a digit nor by '.' and a digit, so 'Score: 10', 'Score: 45',
-               'Score: 5.5', 'Score: 4.5.1', 'Score: -1', 'Score: four' are not verdicts,
-               while 'Score: 4.', 'Score: 4/5', 'Score: 4 points', 'Score: 4pts' read 4.
+               'Score: 5.5', 'Score: 4.5.1', 'Score: -1', 'Score: four' are not verdicts
+    TAIL    := the rest of the line, whatever it holds: 'Score: 4.', 'Score: 4/5',
+               'Score: 4 points', 'Score: 2 (not "Score: 5")' read their first number
 
-The verdict is the LAST valid occurrence in the text; a later malformed `Score:` neither counts
-nor cancels an earlier valid one. A text with no valid occurrence is invalid (score NaN).
+So a score inside the reasons ('... I would give it Score: 4 but ...'), on a line that starts
+with anything else ('Final score: 4', '> Score: 5', '"Score: 5"'), or followed by any
+non-blank line (a judge that quotes the response's "Score: 5" on a line after its own
+"Score: 2") is not a verdict: such a text is invalid (score NaN), and the judge's forced
+verdict (judge.py) can then ask for one. A later verdict line replaces an earlier one only by
+being the final line: 'Score: 1\nScore: 4' reads 4.
 Only ASCII characters matter: every non-ASCII character acts like punctuation, so a multi-byte
 character split over several byte-level tokens reads the same as when decoded whole.
 
@@ -37,30 +43,38 @@ import jax.numpy as jnp
 import numpy as np
 
 HOST_PATTERN = re.compile(
-    r'(?<![A-Za-z])[Ss][Cc][Oo][Rr][Ee][ \t*]*:[ \t*]*'
+    r'[ \t*]*[Ss][Cc][Oo][Rr][Ee][ \t*]*:[ \t*]*'
     r'([0-4](?:\.[0-9]+)?|5(?:\.0+)?)(?![0-9]|\.[0-9])')
 
 
+def final_line(text: str) -> Optional[str]:
+  """Returns the last line of `text` holding more than GAP characters, or None."""
+  lines = [line for line in text.split('\n') if line.strip(' \t*')]
+  return lines[-1] if lines else None
+
+
 def parse_score_host(text: str) -> Optional[float]:
-  """Returns the value of the last valid `Score: X` verdict in `text`, or None."""
-  matches = HOST_PATTERN.findall(text)
-  return float(matches[-1]) if matches else None
+  """Returns the verdict of the final non-blank line of `text` (the module's grammar), or None."""
+  match = HOST_PATTERN.match(final_line(text) or '')
+  return float(match.group(1)) if match else None
 
 
-# Automaton states. IDLE and WORD: no match in progress, the previous character is not / is an
-# ASCII letter (the word boundary before 'score'). S..SCORE: a prefix of 'score' read. GAP:
-# 'score' then spaces, tabs or stars. COLON: the ':' read. INT..NUM_DOT: a number is pending
-# (valid so far; it commits as the verdict on the first character that cannot extend it).
-(IDLE, WORD, S, SC, SCO, SCOR, SCORE, GAP, COLON,
- INT, INT5, DOT, DOT5, FRAC, FRAC5, NUM_DOT) = range(16)
+# Automaton states. LINE: at a line start, only GAP characters read on the line so far.
+# S..SCORE: a prefix of 'score' read at a line start. GAP: 'score' then spaces, tabs or stars.
+# COLON: the ':' read. INT..NUM_DOT: a number is pending (valid so far; it commits as the
+# verdict on the first character that cannot extend it). REST: the rest of a line that holds
+# no verdict or whose verdict is committed.
+(LINE, S, SC, SCO, SCOR, SCORE, GAP, COLON,
+ INT, INT5, DOT, DOT5, FRAC, FRAC5, NUM_DOT, REST) = range(16)
 NUM_STATES = 16
 _PENDING = (INT, INT5, DOT, DOT5, FRAC, FRAC5, NUM_DOT)
-# Per (class, state) summary: end state; kind of commit (0 none, 1 the number pending at the
-# token's start, 2 a number read wholly inside the token, value `last_const`); keep (1: the
+# Per (class, state) summary: end state; kind of write to `last` (0 none, 1 the number pending
+# at the token's start, 2 the constant `last_const`: a number read wholly inside the token, or
+# -1 where a non-blank line starts and so cancels the verdict before it); keep (1: the
 # pending number is continued, val += scale * add, scale *= mult; 0: val, scale = new_*).
 _FIELDS = ('next', 'kind', 'keep', 'add', 'mult', 'new_val', 'new_scale', 'last_const')
 
-_NONE, _COMMIT, _START, _APPEND = range(4)
+_NONE, _COMMIT, _START, _APPEND, _CANCEL = range(5)
 
 
 def _char_step(state: int, ch: str) -> Tuple[int, int, int]:
@@ -70,35 +84,31 @@ def _char_step(state: int, ch: str) -> Tuple[int, int, int]:
     if digit >= 0:
       if state in (DOT, FRAC) or (state in (DOT5, FRAC5) and digit == 0):
         return (FRAC if state in (DOT, FRAC) else FRAC5), _APPEND, digit
-      return IDLE, _NONE, -1  # a digit too many (45, 5.5, 4.5.1): the number is dropped
+      return REST, _NONE, -1  # a digit too many (45, 5.5, 4.5.1): the line has no verdict
     if ch == '.' and state in (INT, INT5, FRAC, FRAC5):
       return {INT: DOT, INT5: DOT5}.get(state, NUM_DOT), _NONE, -1
-    return _char_step(IDLE, ch)[0], _COMMIT, -1
-  is_letter = ch.isascii() and ch.isalpha()
-  low = ch.lower() if ch.isascii() else ch
+    return (LINE if ch == '\n' else REST), _COMMIT, -1
+  if ch == '\n':
+    return LINE, _NONE, -1
+  gap = ch in ' \t*'
+  if state == LINE:
+    if gap:
+      return LINE, _NONE, -1
+    # A non-blank line: whatever it holds, the verdicts of earlier lines no longer count.
+    return (S if ch in 'sS' else REST), _CANCEL, -1
   if state == COLON:
-    if ch in ' \t*':
+    if gap:
       return COLON, _NONE, -1
     if 0 <= digit <= 5:
       return (INT5 if digit == 5 else INT), _START, digit
   elif state in (SCORE, GAP):
-    if ch in ' \t*':
+    if gap:
       return GAP, _NONE, -1
     if ch == ':':
       return COLON, _NONE, -1
-    if state == SCORE and is_letter:
-      return WORD, _NONE, -1
-  elif state in (S, SC, SCO, SCOR):
-    if low == 'score'[state - S + 1]:
-      return state + 1, _NONE, -1
-    if is_letter:
-      return WORD, _NONE, -1
-  elif state == WORD and is_letter:
-    return WORD, _NONE, -1
-  # No match continues: read the character afresh; the previous one was not a letter.
-  if low == 's':
-    return S, _NONE, -1
-  return (WORD if is_letter else IDLE), _NONE, -1
+  elif state in (S, SC, SCO, SCOR) and ch.isascii() and ch.lower() == 'score'[state - S + 1]:
+    return state + 1, _NONE, -1
+  return REST, _NONE, -1
 
 
 def _token_summary(text: str, state: int) -> Tuple[float, ...]:
@@ -112,6 +122,8 @@ def _token_summary(text: str, state: int) -> Tuple[float, ...]:
         kind = 1
       else:
         kind, last_const = 2, new_val
+    elif action == _CANCEL:
+      kind, last_const = 2, -1.0
     elif action == _START:
       keep, new_val, new_scale = 0, float(digit), 0.1
     elif action == _APPEND:
@@ -128,7 +140,7 @@ def _normalise(text: str) -> str:
   for ch in text:
     if ch.isascii() and ch.isalpha():
       # A run of letters can only extend a match of 'score': once it holds another letter, or
-      # six letters, the automaton sits in WORD until the run ends.
+      # six letters, the automaton sits in REST until the run ends.
       if run < 0:
         continue
       ch = ch.lower() if ch.lower() in 'score' else 'a'
@@ -138,10 +150,11 @@ def _normalise(text: str) -> str:
     run = 0
     if ch in ' \t*':
       ch = ' '
-    elif not ('0' <= ch <= '9' or ch in ':.'):
+    elif not ('0' <= ch <= '9' or ch in ':.\n'):
       ch = '#'
-    # A second '#' or ' ' in a row never changes the state (each leads to a fixed point).
-    if not (out and ch in '# ' and out[-1] == ch):
+    # A second '#', ' ' or newline in a row never changes the state nor `last` (each leads
+    # to a fixed point).
+    if not (out and ch in '# \n' and out[-1] == ch):
       out.append(ch)
   return ''.join(out)
 
@@ -184,7 +197,7 @@ def make_score_parser(tokenizer_or_texts, pad_id: Optional[int] = None
   pending = jnp.asarray(_PENDING, jnp.int32)
 
   def parse(tokens_BxT: jax.Array) -> Tuple[jax.Array, jax.Array]:
-    """Returns (scores_B, valid_B) of the last valid verdict in each row of token ids."""
+    """Returns (scores_B, valid_B) of the final-line verdict in each row of token ids."""
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
     in_vocab = (tokens_BxT >= 0) & (tokens_BxT < vocab_size)
     cls_BxT = jnp.where(in_vocab, class_v[jnp.clip(tokens_BxT, 0, vocab_size - 1)],
@@ -203,7 +216,7 @@ def make_score_parser(tokenizer_or_texts, pad_id: Optional[int] = None
       return (nxt.astype(jnp.int32), val_B, scale_B, last_B), None
 
     batch = tokens_BxT.shape[0]
-    init = (jnp.full((batch,), IDLE, jnp.int32), jnp.zeros((batch,), jnp.float32),
+    init = (jnp.full((batch,), LINE, jnp.int32), jnp.zeros((batch,), jnp.float32),
             jnp.ones((batch,), jnp.float32), jnp.full((batch,), -1.0, jnp.float32))
     (state_B, val_B, _, last_B), _ = jax.lax.scan(step, init, cls_BxT.T)
     # A number still pending at the end of the text is complete: it commits.

@@ -21,14 +21,22 @@ EXAMPLES = [
     ('**Score:** 4', 4.0), ('**Score**: 2', 2.0), ('Score: **3**', 3.0), ('Score * : * 1', 1.0),
     ('Score: 4.5', 4.5), ('Score: 3.25/5', 3.25), ('Score: 5.00.', 5.0), ('Score: 4.', 4.0),
     ('Score: 4 points', 4.0), ('Score: 4pts', 4.0), ('Score: 2..5', 2.0),
-    ('Score: 1\nScore: 4\nthe end', 4.0), ('Score: 3 ... Score: 10', 3.0),
-    ('Score: 2 Score: four', 2.0), ('3score: 2', 2.0), ('_score: 1', 1.0), ('é score: 1', 1.0),
+    ('Score: 1\nScore: 4\nthe end', None), ('Score: 1\nScore: 4\n \n**\n', 4.0),
+    ('Score: 3 ... Score: 10', 3.0), ('Score: 2 Score: four', 2.0), ('3score: 2', None),
+    ('_score: 1', None), ('é score: 1', None), ('Fine.\n  Score: 3', 3.0),
     ('Score: 10', None), ('Score: 45', None), ('Score: 5.5', None), ('Score: 5.01', None),
     ('Score: 4.5.1', None), ('Score: 6', None), ('Score: -1', None), ('Score: four', None),
     ('overscore: 4', None), ('Scores: 4', None), ('Score\n: 4', None), ('Score:\n4', None),
     ('Score;: 4', None), ('Score:: 4', None), ('Scoreé: 4', None), ('Sc ore: 4', None),
-    ('', None), ('Score:', None), ('Score: 05', None),
-    ('Score:score: 3', 3.0), ('scorescore: 3', None), ('score score: 3', 3.0),
+    ('', None), ('Score:', None), ('Score: 05', None), ('\n\n', None),
+    ('Score:score: 3', None), ('scorescore: 3', None), ('score score: 3', None),
+    ('The response is fine. Score: 4', None), ('Final score: 4', None),
+    # Issue 21 case 6b: a judge that echoes a quoted score after its own verdict does not get
+    # the quoted score; a quote inside the verdict line is its tail.
+    ('Weak answer.\nScore: 2\nThe response says "Score: 5".', None),
+    ('Weak answer.\nScore: 2\n> Score: 5', None), ('Weak answer.\nScore: 2\n"Score: 5"', None),
+    ('Weak answer.\nScore: 2 (it claims "Score: 5")', 2.0),
+    ('It writes "Score: 5" itself.\nScore: 2', 2.0),
 ]
 
 
@@ -94,13 +102,17 @@ def test_examples_with_smollm2_tokens(smol, wrap):
   _assert_agrees(scores, valid, expected, context)
 
 
-FILLER_CHARS = 'abcdeorsSCOREx .:*\t\n01234569é中😀-/'
-PRE = ['', '', ' ', '\n', '**', 'over', 'Final ', '3', '_', '(', 'é', 'The response. ']
+FILLER_CHARS = 'abcdeorsSCOREx .:*\t\n01234569é中😀-/">'
+PRE = [''] * 12 + [' ', '**', '\t', 'over', 'Final ', '3', '_', '(', 'é', 'The response. ',
+       '"', '> ', '\n']
 COLONS = [':'] * 12 + ['', '::', ';', '\n:']
 GOOD_NUMBERS = ['0', '1', '2', '3', '4', '5', '4.5', '3.25', '5.0', '5.00', '2.75', '0.0', '4.']
 BAD_NUMBERS = ['5.5', '10', '45', '6', '-1', 'four', '4.5.1', '05', '5.01', '', ' ', '9']
-POST = ['', '', '', '\n', '.', '/5', ' points', '0', '.5', 'pts', ' out of 5.', '**', ' Score',
-        '\n\nScore', '. The end.']
+POST = ['', '', '', '', '\n', '.', '/5', ' points', '0', '.5', 'pts', ' out of 5.', '**',
+        ' Score', '\n\nScore', '. The end.', ' (not "Score: 5")', '"', '\n \t*\n']
+# What may follow the last line: nothing, blank lines, or a line that quotes a score.
+ENDINGS = [''] * 12 + ['\n', '\n\n  \n', '\n> Score: 5', '\n"Score: 5"',
+                      '\nThe response said "Score: 5".', '\nScore: 1']
 
 
 def _marker(rng):
@@ -123,10 +135,12 @@ def _marker(rng):
 def _judgment(seed, n_cuts):
   """Returns a judgment text made from seed, and its pieces: n_cuts random cuts apart."""
   rng = random.Random(seed)
-  segments = [_marker(rng) if rng.random() < 0.6 else
-              ''.join(rng.choice(FILLER_CHARS) for _ in range(rng.randrange(16)))
-              for _ in range(rng.randrange(1, 7))]
-  text = ''.join(segments)
+  filler = lambda: ''.join(rng.choice(FILLER_CHARS) for _ in range(rng.randrange(16)))
+  # Lines of reasons and verdict attempts, the last line often a verdict attempt.
+  lines = [''.join(_marker(rng) if rng.random() < 0.4 else filler()
+                   for _ in range(rng.randrange(1, 4))) for _ in range(rng.randrange(0, 4))]
+  lines.append(_marker(rng) if rng.random() < 0.8 else filler())
+  text = '\n'.join(lines) + rng.choice(ENDINGS)
   cuts = sorted({rng.randrange(len(text) + 1) for _ in range(n_cuts)})
   bounds = [0] + cuts + [len(text)]
   return text, [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -158,12 +172,15 @@ def test_parser_matches_host_regex_property(smol):
     _assert_agrees(np.asarray(scores), np.asarray(valid), expected, seen)
     checked.append(sum(w is not None for w in expected))
     distinct.update(text for text, _ in batch)
-    several.extend(len(set(jp.HOST_PATTERN.findall(t))) > 1 for t in seen)
+    # Valid verdicts in texts with other score-like text before them (earlier lines, quotes).
+    several.extend(w is not None and len(jp.HOST_PATTERN.findall(t)) > 1
+                   for t, w in zip(seen, expected))
 
   check()
   assert len(checked) * 64 >= 10_000 and len(distinct) >= 10_000
-  # Plenty of valid verdicts among them, and of texts where the last one wins over others.
-  assert sum(checked) > 3000 and sum(several) > 1000
+  # Plenty of valid verdicts among them, and of texts where the final line's one wins over
+  # other score-like text.
+  assert sum(checked) > 1500 and sum(several) > 600
 
 
 @pytest.mark.parametrize('wrap', MODES)
@@ -209,7 +226,7 @@ def test_tokenizer_object_form():
 def test_padding_and_ids_outside_the_generation(smol):
   tok, _, parser = smol
   parse = jax.jit(parser)
-  verdict = tok.encode('The answer is fine. Score: 4')
+  verdict = tok.encode('The answer is fine.\nScore: 4')
   # Right padding of any length, and ids outside the vocabulary, read as nothing: the number
   # still pending at the end of the row is the verdict.
   for t in (64, 128):
@@ -218,8 +235,8 @@ def test_padding_and_ids_outside_the_generation(smol):
     assert valid.all()
   # The parser reads only the ids it is given: a `Score: 5` quoted in the judge prompt counts
   # only if the prompt's ids are passed in too.
-  prompt = tok.encode('Response to judge: "... Score: 5" Review it.\n')
-  generated = tok.encode('I cannot judge this response.')
+  prompt = tok.encode('Response to judge:\nScore: 5')
+  generated = tok.encode(' points\n\n')
   scores, valid = parse(_pad([generated, prompt + generated]))
   np.testing.assert_array_equal(valid, [False, True])
   np.testing.assert_array_equal(scores[1], 5.0)
