@@ -1,11 +1,14 @@
 """Checkpoints: params-only export and import (onto a mesh, cast on read), the manager's save
-schedule and retention, and restores straight into target shardings.
+schedule and retention, and restores straight into target shardings; digest manifests
+(verified on load and restore, a corrupt checkpoint moved aside) and pruning.
 
 Resuming a training run from a checkpoint is tested with the loop in test_train.py.
 """
 
 import functools
 import json
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +96,78 @@ def test_metrics_writer_appends_and_a_resume_drops_lines_past_the_checkpoint(tmp
   checkpoint.MetricsWriter(str(tmp_path), resume_step=3).close()
   lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
   assert [l['step'] for l in lines] == [1, 2, 3] and lines[1]['loss'] == 0.5
+
+
+# --- integrity: digests written after each save, checked on every restore and load ------------
+
+def _flip(path, offset=None, n=64):
+  """Inverts n bytes of the file at path (from its middle unless offset is given)."""
+  data = bytearray(open(path, 'rb').read())
+  start = len(data) // 2 if offset is None else offset
+  for i in range(start, min(start + n, len(data))):
+    data[i] ^= 0xFF
+  open(path, 'wb').write(bytes(data))
+
+
+def _largest_file(directory):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
+           if f != checkpoint.MANIFEST]
+  return max(files, key=os.path.getsize)
+
+
+def test_params_folder_digests_are_verified_on_load(tmp_path):
+  path = checkpoint.save_params(str(tmp_path / 'params'), _params())
+  manifest = json.load(open(os.path.join(path, checkpoint.MANIFEST)))
+  assert manifest['files'] and all(len(f['sha256']) == 64 for f in manifest['files'].values())
+  _assert_equal(checkpoint.load_params(path), _params())
+  data = _largest_file(path)
+  _flip(data)
+  with pytest.raises(checkpoint.IntegrityError, match=re.escape(data)):
+    checkpoint.load_params(path)
+  checkpoint.save_params(path, _params())  # a new save gets a new manifest
+  os.remove(os.path.join(path, checkpoint.MANIFEST))  # as if killed before it was written
+  with pytest.raises(checkpoint.IntegrityError, match=f'{checkpoint.MANIFEST}: missing'):
+    checkpoint.load_params(path)
+
+
+def _state(step):
+  params = jax.tree.map(lambda x: x + step, _params())
+  return train.TrainState(step=np.int32(step), params=params,
+                          opt_state=optax.adamw(1e-3).init(params))
+
+
+def test_restore_good_moves_a_corrupt_checkpoint_aside_and_falls_back(tmp_path, caplog):
+  directory = str(tmp_path / 'ckpt')
+  with checkpoint.Checkpoints(directory, every=2) as ckpts:
+    for step in (2, 4, 6):
+      ckpts.save(step, _state(step))
+  for step in (2, 4, 6):
+    checkpoint.verify(os.path.join(directory, str(step)))  # each one got its manifest
+  bad = _largest_file(os.path.join(directory, '6'))
+  _flip(bad)
+  os.remove(os.path.join(directory, '4', checkpoint.MANIFEST))  # a save killed before sealing
+  target = checkpoint.abstract(jax.eval_shape(lambda: _state(0)))
+  with checkpoint.Checkpoints(directory, every=2) as ckpts:
+    with pytest.raises(checkpoint.IntegrityError, match=re.escape(bad)):
+      ckpts.restore(target, step=6)
+    with caplog.at_level('WARNING'):
+      step, state = ckpts.restore_good(target)
+    assert step == 2 and int(state.step) == 2
+    _assert_equal(state.params, _state(2).params)
+    assert ckpts.all_steps() == [2]
+    assert sorted(os.listdir(directory + '.corrupt')) == ['4', '6']
+    assert bad in caplog.text and 'step 6' in caplog.text and 'step 4' in caplog.text
+    assert ckpts.save(4, _state(4))  # the steps after the fallback are saved again
+  with checkpoint.Checkpoints(directory, every=2) as ckpts:
+    assert ckpts.restore_good(target)[0] == 4
+
+
+def test_prune_keeps_the_newest(tmp_path):
+  directory = str(tmp_path / 'ckpt')
+  with checkpoint.Checkpoints(directory, every=1, keep=5) as ckpts:
+    for step in (1, 2, 3):
+      ckpts.save(step, _state(step))
+  assert checkpoint.prune(directory, 1) == [1, 2]
+  assert sorted(os.listdir(directory)) == ['3']
+  assert checkpoint.prune(directory, 0) == [3] and not os.listdir(directory)
+  assert checkpoint.prune(str(tmp_path / 'none'), 0) == []
