@@ -24,6 +24,20 @@ def load(name: str):
   return module
 
 
+def oasst_data(arg: str) -> dict:
+  """Returns the OASST configs' seed and eval sources: {'ift', 'eft', 'pairs'}.
+
+  arg is the directory of launch/build_data.py's JSONL (--out_dir), or `tfds:<dir>` for the
+  TFDS datasets it builds there with --tfds_dir (read as array_record, no TensorFlow).
+  """
+  if arg.startswith('tfds:'):
+    tfds_dir = arg[len('tfds:'):]
+    return {'ift': f'tfds:ift/train@{tfds_dir}', 'eft': f'tfds:eft_train/train@{tfds_dir}',
+            'pairs': f'tfds:human_pairs/validation@{tfds_dir}'}
+  return {'ift': os.path.join(arg, 'ift.jsonl'), 'eft': os.path.join(arg, 'eft_train.jsonl'),
+          'pairs': os.path.join(arg, 'human_pairs.jsonl')}
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the loop config with the paper's method settings and a small default run."""
   del arg
@@ -40,6 +54,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.allow_config_change = False
 
   c.data = ml_collections.ConfigDict()
+  # Seed sources: a JSONL path, 'embedded:<name>' or 'tfds:<config>/<split>@<data_dir>'.
   c.data.ift = 'embedded:ift_seed.jsonl'  # IFT seed JSONL {prompt, response}; also seeds prompts
   c.data.eft = 'embedded:eft_seed.jsonl'  # EFT seed JSONL {prompt, response, judgment}
   c.data.eft_target = 'judgment'  # EFT SFT target: 'judgment' (reasons + score), 'score_only'

@@ -4,10 +4,11 @@ r"""Self-rewarding Llama 3 (8B Instruct or base) on OASST seed data, on one GPU 
   python launch/srlm.py --config=configs/llama3_8b.py:/data/srlm_oasst \
       --config.model=/models/Meta-Llama-3.1-8B-Instruct --workdir=/ckpt/srlm_8b
 
-The argument is the directory of launch/build_data.py's JSONL. The paper's method and
-learning rates (configs/paper_llama2_70b.py), scaled to an 8B model: the full IFT and EFT sets,
-two AIFT iterations of 2,048 few-shot requests each. 8 x 80 GB: params, AdamW state and
-activations fully sharded over the 8 devices (fsdp), bf16 compute, fp32 master weights, remat.
+The argument is the directory of launch/build_data.py's JSONL (`tfds:<dir>`: its --tfds_dir
+TFDS datasets). The paper's method and learning rates (configs/paper_llama2_70b.py), scaled to
+an 8B model: the full IFT and EFT sets, two AIFT iterations of 2,048 few-shot requests each.
+8 x 80 GB: params, AdamW state and activations fully sharded over the 8 devices (fsdp), bf16
+compute, fp32 master weights, remat.
 Llama 3 reads `tokenizer.json` and its chat template from the model directory; Llama 3.1's
 RoPE scaling comes from its config.json.
 """
@@ -23,14 +24,14 @@ def get_config(arg: str = '/data/srlm_oasst'):
   common = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(common)
   c = common.get_config()
-  data_dir = arg or '/data/srlm_oasst'
+  sources = common.oasst_data(arg or '/data/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = '/models/Meta-Llama-3.1-8B-Instruct'  # a local HF safetensors directory
   c.iterations = 2
   c.shard_size = 256
   c.mesh = (1, -1, 1)
 
-  c.data.ift = os.path.join(data_dir, 'ift.jsonl')
-  c.data.eft = os.path.join(data_dir, 'eft_train.jsonl')
+  c.data.ift, c.data.eft = sources['ift'], sources['eft']
+  c.eval.pairs = sources['pairs']  # each new model's judge agreement with OASST1's human pairs
 
   c.creation.num_requests = 2048
   c.creation.prompt_max_new_tokens = 256

@@ -4,7 +4,8 @@ r"""The paper's run: Llama 2 70B, M1 (SFT on 3,200 IFT + 1,630 EFT) -> M2 -> M3.
   python launch/srlm.py --config=configs/paper_llama2_70b.py:/data/srlm_oasst \
       --config.model=/models/Llama-2-70b-hf --workdir=/ckpt/srlm_70b --config.distributed=True
 
-The argument is the directory of launch/build_data.py's JSONL (ift.jsonl, eft_train.jsonl).
+The argument is the directory of launch/build_data.py's JSONL (ift.jsonl, eft_train.jsonl,
+human_pairs.jsonl); `tfds:<dir>` reads its --tfds_dir TFDS datasets instead.
 Settings are the paper's (../shared/SRLM.md section 1): SFT lr 5.5e-6 -> 1.1e-6, batch 16;
 DPO lr 1e-6 -> 1e-7, batch 16, beta 0.1; N = 4 candidates at temperature 0.7, top-p 0.9;
 3 judgments per candidate with the additive rubric; checkpoints every 200 steps; two AIFT
@@ -28,7 +29,7 @@ def get_config(arg: str = '/data/srlm_oasst'):
   common = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(common)
   c = common.get_config()
-  data_dir = arg or '/data/srlm_oasst'
+  sources = common.oasst_data(arg or '/data/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = '/models/Llama-2-70b-hf'  # a local HF safetensors directory (no hub access)
   c.prompt_generator = ''  # the paper: a fixed Llama 2-Chat 70B directory
   c.iterations = 2  # M1 -> M2 -> M3
@@ -36,8 +37,8 @@ def get_config(arg: str = '/data/srlm_oasst'):
   c.mesh = (1, -1, 8)
   c.distributed = True
 
-  c.data.ift = os.path.join(data_dir, 'ift.jsonl')
-  c.data.eft = os.path.join(data_dir, 'eft_train.jsonl')
+  c.data.ift, c.data.eft = sources['ift'], sources['eft']
+  c.eval.pairs = sources['pairs']  # each new model's judge agreement with OASST1's human pairs
   c.data.max_ift = 3200  # the paper's IFT size
   c.data.max_eft = 1630  # the paper's EFT size
 

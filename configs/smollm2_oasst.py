@@ -8,7 +8,12 @@ patient CPU.
 The argument is the directory of launch/build_data.py's JSONL: ift.jsonl (OASST2 first-turn
 prompts with their rank-0 reply) seeds the prompts and the IFT half of M1's SFT, eft_train.jsonl
 (human-ranked replies turned into judge examples) the EFT half. OASST1's English validation
-trees are held out of both, for launch/evaluate.py's judge accuracy. Two AIFT iterations of 256
+trees are held out of both; their human pairs (human_pairs.jsonl) measure each new model's judge
+agreement in the eval stage. The same sets as TFDS datasets (array_record, no TensorFlow):
+
+  python launch/build_data.py --out_dir=/tmp/srlm_oasst --tfds_dir=/tmp/srlm_tfds
+  python launch/srlm.py --config=configs/smollm2_oasst.py:tfds:/tmp/srlm_tfds \
+      --workdir=/tmp/srlm_smollm2_oasst Two AIFT iterations of 256
 few-shot requests; on one GPU an iteration takes minutes, on a 2-core CPU hours.
 """
 
@@ -23,13 +28,13 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   common = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(common)
   c = common.get_config()
-  data_dir = arg or '/tmp/srlm_oasst'
+  sources = common.oasst_data(arg or '/tmp/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = 'smollm2-135m-instruct'
   c.iterations = 2
   c.shard_size = 64
 
-  c.data.ift = os.path.join(data_dir, 'ift.jsonl')
-  c.data.eft = os.path.join(data_dir, 'eft_train.jsonl')
+  c.data.ift, c.data.eft = sources['ift'], sources['eft']
+  c.eval.pairs = sources['pairs']  # each new model's judge agreement with OASST1's human pairs
 
   c.creation.num_requests = 256
   c.creation.prompt_max_new_tokens = 96

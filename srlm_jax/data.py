@@ -79,6 +79,31 @@ def quality_score_to_score(q: float) -> int:
   return min(5, max(0, math.floor(5 * float(q) + 0.5)))
 
 
+TFDS_PREFIX = 'tfds:'
+
+
+def read_source(source: str) -> list[Record]:
+  """Returns the (where, 1-based index, object) records of a JSONL path or a TFDS source.
+
+  A TFDS source is `tfds:<config>/<split>@<data_dir>` (for example
+  `tfds:ift/train@/tmp/srlm_tfds`), a split that srlm_jax.tfds_builders built under data_dir
+  (launch/build_data.py --tfds_dir); its records are the JSONL builders' records, and `where`
+  is the source string, so errors name it and the example's 1-based index.
+  """
+  if not source.startswith(TFDS_PREFIX):
+    return read_jsonl(source)
+  spec, at, data_dir = source[len(TFDS_PREFIX):].partition('@')
+  name, slash, split = spec.partition('/')
+  if not (at and slash and name and split and data_dir):
+    raise ValueError(f'{source!r}: a TFDS source is tfds:<config>/<split>@<data_dir>, for '
+                     'example tfds:ift/train@/tmp/srlm_tfds')
+  from srlm_jax import tfds_builders  # pylint: disable=g-import-not-at-top
+  examples = tfds_builders.records(name, split, data_dir)
+  if not examples:
+    raise ValueError(f'{source}: no records (the split is empty)')
+  return [(source, i, obj) for i, obj in enumerate(examples, start=1)]
+
+
 def normalize_prompt(text: str) -> str:
   """Returns the text case-folded with runs of whitespace collapsed (to match prompts)."""
   return ' '.join(text.split()).casefold()

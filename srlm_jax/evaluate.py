@@ -50,7 +50,6 @@ from srlm_jax import distributed
 from srlm_jax import judge as judge_lib
 from srlm_jax import sampler
 from srlm_jax import workdir
-from srlm_jax.data_io import read_jsonl
 
 LENGTH_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048)  # histogram bin edges (tokens), then inf
 AGREEMENT_KEYS = ('pairwise_accuracy', 'five_best', 'exact_match', 'spearman', 'kendall_tau',

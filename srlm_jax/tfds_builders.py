@@ -9,6 +9,10 @@ lives here (an importable module), not in `__main__`, as TFDS requires.
   tfds_builders.build_all('/tmp/tfds', oasst1=..., oasst2_ranked=..., oasst2_quality=...)
   pairs = tfds_builders.load('human_pairs', '/tmp/tfds', oasst1=...)['validation']
   pairs[0]['chosen'].decode()
+  tfds_builders.records('ift', 'train', '/tmp/tfds')  # a built split as plain dicts
+
+The loop and the evaluation read a built split through a data source string
+`tfds:<config>/<split>@<data_dir>` (srlm_jax.data.read_source), wherever they take JSONL.
 
 Configs (the records are exactly those of srlm_jax.data, see there):
   ift          split 'train'       {id, prompt, response}
@@ -110,6 +114,41 @@ def build_all(data_dir: str, **sources) -> dict:
     b.download_and_prepare()
     out[name] = {split: info.num_examples for split, info in b.info.splits.items()}
   return out
+
+
+def _plain(value, feature):
+  """Returns a decoded example value as JSON-like Python: str, int, list, dict."""
+  if isinstance(feature, tfds.features.Sequence):
+    inner = feature.feature
+    if isinstance(inner, tfds.features.FeaturesDict):  # decoded as a dict of equal-length lists
+      columns = {k: [_plain(x, inner[k]) for x in v] for k, v in value.items()}
+      return [dict(zip(columns, row)) for row in zip(*columns.values())]
+    return [_plain(v, inner) for v in value]
+  if isinstance(feature, tfds.features.FeaturesDict):
+    return {k: _plain(v, feature[k]) for k, v in value.items()}
+  if isinstance(value, bytes):
+    return value.decode('utf-8')
+  return value.item() if isinstance(value, (np.generic, np.ndarray)) else value
+
+
+def records(name: str, split: str, data_dir: str) -> list[dict]:
+  """Returns the examples of config `name`'s `split` built under data_dir, as plain dicts.
+
+  Reads only what was built (nothing is rebuilt): a missing dataset or split is an error that
+  names data_dir and how to build it.
+  """
+  if name not in _SPLIT:
+    raise ValueError(f'no TFDS config {name!r} in {OasstSrlm.name} (configs: {", ".join(_SPLIT)})')
+  b = builder(name, data_dir, oasst1='')  # the sources are only read when building
+  if not b.is_prepared():
+    raise FileNotFoundError(
+        f'{data_dir}: no built TFDS dataset {OasstSrlm.name}/{name} (looked in {b.data_dir}); '
+        f'build it with: python launch/build_data.py --out_dir=<jsonl dir> --tfds_dir={data_dir}')
+  if split not in b.info.splits:
+    raise ValueError(f'{b.data_dir}: {OasstSrlm.name}/{name} has no split {split!r} (splits: '
+                     f'{", ".join(b.info.splits)})')
+  source, features = b.as_data_source(split=split), b.info.features
+  return [_plain(source[i], features) for i in range(len(source))]
 
 
 def load(name: str, data_dir: str, **sources) -> dict:

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from srlm_jax import loop
+from srlm_jax import train
+from srlm_jax import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOP_CONFIGS = ('demo', 'tiny', 'paper_llama2_70b', 'llama3_8b', 'smollm2_oasst')
@@ -77,3 +79,110 @@ def test_missing_oasst_data_names_the_file(tmp_path):
   config = load('smollm2_oasst').get_config(str(tmp_path))
   with pytest.raises((FileNotFoundError, ValueError), match=re.escape(str(tmp_path))):
     loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
+
+
+def tiny(**overrides):
+  config = load('tiny').get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+# Issue 21, case 8: each reproduction is refused before any model loads, naming its field.
+@pytest.mark.parametrize('field, value, expected', [
+    ('creation.n_candidates', 0, 'an int >= 2'),
+    ('creation.n_candidates', 1, r'an int >= 2 \(a preference pair needs two candidates\)'),
+    ('creation.judge.k', 0, 'an int >= 1'),
+    ('shard_size', 0, 'an int >= 1'),
+    ('creation.num_requests', 0, 'an int >= 1'),
+    ('creation.few_shot', 0, r'an int >= 1 \(a request with no examples'),
+    ('sft.num_steps', -1, 'an int >= 0'),
+    ('creation.temperature', -1.0, 'a finite number >= 0'),
+    ('creation.top_p', 0.0, r'a finite number in \(0, 1\]'),
+    ('creation.judge.top_p', 1.5, r'a finite number in \(0, 1\]'),
+    ('sft.lr', -1e-3, 'a finite number >= 0'),
+    ('dpo.lr', float('inf'), 'a finite number >= 0'),
+    ('dpo.end_lr', float('nan'), 'a finite number >= 0'),
+    ('sft.batch_size', 0, 'an int >= 1'),
+    ('dpo.batch_size', -2, 'an int >= 1'),
+    ('dpo.beta', 0.0, 'a finite number > 0'),
+    ('sft.schedule', 'cosin', "one of 'cosine', 'linear', 'constant'"),
+    ('dpo.loss', 'dpoo', 'one of .*sigmoid'),
+    ('mesh', (1, 0, 1), r'\(data, fsdp, tensor\)'),
+    ('creation.filters.max_words', 0, 'an int >= 1'),
+    ('creation.top_p', None, 'type float'),  # ml_collections lets None through
+    ('sft.num_steps', True, 'type int'),  # and a bool for an int
+])
+def test_each_bad_field_is_named_before_any_model_loads(tmp_path, field, value, expected):
+  with pytest.raises(validate.ConfigError, match=f'{re.escape(field)}={re.escape(repr(value))}'
+                     f': expected {expected}'):
+    loop.Loop(tiny(**{field: value}), str(tmp_path / 'w'), load_model=no_model)
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_every_bad_field_is_listed_at_once(tmp_path):
+  config = tiny(**{'creation.judge.k': 0, 'shard_size': 0, 'sft.lr': float('inf')})
+  with pytest.raises(validate.ConfigError, match='3 invalid fields') as e:
+    loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
+  for field in ('creation.judge.k=0', 'shard_size=0', 'sft.lr=inf'):
+    assert field in str(e.value)
+
+
+def test_few_shot_beyond_the_seed_prompts_is_refused(tmp_path):
+  config = tiny(**{'creation.few_shot': 17, 'data.max_ift': 16})
+  with pytest.raises(validate.ConfigError, match='creation.few_shot=17: expected at most the 16 '
+                     'seed prompts'):
+    loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
+  loop.Loop(tiny(**{'creation.few_shot': 16, 'data.max_ift': 16}), str(tmp_path / 'w'),
+            load_model=no_model)
+
+
+@pytest.mark.parametrize('template, expected', [
+    ('Rate it.\n{prompt}\n{response}\nAnswer as JSON: {"score": N}', r'\{"score"\}'),
+    ('Rate it.\n{prompt}\n{response}\nUse a { brace', 'write a literal brace as'),
+    ('Rate {prompt} and {answer}', r'\{answer\}'),
+])
+def test_judge_template_braces_are_named(tmp_path, template, expected):
+  with pytest.raises(validate.ConfigError, match=f'creation.judge.template=.*{expected}'):
+    loop.Loop(tiny(**{'creation.judge.template': template}), str(tmp_path / 'w'),
+              load_model=no_model)
+
+
+def test_escaped_braces_in_a_template_pass():
+  validate.check_loop_config(tiny(**{'creation.judge.template':
+                                     '{prompt}\n{response}\nEnd with {{"score": N}}.'}))
+
+
+def test_unknown_fields_get_the_type_check():
+  defaults = {'logging.samples': 4, 'judge.verdict': 'last_line'}
+  assert validate.errors({'logging.samples': '4', 'judge.verdict': 'last_line'}, defaults) == [
+      "logging.samples='4': expected type int (the default is 4)"]
+  assert validate.rule_for('creation.judge.k') is validate.rule_for('judge.k')
+  assert validate.rule_for('dpo.lr') is validate.rule_for('lr')
+  assert validate.rule_for('some.new_field') is None
+
+
+def test_training_config_is_validated_before_the_model_loads(tmp_path):
+  cfg = load('sft').get_config()
+  cfg.model, cfg.train_data, cfg.num_steps = 'no-such-model', str(tmp_path / 'x.jsonl'), -1
+  with pytest.raises(validate.ConfigError, match='(?s)sft config: .*num_steps=-1'):
+    train.run_sft(cfg, str(tmp_path / 'w'))
+  cfg = load('dpo').get_config()
+  cfg.model, cfg.batch_size = 'no-such-model', 0
+  with pytest.raises(validate.ConfigError, match='(?s)dpo config: .*batch_size=0'):
+    train.run_dpo(cfg, str(tmp_path / 'w'))
+
+
+def test_launch_refuses_a_bad_field_naming_it(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
+       f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={tmp_path / "w"}',
+       '--config.creation.n_candidates=1'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert 'creation.n_candidates=1: expected an int >= 2' in proc.stderr
+  assert not os.path.exists(tmp_path / 'w')
