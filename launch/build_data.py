@@ -12,7 +12,9 @@ Reads the local OASST files (defaults: ../shared/data beside the repository) and
   human_pairs.jsonl  {id, prompt, chosen, rejected, ...}: every ranked pair of eft_eval.jsonl
   summary.json       counts: records written, and what each filter dropped
 The eval prompts are held out of IFT and EFT train (matched case- and whitespace-insensitively).
-With --tfds_dir the same four sets are also built as TFDS datasets (array_record files).
+With --tfds_dir the same four sets are also built as TFDS datasets (array_record files, read
+without TensorFlow); the OASST configs read them with `configs/smollm2_oasst.py:tfds:<tfds_dir>`,
+and any data field takes a split as `tfds:<config>/<split>@<tfds_dir>` (srlm_jax/data.py).
 See srlm_jax/data.py for the score mappings.
 """
 
