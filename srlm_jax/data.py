@@ -97,7 +97,11 @@ def read_source(source: str) -> list[Record]:
   if not (at and slash and name and split and data_dir):
     raise ValueError(f'{source!r}: a TFDS source is tfds:<config>/<split>@<data_dir>, for '
                      'example tfds:ift/train@/tmp/srlm_tfds')
-  from srlm_jax import tfds_builders  # pylint: disable=g-import-not-at-top
+  try:
+    from srlm_jax import tfds_builders  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'{source}: reading TFDS needs tensorflow-datasets, array_record and '
+                      f'importlib_resources installed ({e})') from e
   examples = tfds_builders.records(name, split, data_dir)
   if not examples:
     raise ValueError(f'{source}: no records (the split is empty)')

@@ -118,3 +118,13 @@ def test_bad_tfds_sources_name_what_is_wrong(built, tmp_path):
   config = load_config('smollm2_oasst').get_config(f'tfds:{empty}')
   with pytest.raises(FileNotFoundError, match=empty):
     loop.read_seed_data(config)
+
+
+def test_tfds_source_without_tensorflow_datasets_says_what_to_install(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # import fails, as uninstalled
+  monkeypatch.delitem(sys.modules, 'srlm_jax.tfds_builders', raising=False)
+  monkeypatch.delattr(sys.modules['srlm_jax'], 'tfds_builders', raising=False)
+  with pytest.raises(ImportError, match='tfds:ift/train@/x: reading TFDS needs '
+                     'tensorflow-datasets, array_record and importlib_resources'):
+    data.read_source('tfds:ift/train@/x')
+  assert data.read_source(os.path.join(loop.EMBEDDED, 'ift_seed.jsonl'))  # JSONL needs none
