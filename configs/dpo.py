@@ -73,6 +73,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_every = 200  # steps between held-out evaluations (when eval_data is set)
   c.checkpoint_every = 200  # steps between orbax checkpoints (and at the last step)
   c.keep = 3  # checkpoints kept on disk
+  # checkpoints kept once the run is complete (the final ones): its params/ export holds the
+  # final weights, so the loop keeps this many after the stage's DONE (0: none, the optimizer
+  # state of a finished stage is never needed); a standalone run keeps at least the final one,
+  # so that running it again finds it finished
+  c.keep_after_done = 0
   c.export_params = True  # write the final params to workdir/params for the next stage
 
   if arg not in VARIANTS:

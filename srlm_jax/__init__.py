@@ -106,7 +106,11 @@ def load(path: str, *, mesh=None, dtype=None) -> Model:
     config, params = hf_io.load_gguf(path, mesh=mesh, dtype=dtype)
   else:
     config, params = hf_io.load_hf_dir(path, mesh=mesh, dtype=dtype)
-  return Model(config, params, tokenizer.from_pretrained(path), mesh, path)
+  tok = tokenizer.from_pretrained(path)
+  if tok.vocab_size > config.vocab_size:  # ids past the embedding would index out of range
+    raise ValueError(f'{path}: the tokenizer has {tok.vocab_size} tokens but the embedding '
+                     f'(vocab_size) has {config.vocab_size} rows')
+  return Model(config, params, tok, mesh, path)
 
 
 def _smollm2_path_or_none():

@@ -132,9 +132,23 @@ def config_from_hf(hf_config: dict, *, source: str = '') -> llama.LlamaConfig:
     bad('architectures', archs, 'only LlamaForCausalLM is supported')
   if not archs and hf_config.get('model_type') != 'llama':
     bad('model_type', hf_config.get('model_type'), "only 'llama' is supported")
-  for field in ('attention_bias', 'mlp_bias'):
+  for field in ('attention_bias', 'mlp_bias', 'qkv_bias', 'bias'):
     if hf_config.get(field):
       bad(field, hf_config[field], 'biases are not supported')
+  window = hf_config.get('sliding_window')
+  context = hf_config.get('max_position_embeddings', 4096)
+  if window is not None and window < context and hf_config.get('use_sliding_window') is not False:
+    bad('sliding_window', window, f'sliding-window attention (narrower than the {context}-token '
+        'context) is not implemented; every layer attends to the whole context')
+  if (hf_config.get('pretraining_tp') or 1) > 1:
+    bad('pretraining_tp', hf_config['pretraining_tp'], 'only 1 is supported')
+  heads, kv_heads = hf_config['num_attention_heads'], hf_config.get('num_key_value_heads')
+  if kv_heads and heads % kv_heads:
+    bad('num_key_value_heads', kv_heads, f'must divide num_attention_heads={heads}')
+  head_dim = hf_config.get('head_dim') or hf_config['hidden_size'] // heads
+  if head_dim % 2 or (not hf_config.get('head_dim') and hf_config['hidden_size'] % heads):
+    bad('head_dim', head_dim, f'must be even, and hidden_size={hf_config["hidden_size"]} must '
+        f'divide by num_attention_heads={heads} when head_dim is not given')
   if hf_config.get('hidden_act', 'silu') != 'silu':
     bad('hidden_act', hf_config['hidden_act'], "only 'silu' is supported")
   # transformers 5 writes `rope_parameters` (with rope_theta inside); 4.x `rope_scaling`.
@@ -143,6 +157,10 @@ def config_from_hf(hf_config: dict, *, source: str = '') -> llama.LlamaConfig:
   kind = rope.get('rope_type', rope.get('type', 'default'))
   if kind not in _ROPE_KINDS:
     bad(f'{rope_field}.rope_type', kind, f'supported: {", ".join(_ROPE_KINDS)}')
+  for field, value in (('partial_rotary_factor', hf_config.get('partial_rotary_factor')),
+                       (f'{rope_field}.partial_rotary_factor', rope.get('partial_rotary_factor'))):
+    if value is not None and float(value) != 1.0:
+      bad(field, value, 'partial rotary embeddings are not implemented (only 1.0)')
   scaling = None
   if kind != 'default':
     fields = {'factor': float(rope['factor'])}
@@ -190,8 +208,11 @@ def _dtype_name(dtype) -> Optional[str]:
   return None if dtype is None else jnp.dtype(dtype).name
 
 
-def _load(config, mesh, expected, read):
-  """Returns the param tree, each leaf built in its sharding from read(hf_name, hf_index)."""
+def _load(config, mesh, expected, read, where):
+  """Returns the param tree, each leaf built in its sharding from read(hf_name, hf_index).
+
+  Every tensor read is checked for NaN and inf: ValueError naming it and where(hf_name).
+  """
   shapes = param_shapes(config)
   if mesh is None:
     shardings = {k: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for k in shapes}
@@ -214,8 +235,14 @@ def _load(config, mesh, expected, read):
       index = tuple(slice(*s) for s in key)
       tensors, rest = (hf_names[index[0]], index[1:]) if stacked else (hf_names, index)
       parts = [read(n, rest[::-1]).T if kernel else read(n, rest) for n in tensors]
+      parts = [p.astype(dtype, copy=False) for p in parts]
+      for name, part in zip(tensors, parts):  # a NaN weight would only show as empty replies
+        if not np.isfinite(part).all():
+          raise ValueError(f'{where(name)}: tensor {name} holds '
+                           f'{int((~np.isfinite(part)).sum())} NaN or inf values (of '
+                           f'{part.size} read); the weights are corrupt')
       out = np.stack(parts) if stacked else parts[0]
-      return np.ascontiguousarray(out.astype(dtype, copy=False))
+      return np.ascontiguousarray(out)
 
     def callback(index, shape=shape, shard=shard):
       index = index or (slice(None),) * len(shape)
@@ -279,7 +306,8 @@ def load_hf_dir(path: str, *, mesh=None, dtype=None):
 
     file_dtype = str(np.dtype(get('model.embed_tokens.weight')[:1].dtype))
     config = config.replace(param_dtype=_dtype_name(dtype) or file_dtype)
-    params = _load(config, mesh, expected, lambda tensor, index: get(tensor)[index])
+    params = _load(config, mesh, expected, lambda tensor, index: get(tensor)[index],
+                   lambda tensor: os.path.join(path, weight_map[tensor]))
   return config, params
 
 
@@ -373,7 +401,8 @@ def load_gguf(path: str, *, mesh=None, dtype=None):
       w = _unpermute_rotary(w, config.n_kv_heads)
     return w
 
-  params = _load(config, mesh, expected, lambda name, index: dequantized(to_gguf[name])[index])
+  params = _load(config, mesh, expected, lambda name, index: dequantized(to_gguf[name])[index],
+                 lambda name: f'{path} ({to_gguf[name]})')
   return config, params
 
 

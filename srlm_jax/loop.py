@@ -222,6 +222,7 @@ class Loop:
     stage = os.path.join(self.workdir, 'm1_sft')
     params_dir = os.path.join(stage, 'train', 'params')
     if is_done(stage):
+      _prune_done(os.path.join(stage, 'train'), self.config.sft)  # if a kill came before
       return params_dir
     records = [{'prompt': p, 'response': r} for p, r in self.seeds['ift']]
     records += [{'prompt': judge.judge_prompt(p, r, self.settings.judge.template),
@@ -232,6 +233,7 @@ class Loop:
     train.run_sft(cfg, os.path.join(stage, 'train'), model=self.base(), progress=self.progress)
     _crash_point('m1_sft')
     mark_done(stage, {'examples': len(records)})
+    _prune_done(os.path.join(stage, 'train'), self.config.sft)
     return params_dir
 
   # --- one iteration ------------------------------------------------------------------------
@@ -347,6 +349,7 @@ class Loop:
     for name, fn in zip(STAGES, (prompts, candidates, judgments, pairs, ref_logps, dpo,
                                  evaluate)):
       stage(name, fn)
+    _prune_done(os.path.join(d, 'dpo'), cfg.dpo)
     return report_lib.write_report(d, t, timings)
 
 
@@ -359,6 +362,14 @@ def _eft_target(judgment: str, kind: str) -> str:
   if kind == 'score_only':
     return f'Score: {judge.parse_score_host(judgment):g}'
   raise ValueError(f'data.eft_target={kind!r}: expected judgment or score_only')
+
+
+def _prune_done(train_dir: str, cfg) -> None:
+  """Deletes a finished training stage's checkpoints but its newest cfg.keep_after_done."""
+  # DONE and the params/ export replace them: a finished stage never resumes, and its
+  # checkpoints (params plus two optimizer moments) are three times the size of params/.
+  if os.path.isdir(os.path.join(train_dir, 'params')):
+    checkpoint.prune(os.path.join(train_dir, 'checkpoints'), cfg.keep_after_done)
 
 
 def _done_info(stage_dir: str) -> dict:

@@ -349,14 +349,55 @@ def dpo_eval(config, dataset, loss: str, beta: float, loss_options=None, batch_s
 
 # --- the host loop ------------------------------------------------------------------------------
 
+@jax.jit
+def _nonfinite_counts(tree):
+  """Returns, per floating leaf, its count of NaN and inf entries (float32: exact below 2**24)."""
+  return jax.tree.map(lambda x: jnp.sum(~jnp.isfinite(x), dtype=jnp.float32), tree)
+
+
+def nonfinite_params(params) -> dict:
+  """Returns {param path: count} of the params holding NaN or inf (empty when all are finite)."""
+  floating = jax.tree.map(lambda x: x if jnp.issubdtype(x.dtype, jnp.inexact) else None, params)
+  counts = distributed.to_host(_nonfinite_counts(floating))
+  return {sharding.path_str(p): int(c) for p, c in jax.tree_util.tree_flatten_with_path(counts)[0]
+          if c > 0}
+
+
+def _last_good(ckpts: Optional[checkpoint.Checkpoints]) -> str:
+  if ckpts is None:
+    return 'no checkpoint'
+  ckpts.wait()
+  step = ckpts.latest_step()
+  if step is None:
+    return f'no checkpoint in {ckpts.directory}'
+  return f'last good checkpoint: step {step} in {ckpts.step_dir(step)}'
+
+
+def check_finite_params(params, step: int, ckpts: Optional[checkpoint.Checkpoints] = None,
+                        where: str = '') -> None:
+  """Returns None when every param is finite; else raises FloatingPointError.
+
+  The error names the step, the non-finite tensors and the last good checkpoint. Every
+  trainer calls it on the params it is about to save or hand on (after its last update).
+  """
+  bad = nonfinite_params(params)
+  if bad:
+    size = {sharding.path_str(p): int(np.prod(x.shape))
+            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    names = ', '.join(f'{k} ({n} of {size[k]})' for k, n in list(bad.items())[:8])
+    more = f' and {len(bad) - 8} more' if len(bad) > 8 else ''
+    raise FloatingPointError(
+        f'{where or "training"}: step {step}: non-finite params after the update: {names}{more}; '
+        f'training stopped without saving this state ({_last_good(ckpts)})')
+
+
 def _check_finite(metrics: dict, step: int, ckpts: checkpoint.Checkpoints) -> None:
   """Raises FloatingPointError naming the step when the loss or grad norm is not finite."""
   for name in ('loss', 'grad_norm'):
     if name in metrics and not np.isfinite(metrics[name]):
-      ckpts.wait()
       raise FloatingPointError(
           f'step {step}: {name} is {float(metrics[name])}; training stopped without saving '
-          f'this state (last good checkpoint: step {ckpts.latest_step()} in {ckpts.directory})')
+          f'this state ({_last_good(ckpts)})')
 
 
 def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[int], Any],
@@ -371,7 +412,10 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
   same data); prepare maps the device batch (e.g. adds online reference log-probs). Metrics go
   to workdir/metrics.jsonl every log_every updates; checkpoints every checkpoint_every and at
   the end. A non-finite loss or grad norm raises FloatingPointError before anything is saved
-  (the metrics are fetched after every update for this check).
+  (the metrics are fetched after every update for this check), and so do non-finite params at
+  each checkpoint and after the last update (`check_finite_params`): every checkpoint on disk
+  holds finite params. A resume restores the newest checkpoint whose digests match (a corrupt
+  one is moved aside with a warning; see checkpoint.Checkpoints.restore_good).
   """
   import tqdm  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
@@ -379,11 +423,10 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
   step = jit_step(step_fn, mesh, shardings)
   with checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), checkpoint_every,
                               keep) as ckpts:
-    start = ckpts.latest_step()
+    start, state = ckpts.restore_good(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
     if start is None:
       state, start = init_fn(), 0
     else:
-      state = ckpts.restore(checkpoint.abstract(jax.eval_shape(init_fn), shardings))
       logging.info('resumed from %s at step %d', ckpts.directory, start)
     log = checkpoint.MetricsWriter(workdir, resume_step=start)
     bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps,
@@ -401,7 +444,9 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
         log.write(done, metrics)
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
         log.write(done, {f'eval/{k}': v for k, v in eval_fn(state.params).items()})
-      ckpts.save(done, state, force=done == num_steps)
+      if done == num_steps or ckpts.should_save(done):
+        check_finite_params(state.params, done, ckpts, where=workdir)
+        ckpts.save(done, state, force=done == num_steps)
     log.close()
   return state
 
@@ -442,6 +487,9 @@ def _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, **kw
       eval_every=cfg.eval_every, **kwargs)
   if cfg.export_params:
     checkpoint.save_params(os.path.join(workdir, 'params'), state.params)
+  # The run is complete: its earlier checkpoints are not needed to resume (the loop prunes
+  # further, to cfg.keep_after_done, once its stage is DONE).
+  checkpoint.prune(os.path.join(workdir, 'checkpoints'), max(1, cfg.keep_after_done))
   return state
 
 
