@@ -93,6 +93,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.max_pairs = 64  # whole prompts from the file's start, up to this many pairs (0: all)
   c.eval.k = 3  # judgments per response; the other judge settings are creation.judge's
 
+  c.logging = ml_collections.ConfigDict()  # metrics for viewing (srlm_jax/metrics_log.py)
+  c.logging.tensorboard = True  # event files in workdir/tensorboard (needs [tensorboard] extra)
+  c.logging.wandb_project = ''  # Weights & Biases project ('' is off; needs `pip install wandb`)
+  c.logging.wandb_entity = ''  # W&B entity (team or user); '' is your default entity
+  c.logging.samples = 4  # rows of the (prompt, response, score) and pairs tables per iteration
+
   c.sft = load('sft').get_config()  # M0 -> M1 on IFT + EFT
   c.sft.enabled = True  # False starts the iterations from M0 itself
   c.sft.num_epochs = 1.0  # passes over IFT + EFT (when sft.num_steps is 0)

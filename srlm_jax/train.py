@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from srlm_jax import checkpoint, data_io, distributed, llama, losses, sharding
+from srlm_jax import checkpoint, console, data_io, distributed, llama, losses, sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -405,7 +405,7 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
                checkpoint_every: int = 200, keep: int = 3, log_every: int = 1,
                prepare: Optional[Callable[[Any], Any]] = None,
                eval_fn: Optional[Callable[[Any], dict]] = None, eval_every: int = 0,
-               progress: bool = True) -> TrainState:
+               progress: Any = True, label: str = 'train') -> TrainState:
   """Runs step_fn from the latest checkpoint in workdir (else init_fn()) to num_steps.
 
   get_batch(i) gives the host batch of update i (a pure function of i, so resuming replays the
@@ -417,7 +417,6 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
   holds finite params. A resume restores the newest checkpoint whose digests match (a corrupt
   one is moved aside with a warning; see checkpoint.Checkpoints.restore_good).
   """
-  import tqdm  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   rng = jax.random.key(0) if rng is None else rng
   step = jit_step(step_fn, mesh, shardings)
@@ -429,9 +428,9 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
     else:
       logging.info('resumed from %s at step %d', ckpts.directory, start)
     log = checkpoint.MetricsWriter(workdir, resume_step=start)
-    bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps,
-                    disable=not (progress and distributed.is_writer()))
-    for i in bar:
+    # `progress`: a bar labelled `label`, or the loop console's stage bar (console.progress_bar)
+    bar = console.progress_bar(progress, num_steps, initial=start, desc=label, unit='step')
+    for i in range(start, num_steps):
       batch = put_batch(mesh, get_batch(i))
       if prepare is not None:
         batch = prepare(batch)
@@ -440,6 +439,7 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
       done = i + 1
       _check_finite(metrics, done, ckpts)
       bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}')
+      bar.update(1)
       if done % log_every == 0 or done == num_steps:
         log.write(done, metrics)
       if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
@@ -448,6 +448,7 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
         check_finite_params(state.params, done, ckpts, where=workdir)
         ckpts.save(done, state, force=done == num_steps)
     log.close()
+    bar.close()
   return state
 
 
@@ -508,7 +509,7 @@ def run_sft(cfg, workdir: str, model=None, progress: bool = True) -> TrainState:
   step_fn = make_sft_step(mc, optimizer, lr_schedule(cfg, num_steps), cfg.grad_accum)
   eval_fn = sft_eval(mc, load(cfg.eval_data), cfg.batch_size, mesh) if cfg.eval_data else None
   return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer,
-              eval_fn=eval_fn, progress=progress)
+              eval_fn=eval_fn, progress=progress, label='sft')
 
 
 def _dpo_data(cfg, model, path):
@@ -570,4 +571,4 @@ def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None,
   step_fn = make_dpo_step(mc, optimizer, cfg.loss, cfg.beta, options, lr_schedule(cfg, num_steps),
                           cfg.grad_accum)
   return _run(cfg, workdir, model, mesh, step_fn, dataset, num_steps, optimizer, prepare=prepare,
-              eval_fn=eval_fn, progress=progress)
+              eval_fn=eval_fn, progress=progress, label='dpo')

@@ -251,10 +251,13 @@ def fingerprint(config_dict: dict) -> str:
 
 
 def config_diff(old: dict, new: dict) -> dict:
-  """Returns {field: [old, new]} of the fields that differ (absent: None), FREE_ON_RESUME out."""
+  """Returns {field: [old, new]} of the fields both configs have whose values differ.
+
+  FREE_ON_RESUME is left out, and so are fields only one side has: those come from a code
+  version that added or removed a field, not from the user (check_config records them).
+  """
   a, b = flatten(old), flatten(new)
-  return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
-          if not _free(k) and a.get(k) != b.get(k)}
+  return {k: [a[k], b[k]] for k in sorted(set(a) & set(b)) if not _free(k) and a[k] != b[k]}
 
 
 def append_history(workdir: str, event: dict) -> None:
@@ -276,15 +279,19 @@ def check_config(workdir: str, config, allow_change: bool = False) -> dict:
   """
   path = os.path.join(workdir, CONFIG)
   new = json.loads(config.to_json_best_effort())
+  if distributed.is_writer():
+    os.makedirs(workdir, exist_ok=True)
   found = os.path.exists(path)
   distributed.barrier(f'config {path}')  # all look before process 0 writes
-  changed = {}
+  changed, added, removed = {}, [], []
   if found:
     old = read_json(path)
     if not isinstance(old, dict):
       raise WorkdirError(f'{path}: expected a JSON object (the run config), got '
                          f'{type(old).__name__}')
     changed = config_diff(old, new)
+    added = sorted(set(flatten(new)) - set(flatten(old)))
+    removed = sorted(set(flatten(old)) - set(flatten(new)))
     if changed and not allow_change:
       listing = '\n'.join(f'  {k}: {v[0]!r} -> {v[1]!r}' for k, v in changed.items())
       raise WorkdirError(
@@ -294,6 +301,8 @@ def check_config(workdir: str, config, allow_change: bool = False) -> dict:
           f'{os.path.join(workdir, HISTORY)}; records already written keep their old settings).')
   event = {'event': 'config_change' if changed else ('resume' if found else 'start'),
            'fingerprint': fingerprint(new)}
+  if added or removed:  # another code version's fields: noted, not refused
+    event.update(fields_added=added, fields_removed=removed)
   if changed:
     event['changed'] = changed
     logging.warning('%s: config changed on resume (allow_config_change): %s', workdir,
