@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from srlm_jax import checkpoint
+from srlm_jax import console as console_lib
 from srlm_jax import creation
 from srlm_jax import data as data_lib
 from srlm_jax import data_io
@@ -177,6 +178,10 @@ class Loop:
                                                        config.eval.max_pairs or None)
                         if config.eval.pairs else [])
     self.settings = creation_settings(config)
+    # Prints (process 0, when progress is on) and logs each stage to TensorBoard / W&B; the
+    # stages take its stage bars as their `progress` (see console.progress_bar).
+    self.console = console_lib.Console(config, workdir, enabled=progress)
+    self.progress = self.console.progress
     self._base = None
 
   def base(self):
@@ -203,13 +208,16 @@ class Loop:
       workdir_lib.check_config(self.workdir, self.config,
                                self.config.get('allow_config_change', False))
       workdir_lib.verify_workdir(self.workdir)
+      self.console.start(len(self.seeds['ift']), len(self.seeds['eft']))
       params_dir = self.sft_m1()
       reports = []
       for t in range(1, self.config.iterations + 1):
         reports.append(self.iteration(t, params_dir))
         params_dir = self.params_after(t, params_dir)
+      self.console.finish(reports)
       return reports
     finally:
+      self.console.close()
       if held:
         held.release()
 
@@ -222,8 +230,11 @@ class Loop:
     stage = os.path.join(self.workdir, 'm1_sft')
     params_dir = os.path.join(stage, 'train', 'params')
     if is_done(stage):
+      self.console.stage_skipped(0, 'sft', stage)
       _prune_done(os.path.join(stage, 'train'), self.config.sft)  # if a kill came before
       return params_dir
+    self.console.stage_start(0, 'sft', stage)
+    start = time.perf_counter()
     records = [{'prompt': p, 'response': r} for p, r in self.seeds['ift']]
     records += [{'prompt': judge.judge_prompt(p, r, self.settings.judge.template),
                  'response': _eft_target(j, self.config.data.eft_target)}
@@ -234,6 +245,8 @@ class Loop:
     _crash_point('m1_sft')
     mark_done(stage, {'examples': len(records)})
     _prune_done(os.path.join(stage, 'train'), self.config.sft)
+    self.console.stage_end(0, 'sft', stage, {'examples': len(records)},
+                           time.perf_counter() - start)
     return params_dir
 
   # --- one iteration ------------------------------------------------------------------------
@@ -257,12 +270,16 @@ class Loop:
       path = os.path.join(d, name)
       if not is_done(path):
         os.makedirs(path, exist_ok=True)
+        self.console.stage_start(t, name, path)
         start = time.perf_counter()
         info = fn(path) or {}
         _crash_point(name)
         timings[name] = round(time.perf_counter() - start, 2)
         mark_done(path, info)
         mark_done(os.path.join(d, 'timings'), timings)
+        self.console.stage_end(t, name, path, info, timings[name])
+      else:
+        self.console.stage_skipped(t, name, path)
       return path
 
     def prompts(path):

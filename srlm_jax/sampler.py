@@ -44,9 +44,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
-from srlm_jax import data_io, distributed, llama, sharding
+from srlm_jax import console, data_io, distributed, llama, sharding
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
@@ -466,9 +465,9 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
   order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
   key = jax.random.key(seed)
   results: list = [None] * len(ids)
-  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), tqdm.tqdm(
-      total=len(ids), disable=not (progress and distributed.is_writer()), desc='generate',
-      unit='prompt') as bar:
+  # `progress`: True/False, or the loop console's stage bar (see console.progress_bar)
+  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
+      console.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
       # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
