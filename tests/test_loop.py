@@ -70,7 +70,7 @@ def test_resume_after_a_finished_run_recomputes_nothing(two_iterations):
   loop.Loop(tiny_config(), workdir, load_model=load_model, progress=False).run()
   after = {p: os.path.getmtime(p) for p in _files(workdir) if p in before}
   changed = [p for p in before if before[p] != after.get(p) and 'report' not in p
-             and not p.endswith(('.png', 'config.json'))]
+             and not p.endswith(('.png', 'config.json', 'history.jsonl', 'LOCK'))]
   assert not changed
 
 
@@ -85,7 +85,9 @@ def test_eval_stage_measures_the_new_models_judge_agreement(two_iterations, tmp_
       {'prompt': 'Name a prime number.', 'chosen': '7 is prime.', 'rejected': 'Dogs bark.'},
       {'prompt': 'Name a prime number.', 'chosen': '7 is prime.', 'rejected': '8.'},
       {'prompt': 'What is 2 + 2?', 'chosen': '4', 'rejected': 'It is 5.'}]))
-  config = tiny_config(**{'iterations': 1, 'eval.pairs': str(pairs), 'eval.k': 2})
+  # Other eval settings on a resume need the override (the eval stage was removed: it reruns).
+  config = tiny_config(**{'iterations': 1, 'eval.pairs': str(pairs), 'eval.k': 2,
+                          'allow_config_change': True})
   loop.Loop(config, workdir, load_model=load_model, progress=False).run()
   result = json.load(open(os.path.join(workdir, 'iter_1', 'eval', 'eval.json')))
   agreement = result['judge_agreement']
