@@ -38,6 +38,7 @@ import srlm_jax
 from srlm_jax import data
 from srlm_jax import evaluate
 from srlm_jax import judge as judge_lib
+from srlm_jax import validate
 from srlm_jax.data_io import read_jsonl
 
 _SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..',
@@ -68,6 +69,18 @@ _METHOD = flags.DEFINE_enum('method', 'pointwise', ['pointwise', 'pairwise'],
 _RESUME = flags.DEFINE_bool('resume', True, 'judge: reuse <out>.judgments.jsonl of an '
                              'interrupted run with the same settings.')
 _MAX_RATIO = flags.DEFINE_float('max_ratio', 1.25, 'Length-controlled view: longest/shortest.')
+
+
+def _check_flags() -> None:
+  """Raises validate.ConfigError naming each judge flag out of range, before any model loads."""
+  flags_by_field = {'judge.k': ('--k', _K), 'judge.temperature': ('--temperature', _TEMPERATURE),
+                    'judge.top_p': ('--top_p', _TOP_P),
+                    'judge.max_new_tokens': ('--max_new_tokens', _MAX_NEW_TOKENS),
+                    'judge.template': ('--template', _TEMPLATE),
+                    'eval.max_pairs': ('--max_pairs', _MAX_PAIRS)}
+  fields = {f: flag.value for f, (_, flag) in flags_by_field.items() if flag.value is not None}
+  validate.check(fields, where='launch/evaluate.py',
+                 names={f: name for f, (name, _) in flags_by_field.items()})
 
 
 def _settings() -> judge_lib.JudgeSettings:
@@ -215,6 +228,7 @@ def run_iterations() -> dict:
 
 def main(argv):
   del argv
+  _check_flags()
   if _MODE.value == 'judge':
     if not _PAIRS.value:
       raise app.UsageError('--mode=judge needs --pairs')

@@ -123,6 +123,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('judge.temperature', number(0)),
     ('judge.top_p', TOP_P),
     ('judge.max_new_tokens', integer(1)),
+    ('judge.verdict', choice('sampled', 'forced', 'forced_always')),
     ('creation.min_gap', number(0)),
     ('creation.length_margin', number(0)),
     ('eval.max_pairs', integer(0, '0: all')),
@@ -197,19 +198,24 @@ def _type_error(value, default) -> Optional[str]:
   return None
 
 
-def errors(fields: dict, defaults: Optional[dict] = None) -> list[str]:
-  """Returns one message per invalid field of a flat {field: value} (defaults: flat, typed)."""
+def errors(fields: dict, defaults: Optional[dict] = None,
+           names: Optional[dict] = None) -> list[str]:
+  """Returns one message per invalid field of a flat {field: value} (defaults: flat, typed).
+
+  `names` maps a field to the name its message uses (a launcher's flag, say).
+  """
   out = []
   for field, value in fields.items():
+    name = (names or {}).get(field, field)
     expected = _type_error(value, (defaults or {}).get(field))
     if expected:
-      out.append(f'{field}={value!r}: expected type {expected} (the default is '
+      out.append(f'{name}={value!r}: expected type {expected} (the default is '
                  f'{defaults[field]!r})')
       continue
     check = rule_for(field)
     problem = check(value) if check else None
     if problem:
-      out.append(f'{field}={value!r}: expected {problem}')
+      out.append(f'{name}={value!r}: expected {problem}')
   bad = {m.split('=', 1)[0] for m in out}
   for names, fits, expected in CROSS_RULES:
     if all(n in fields and n not in bad for n in names) and not fits(
@@ -229,11 +235,12 @@ def default_config(name: str, arg: str = '') -> Optional[dict]:
   return flatten(module.get_config(arg))
 
 
-def check(config, defaults: Optional[dict] = None, where: str = 'config') -> None:
+def check(config, defaults: Optional[dict] = None, where: str = 'config',
+          names: Optional[dict] = None) -> None:
   """Raises ConfigError listing every invalid field of config (a ConfigDict or a flat dict)."""
   fields = config if isinstance(config, dict) and not isinstance(
       config, ml_collections.ConfigDict) else flatten(config)
-  found = errors(fields, defaults)
+  found = errors(fields, defaults, names)
   if found:
     raise ConfigError(f'{where}: {len(found)} invalid field{"s" * (len(found) > 1)}:\n  '
                       + '\n  '.join(found))

@@ -158,8 +158,8 @@ def test_escaped_braces_in_a_template_pass():
 
 
 def test_unknown_fields_get_the_type_check():
-  defaults = {'logging.samples': 4, 'judge.verdict': 'last_line'}
-  assert validate.errors({'logging.samples': '4', 'judge.verdict': 'last_line'}, defaults) == [
+  defaults = {'logging.samples': 4, 'console.style': 'plain'}
+  assert validate.errors({'logging.samples': '4', 'console.style': 'rich'}, defaults) == [
       "logging.samples='4': expected type int (the default is 4)"]
   assert validate.rule_for('creation.judge.k') is validate.rule_for('judge.k')
   assert validate.rule_for('dpo.lr') is validate.rule_for('lr')
@@ -186,3 +186,16 @@ def test_launch_refuses_a_bad_field_naming_it(tmp_path):
   assert proc.returncode != 0
   assert 'creation.n_candidates=1: expected an int >= 2' in proc.stderr
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_evaluate_launch_refuses_bad_judge_flags_naming_them(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'evaluate.py'), '--judge=no-such-model',
+       f'--pairs={tmp_path / "none.jsonl"}', f'--out={tmp_path / "x.json"}', '--k=0',
+       '--top_p=1.5', '--template=Rate {prompt} and {response} as {"score": 1}'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  for expected in ('--k=0: expected an int >= 1', '--top_p=1.5: expected a finite number',
+                   '--template=', '{"score"}'):
+    assert expected in proc.stderr, proc.stderr[-2000:]
+  assert not os.listdir(tmp_path)
