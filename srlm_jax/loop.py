@@ -3,7 +3,9 @@
 Work directory layout (every stage writes under its own folder, then marks itself complete
 by atomically writing DONE; a stage with DONE is never run again):
 
-  config.json                         the run's config
+  config.json                         the run's config; a resume with another one is refused
+                                      (allow_config_change: recorded in history.jsonl)
+  history.jsonl, LOCK                 starts, resumes, config changes; the live run (workdir.py)
   m1_sft/      data.jsonl, train/ (orbax checkpoints, metrics.jsonl, params/), DONE
   iter_<t>/    trains M_{t+1} from M_t, t = 1 .. config.iterations
     prompts/     shards/NNNNN.jsonl (raw few-shot completions), prompts.jsonl, rejected.jsonl
@@ -18,8 +20,11 @@ by atomically writing DONE; a stage with DONE is never run again):
 
 The sampling stages run in shards of `config.shard_size` prompts, each written atomically, so
 a killed run resumes at its first missing shard; DPO and SFT resume from their last orbax
-checkpoint. Shard seeds depend only on the config's seed and the shard index, so a resumed
-run writes the same records as one never interrupted.
+checkpoint. Each DONE (and each shard's NNNNN.json) records its files' record counts and sha256,
+checked when the run starts and when a later stage reads them. Shard seeds depend only on the
+config's seed and the shard index, so a resumed run writes the same records as one never
+interrupted. One run at a time holds the workdir's LOCK; the config is validated (validate.py)
+before anything is read or loaded.
 """
 
 import dataclasses
