@@ -32,6 +32,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from srlm_jax import checkpoint, console, data_io, distributed, llama, losses, sharding
+from srlm_jax import validate
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -500,6 +501,7 @@ def _num_steps(cfg, n: int) -> int:
 
 def run_sft(cfg, workdir: str, model=None, progress: bool = True) -> TrainState:
   """Fine-tunes cfg.model (or `model`: .config, .params, .tokenizer) on cfg.train_data."""
+  validate.check_train_config(cfg, 'sft')  # every field, before the model loads
   model, mesh, mc = _setup(cfg, model)
   load = functools.partial(data_io.load_sft, tokenizer=model.tokenizer, max_len=cfg.max_len,
                            chat_template=cfg.chat_template)
@@ -532,6 +534,7 @@ def run_dpo(cfg, workdir: str, model=None, ref_params=None, ref_logps=None,
   `ref_logps` (from `reference_logps`, e.g. saved by an earlier stage) skips scoring the
   training pairs with it.
   """
+  validate.check_train_config(cfg, 'dpo')  # every field, before the model loads
   if cfg.reference not in ('precomputed', 'online', 'none'):
     raise ValueError(f'reference={cfg.reference!r}: expected precomputed, online or none')
   model, mesh, mc = _setup(cfg, model)
