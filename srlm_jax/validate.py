@@ -148,6 +148,8 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval_every', integer(1)),
     ('checkpoint_every', integer(1)),
     ('keep', integer(1)),
+    ('keep_after_done', integer(0)),
+    ('logging.samples', integer(0)),
     ('beta', number(0, lo_open=True)),
     ('loss', loss_name),
     ('reference', choice('precomputed', 'online', 'none')),
