@@ -18,7 +18,7 @@ import pytest
 
 import multihost
 import srlm_jax
-from srlm_jax import checkpoint, data_io, hf_io, llama, loop, sharding, train
+from srlm_jax import checkpoint, data_io, hf_io, llama, loop, sharding, train, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
@@ -63,9 +63,23 @@ def _tiny_loop_config(**overrides):
 
 # --- case 1: finiteness -------------------------------------------------------------------------
 
+INF_LR = {'iterations': 1, 'sft.lr': float('inf'), 'sft.end_lr': float('inf'),
+          'sft.schedule': 'constant', 'sft.num_steps': 1}
+
+
+def _assert_no_m1(workdir):
+  """Asserts that M1's stage wrote no DONE, no params export and no checkpoint."""
+  stage = os.path.join(workdir, 'm1_sft')
+  assert not os.path.exists(os.path.join(stage, 'DONE'))
+  assert not os.path.exists(os.path.join(stage, 'train', 'params'))
+  ckpts = os.path.join(stage, 'train', 'checkpoints')
+  assert not os.path.exists(ckpts) or not [n for n in os.listdir(ckpts) if n.isdigit()]
+  assert not os.path.exists(os.path.join(workdir, 'iter_1'))
+
+
 def test_infinite_lr_run_exits_nonzero_without_done(tmp_path):
-  """The reproduction: one SFT update at lr=inf makes every param inf."""
-  workdir = tmp_path / 'w'
+  """The reproduction as given: one SFT update at lr=inf (config validation refuses it now)."""
+  workdir = str(tmp_path / 'w')
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
        f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}',
@@ -74,15 +88,21 @@ def test_infinite_lr_run_exits_nonzero_without_done(tmp_path):
       env=dict(os.environ, XLA_FLAGS=multihost.xla_flags(1)), capture_output=True, text=True,
       timeout=600, check=False)
   assert proc.returncode != 0, proc.stderr[-3000:]
-  assert 'FloatingPointError' in proc.stderr, proc.stderr[-3000:]
-  assert 'step 1: non-finite params after the update' in proc.stderr
-  assert 'embed/embedding' in proc.stderr and 'no checkpoint in' in proc.stderr
-  stage = workdir / 'm1_sft'
-  assert not (stage / 'DONE').exists()
-  assert not (stage / 'train' / 'params').exists()  # nothing exported
-  ckpts = stage / 'train' / 'checkpoints'
-  assert not ckpts.exists() or not [n for n in os.listdir(ckpts) if n.isdigit()]
-  assert not (workdir / 'iter_1').exists()
+  assert 'sft.lr=inf' in proc.stderr or 'non-finite params' in proc.stderr, proc.stderr[-3000:]
+  _assert_no_m1(workdir)
+
+
+def test_infinite_lr_last_update_is_caught_after_it(tmp_path, monkeypatch):
+  """The same run past config validation: every param is inf after the only update."""
+  monkeypatch.setattr(validate, 'check_loop_config', lambda *a, **k: None)
+  monkeypatch.setattr(validate, 'check_train_config', lambda *a, **k: None)
+  workdir = str(tmp_path / 'w')
+  config = _tiny_loop_config(**INF_LR)
+  run = loop.Loop(config, workdir, load_model=loop.default_loader(config), progress=False)
+  with pytest.raises(FloatingPointError, match=r'm1_sft/train: step 1: non-finite params after '
+                     r'the update: embed/embedding \((\d+) of \1\), .*\(no checkpoint in '):
+    run.run()
+  _assert_no_m1(workdir)
 
 
 def test_nonfinite_params_names_each_tensor_and_count():
