@@ -30,6 +30,7 @@ from srlm_jax import config_help
 from srlm_jax import console
 from srlm_jax import distributed
 from srlm_jax import loop
+from srlm_jax import validate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Loop config file.',
                                           lock_config=True)
@@ -44,6 +45,7 @@ def main(argv):
   config = _CONFIG.value
   console.quiet_third_party()
   if _DRY_RUN.value:
+    validate.check_loop_config(config)
     seeds = loop.read_seed_data(config)  # reads and checks the seed files; no model
     print(console.dry_run_text(config, _WORKDIR.value, len(seeds['ift']), len(seeds['eft'])))
     return

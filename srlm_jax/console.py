@@ -14,6 +14,7 @@ Third-party INFO logging (Orbax, absl, jax) is off unless --verbosity is given
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ import tqdm
 from srlm_jax import config_help
 from srlm_jax import distributed
 from srlm_jax import metrics_log
+from srlm_jax import workdir as workdir_lib
 
 # The loop's stages in run order: M1's SFT once, then these per iteration (loop.STAGES).
 ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
@@ -44,8 +46,11 @@ def quiet_third_party(verbosity_given: Optional[bool] = None) -> None:
   if verbosity_given is None:
     verbosity_given = flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present > 0
   if not verbosity_given:
-    # absl's verbosity sets the root logger's level, which Orbax, jax and the loop log under.
+    # Orbax logs through absl's logger, jax and the loop through the root logger; under
+    # app.run absl's verbosity sets the root's level (absl's logger inherits it), elsewhere
+    # only absl's own, so both are set.
     absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger().setLevel(logging.WARNING)
 
 
 def format_seconds(seconds: Optional[float]) -> str:
@@ -267,6 +272,16 @@ def dry_run_text(config, workdir: str, n_ift: Optional[int] = None,
   return '\n'.join(lines)
 
 
+@dataclasses.dataclass
+class _Running:
+  """The stage running now: its plan, when it started, how far it was then, its bar."""
+  plan: StagePlan
+  start: float
+  frac0: float
+  planned: bool  # the bar's total is the stage's whole work (else each caller adds its part)
+  bar: Any = None
+
+
 class _Handle:
   """A stage bar as the sampler and the training loop use it; closing it leaves it open."""
 
@@ -320,7 +335,7 @@ class Console:
     self.units = {}  # kind -> units of work timed this session
     self.results = []  # (label, seconds or None, result text, state) per stage, in order
     self._start = clock()
-    self._stage = None  # (plan, start time, frac at start, bar, planned bar total)
+    self._stage: Optional[_Running] = None
     self._last_tick = 0.0
 
   def _print(self, text: str) -> None:
@@ -342,12 +357,12 @@ class Console:
   def eta(self) -> Optional[float]:
     """Returns the estimated seconds left in the run, counting the running stage's progress."""
     seconds, units = dict(self.seconds), dict(self.units)
-    if self._stage is not None:
-      plan, start, frac0, _, _ = self._stage
-      done = plan.units * (plan.frac - frac0)
+    run = self._stage
+    if run is not None:
+      done = run.plan.units * (run.plan.frac - run.frac0)
       if done > 0:
-        seconds[plan.kind] = seconds.get(plan.kind, 0.0) + self.clock() - start
-        units[plan.kind] = units.get(plan.kind, 0.0) + done
+        seconds[run.plan.kind] = seconds.get(run.plan.kind, 0.0) + self.clock() - run.start
+        units[run.plan.kind] = units.get(run.plan.kind, 0.0) + done
     return run_eta(self.plans, seconds, units)
 
   def start(self, n_ift: Optional[int] = None, n_eft: Optional[int] = None) -> None:
@@ -374,9 +389,9 @@ class Console:
     if total and initial:
       plan.frac = initial / total
       self._print(f'{self.label(t, name)}: resuming at shard '
-                  f'{count_files(os.path.join(stage_dir, "shards")) + 1} ({initial}/{total} '
+                  f'{count_shards(os.path.join(stage_dir, "shards")) + 1} ({initial}/{total} '
                   f'done)')
-    self._stage = (plan, self.clock(), plan.frac, None, (total, initial))
+    self._stage = _Running(plan, self.clock(), plan.frac, planned=bool(total))
     if total:
       self._open_bar(total, initial, 'response' if name == 'judgments' else 'prompt')
 
@@ -392,38 +407,38 @@ class Console:
       per_item = c.n_candidates
     else:
       return 0, 0
-    shards = count_files(os.path.join(stage_dir, 'shards'))
+    shards = count_shards(os.path.join(stage_dir, 'shards'))
     done = min(shards * self.config.shard_size, items)
     return items * per_item, done * per_item
 
   def _open_bar(self, total: int, initial: int, unit: str):
-    plan, start, frac0, _, size = self._stage
-    bar = tqdm.tqdm(total=total, initial=initial, unit=unit, leave=False,
-                    desc=self.label(plan.t, plan.name), disable=not self.enabled,
-                    file=sys.stderr, dynamic_ncols=True)
-    self._stage = (plan, start, frac0, bar, size)
-    return bar
+    plan = self._stage.plan
+    self._stage.bar = tqdm.tqdm(total=total, initial=initial, unit=unit, leave=False,
+                                desc=self.label(plan.t, plan.name), disable=not self.enabled,
+                                file=sys.stderr, dynamic_ncols=True)
+    return self._stage.bar
 
   def progress(self, total: int, initial: int = 0, desc: str = '', unit: str = 'it'):
     """Returns the running stage's bar for a sampler or training loop (see progress_bar)."""
     del desc  # the stage's name labels the bar
     if self._stage is None:  # called outside a stage: an unlabelled bar of its own
       return tqdm.tqdm(total=total, initial=initial, unit=unit, disable=not self.enabled)
-    plan, _, _, bar, (planned, _) = self._stage
+    run = self._stage
+    bar = run.bar
     if bar is None:
       if initial:  # a training stage resumed from its checkpoint
-        self._print(f'{self.label(plan.t, plan.name)}: resuming at step {initial}/{total}')
-        plan.frac = initial / max(total, 1)
-        self._stage = (plan, self._stage[1], plan.frac, None, self._stage[4])
+        self._print(f'{self.label(run.plan.t, run.plan.name)}: resuming at step '
+                    f'{initial}/{total}')
+        run.plan.frac = run.frac0 = initial / max(total, 1)
       bar = self._open_bar(total, initial, unit)
-    elif not planned:  # e.g. eval's judge chunks: each call adds its part
+    elif not run.planned:  # e.g. eval's judge chunks: each call adds its part
       bar.total += total
       bar.refresh()
     return _Handle(self, bar)
 
   def tick(self) -> None:
     """Updates the running stage's progress and, at most once a second, the run's ETA."""
-    plan, _, _, bar, _ = self._stage
+    plan, bar = self._stage.plan, self._stage.bar
     if bar is not None and bar.total:
       plan.frac = min(1.0, bar.n / bar.total)
     now = self.clock()
@@ -436,11 +451,10 @@ class Console:
                 seconds: float) -> None:
     """Closes the stage's bar, prints its result and time, and logs it (TensorBoard, W&B)."""
     plan = self._plan(t, name)
-    if self._stage is not None and self._stage[0] is plan:
-      _, _, frac0, bar, _ = self._stage
-      if bar is not None:
-        bar.close()
-      done = plan.units * (1.0 - frac0)
+    if self._stage is not None and self._stage.plan is plan:
+      if self._stage.bar is not None:
+        self._stage.bar.close()
+      done = plan.units * (1.0 - self._stage.frac0)
       self.seconds[plan.kind] = self.seconds.get(plan.kind, 0.0) + seconds
       self.units[plan.kind] = self.units.get(plan.kind, 0.0) + done
     self._stage = None
@@ -473,18 +487,19 @@ class Console:
 
   def close(self) -> None:
     """Closes the metrics logs (what they hold so far is on disk) and any open bar."""
-    if self._stage is not None and self._stage[3] is not None:
-      self._stage[3].close()
+    if self._stage is not None and self._stage.bar is not None:
+      self._stage.bar.close()
     self._stage = None
     if self.run_log is not None:
       self.run_log.close()
 
 
-def count_files(folder: str) -> int:
-  """Returns the number of *.jsonl files in folder (0 when it is missing)."""
+def count_shards(folder: str) -> int:
+  """Returns the number of complete shards in folder: those with their digest beside them."""
   if not os.path.isdir(folder):
     return 0
-  return sum(1 for f in os.listdir(folder) if f.endswith('.jsonl'))
+  return sum(1 for f in os.listdir(folder) if f.endswith('.jsonl')
+             and os.path.exists(workdir_lib.shard_sidecar(os.path.join(folder, f))))
 
 
 def end_table(results: Sequence[tuple], total_seconds: float, workdir: str,

@@ -1,6 +1,7 @@
 """The run's console (summary, stage lines, bars, end table), its metrics logs, --dry_run and
 --help; the launch-script tests run launch/srlm.py on the tiny config in subprocesses."""
 
+import importlib.util
 import io
 import json
 import os
@@ -119,6 +120,8 @@ def test_console_says_which_stages_are_skipped_and_where_a_run_resumes(tmp_path)
   c.stage_skipped(1, 'candidates', str(it / 'candidates'))
   # judgments: one of two shards (2 candidate records, 2 responses each) already on disk
   write_jsonl(str(it / 'judgments' / 'shards' / '00000.jsonl'), [{}] * 4)
+  (it / 'judgments' / 'shards' / '00000.json').write_text('{}')  # its digest: complete
+  write_jsonl(str(it / 'judgments' / 'shards' / '00001.jsonl'), [{}])  # cut off: no digest
   c.stage_start(1, 'judgments', str(it / 'judgments'))
   bar = c.progress(total=2, unit='prompt')
   bar.update(2)
@@ -146,10 +149,10 @@ def test_console_bars_carry_the_stage_name(tmp_path):
   c, _ = _console(tmp_path, iterations=2)
   c.stage_start(2, 'candidates', str(tmp_path / 'iter_2' / 'candidates'))
   handle = c.progress(total=5, desc='generate', unit='prompt')
-  assert c._stage[3].desc.startswith('candidates #2')
+  assert c._stage.bar.desc.startswith('candidates #2')
   with handle as bar:  # as the sampler uses it: closing a shard's bar keeps the stage's open
     bar.update(5)
-  assert c._stage[3].n == 5
+  assert c._stage.bar.n == 5
   c.close()
   # Outside the loop a plain bar gets the caller's label.
   bar = console.progress_bar(True, 3, desc='sft', unit='step')
@@ -167,6 +170,25 @@ def test_field_comments_follow_the_configs_a_file_builds_on():
       comments['creation.filters.min_words'])
   fields = {line.split(' = ')[0].strip() for line in config_help.field_lines(TINY)}
   assert {'model', 'creation.judge.k', 'sft.batch_size', 'logging.wandb_project'} <= fields
+
+
+def test_third_party_info_logs_are_off_unless_verbosity_is_given():
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  before = absl_logging.get_verbosity(), logging.getLogger().level
+  try:
+    absl_logging.set_verbosity(absl_logging.INFO)  # what absl sets after parsing flags
+    logging.getLogger().setLevel(logging.INFO)
+    # Orbax logs through absl's logger; jax and the loop through the standard root logger.
+    loggers = (absl_logging.get_absl_logger(), logging.getLogger('jax._src.xla_bridge'))
+    console.quiet_third_party(verbosity_given=True)
+    assert all(lg.isEnabledFor(logging.INFO) for lg in loggers)
+    console.quiet_third_party(verbosity_given=False)
+    assert not any(lg.isEnabledFor(logging.INFO) for lg in loggers)
+    assert all(lg.isEnabledFor(logging.WARNING) for lg in loggers)
+  finally:
+    absl_logging.set_verbosity(before[0])
+    logging.getLogger().setLevel(before[1])
 
 
 # --- metrics logs -------------------------------------------------------------------------------
@@ -285,15 +307,19 @@ def test_console_of_a_run_and_of_its_resume(tmp_path):
   assert 'generate' not in err
   for name in ('sft', 'prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo',
                'eval'):
-    assert re.search(rf'^{name}: .* in \d+(m\d\ds)?s', out, re.M), name
+    assert re.search(rf'^{name}: .* in \d[\dhms]*( \(run ETA \S+\))?$', out, re.M), name
   assert re.search(r'^stage +time +result', out, re.M)
   assert f'report: {workdir}/iter_1/report.md' in out
   _assert_no_info_logs(out + err)
-  events = read_events(str(workdir / 'tensorboard'))
-  tags = {tag for tag, _, _, _ in events}
-  assert {'m1_sft/loss', 'seconds/sft', 'seconds/candidates', 'counts/candidates',
-          'counts/judgments', 'candidate_lengths'} <= tags
-  assert any(t.startswith('samples') for t in tags)
+  if importlib.util.find_spec('tensorboardX') is None:  # the [tensorboard] extra is missing
+    assert 'tensorboardX is not installed' in out
+  else:
+    assert f'TensorBoard: tensorboard --logdir {workdir}/tensorboard' in out
+    events = read_events(str(workdir / 'tensorboard'))
+    tags = {tag for tag, _, _, _ in events}
+    assert {'m1_sft/loss', 'seconds/sft', 'seconds/candidates', 'counts/candidates',
+            'counts/judgments', 'candidate_lengths'} <= tags
+    assert any(t.startswith('samples') for t in tags)
 
   again = _launch(args)
   assert again.returncode == 0, again.stderr[-3000:]
