@@ -136,9 +136,36 @@ class HFTokenizer(Tokenizer):
     self.pad_id = eos if tok.pad_token_id is None else tok.pad_token_id
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-    """Returns the ids of `text`, with no special tokens unless `add_bos`."""
-    ids = self.hf.encode(text, add_special_tokens=False)
+    """Returns the ids of `text` read as plain text (no special tokens), BOS first if `add_bos`."""
+    ids = self._plain_ids(text)
     return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+  def _plain_ids(self, text: str) -> list[int]:
+    """Returns the ids of `text` with special-token strings in it split into ordinary pieces."""
+    if not text:
+      return []
+    if self._plain is not None:
+      return list(self._plain.encode(text, add_special_tokens=False).ids)
+    return list(self.hf.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+  @functools.cached_property
+  def _plain(self):
+    """Returns a copy of the backend tokenizer that never matches special tokens, or None."""
+    backend = getattr(self.hf, 'backend_tokenizer', None)
+    if backend is None:
+      return None
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    # A copy: the flag lives on the tokenizer object, which the transformers wrapper shares.
+    plain = tokenizers.Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    return plain
+
+  @functools.cached_property
+  def _specials(self) -> tuple[dict[str, int], re.Pattern | None]:
+    """Returns the special tokens by text and a regex matching any of them, longest first."""
+    specials = {t.content: i for i, t in self.hf.added_tokens_decoder.items() if t.special}
+    texts = sorted(specials, key=len, reverse=True)
+    return specials, re.compile('|'.join(map(re.escape, texts))) if texts else None
 
   def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
     """Returns the text of `ids`."""
@@ -152,16 +179,69 @@ class HFTokenizer(Tokenizer):
     return self.hf.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
+  def _chat_pieces(self, messages: Sequence[Mapping[str, str]],
+                   add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """Returns the rendered chat as (text, is_message_content) pieces in order.
+
+    The template is rendered twice: with each content replaced by a marker, which gives the
+    template's own text between contents, and with the real contents, which gives each content
+    as the template writes it (some templates trim it).
+    """
+    messages = [dict(m) for m in messages]
+    contents = [m['content'] for m in messages]
+    mark = '\ue000'
+    while any(mark in c for c in contents):  # a marker no content holds
+      mark += '\ue000'
+    marks = [f'{mark}{i}\ue001' for i in range(len(messages))]
+    skeleton = self.chat_text([dict(m, content=k) for m, k in zip(messages, marks)],
+                              add_generation_prompt=add_generation_prompt)
+    full = self.chat_text(messages, add_generation_prompt=add_generation_prompt)
+    parts = re.split(f'({re.escape(mark)}\\d+\ue001)', skeleton)
+    pieces, pos = [], 0
+    for j, part in enumerate(parts):
+      if j % 2 == 0:
+        if not full.startswith(part, pos):
+          raise ValueError(f'{self.source}: the chat template renders text that depends on the '
+                           f'message contents at character {pos}; cannot keep contents apart')
+        pieces.append((part, False))
+        pos += len(part)
+        continue
+      i, after = int(part[len(mark):-1]), parts[j + 1]
+      content = contents[i]
+      for written in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+        if full.startswith(written + after, pos):
+          break
+      else:
+        raise ValueError(f'{self.source}: the chat template changes message {i}\'s content '
+                         'beyond trimming whitespace; cannot keep contents apart')
+      pieces.append((written, True))
+      pos += len(written)
+    if pos != len(full):
+      raise ValueError(f'{self.source}: the chat template rendered {len(full) - pos} characters '
+                       'past the message contents it was given')
+    return pieces
+
   def encode_chat(self, messages: Sequence[Mapping[str, str]], *,
                   add_generation_prompt: bool = True) -> list[int]:
-    """Returns the ids transformers' `apply_chat_template(tokenize=True)` gives."""
+    """Returns the chat's ids: the template's special tokens as such, contents as plain text.
+
+    Contents are never searched for special tokens, so a reply that quotes '<|im_end|>' cannot
+    close its turn. Text between two special tokens is encoded in one piece, as
+    `apply_chat_template(tokenize=True)` does, so a chat whose contents hold no special-token
+    text gets exactly transformers' ids.
+    """
     if not self.hf.chat_template:
       return super().encode_chat(messages)
-    out = self.hf.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt)
-    if isinstance(out, Mapping):  # transformers 5 returns a BatchEncoding
-      out = out['input_ids']
-    return [int(i) for i in out]
+    specials, pattern = self._specials
+    ids, run = [], []
+    for text, is_content in self._chat_pieces(messages, add_generation_prompt):
+      start = 0
+      for match in ([] if is_content or pattern is None else pattern.finditer(text)):
+        run.append(text[start:match.start()])
+        ids += self._plain_ids(''.join(run)) + [specials[match.group()]]
+        run, start = [], match.end()
+      run.append(text[start:])
+    return ids + self._plain_ids(''.join(run))
 
   @functools.cached_property
   def _texts(self) -> list[str]:
@@ -230,12 +310,107 @@ def _require(path: str, what: str) -> None:
     raise FileNotFoundError(f'{path}: no such file or directory; expected {what}')
 
 
+# llama.cpp's GGUF token types (gguf.TokenType): control tokens are the special ones, such as
+# <|im_end|>; user-defined ones are added tokens that are matched whole but are not special.
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
+# How each `tokenizer.ggml.pre` value splits text before byte-level BPE, as llama.cpp does:
+# None is GPT-2's own split; 'digits' puts each digit on its own first (StarCoder, SmolLM).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r'\p{N}{1,3}', r'\p{N}')
+_GGUF_PRE_SPLITS = {
+    'default': None, 'gpt-2': None, 'gpt2': None,
+    'smollm': 'digits', 'starcoder': 'digits', 'refact': 'digits',
+    'llama-bpe': _LLAMA3_SPLIT, 'llama3': _LLAMA3_SPLIT, 'llama-v3': _LLAMA3_SPLIT,
+    'smaug-bpe': _LLAMA3_SPLIT, 'falcon3': _LLAMA3_SPLIT,
+    'qwen2': _QWEN2_SPLIT, 'deepseek-r1-qwen': _QWEN2_SPLIT,
+}
+
+
+def _gguf_tokenizer_fields(path: str) -> dict:
+  """Returns the GGUF file's `tokenizer.*` metadata, keyed without the 'tokenizer.' prefix."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  try:
+    reader = gguf.GGUFReader(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path}: not a readable GGUF file ({e})') from e
+  return {k[len('tokenizer.'):]: f.contents() for k, f in reader.fields.items()
+          if k.startswith('tokenizer.')}
+
+
+def _byte_level_pre_tokenizer(pre: str, path: str):
+  """Returns the tokenizers pre-tokenizer of a byte-level GGUF vocabulary's pre-tokenizer type."""
+  from tokenizers import pre_tokenizers, Regex  # pylint: disable=g-import-not-at-top
+  if pre not in _GGUF_PRE_SPLITS:
+    raise ValueError(f'{path}: GGUF pre-tokenizer type tokenizer.ggml.pre={pre!r} is not '
+                     f'supported (supported: {sorted(_GGUF_PRE_SPLITS)}); load the model\'s '
+                     'Hugging Face directory (tokenizer.json) instead')
+  split = _GGUF_PRE_SPLITS[pre]
+  if split is None:
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  if split == 'digits':
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                             use_regex=True)])
+  return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior='isolated'),
+                                  pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                           use_regex=False)])
+
+
 @functools.lru_cache(maxsize=4)
 def _load_gguf(path: str, mtime: float):
-  """Returns the transformers tokenizer of a GGUF file (cached: parsing takes seconds)."""
+  """Returns a transformers fast tokenizer built from a GGUF file's tokenizer metadata (cached).
+
+  Only the `gguf` and `tokenizers` packages read the file: transformers' own GGUF reader imports
+  torch. Byte-level BPE vocabularies (tokenizer.ggml.model 'gpt2': GPT-2, SmolLM, Llama 3,
+  Qwen2) are supported; others are an error naming the file and the model type.
+  """
   del mtime  # Part of the cache key only, so an edited file is read again.
-  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
-  return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, models  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  fields = _gguf_tokenizer_fields(path)
+  kind = fields.get('ggml.model')
+  if kind != 'gpt2':
+    raise ValueError(f'{path}: GGUF tokenizer model tokenizer.ggml.model={kind!r} is not supported '
+                     "(only byte-level BPE, 'gpt2'); load the model's Hugging Face directory "
+                     '(tokenizer.json or tokenizer.model) instead')
+  tokens = [str(t) for t in fields['ggml.tokens']]
+  types = list(fields.get('ggml.token_type') or [1] * len(tokens))
+  merges = [tuple(m.split(' ', 1)) for m in fields.get('ggml.merges') or ()]
+  byte_of = _byte_decoder()
+  char_of = {b: c for c, b in byte_of.items()}
+  # Tokens are stored in GPT-2's byte alphabet; a token spelt otherwise is respelt from its UTF-8
+  # bytes, as transformers does, so that every id keeps its own vocabulary entry.
+  vocab = {(t if all(c in byte_of for c in t) else ''.join(char_of[b] for b in t.encode('utf-8'))):
+           i for i, t in enumerate(tokens)}
+  if len(vocab) != len(tokens):
+    raise ValueError(f'{path}: tokenizer.ggml.tokens holds {len(tokens) - len(vocab)} duplicate '
+                     'tokens')
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None,
+                                            continuing_subword_prefix='', end_of_word_suffix='',
+                                            fuse_unk=False))
+  backend.pre_tokenizer = _byte_level_pre_tokenizer(fields.get('ggml.pre', 'default'), path)
+  backend.decoder = decoders.ByteLevel()
+  # A control token spelt outside the byte alphabet is a mislabelled one (transformers skips it
+  # too): adding it would grow the vocabulary past the embedding.
+  backend.add_special_tokens([
+      tokenizers.AddedToken(t, special=True, normalized=False)
+      for t, kind in zip(tokens, types) if kind == _GGUF_CONTROL and all(c in byte_of for c in t)])
+  backend.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False)
+                      for t, kind in zip(tokens, types) if kind == _GGUF_USER_DEFINED])
+  named = {}
+  for name, key in (('bos_token', 'bos_token_id'), ('eos_token', 'eos_token_id'),
+                    ('unk_token', 'unknown_token_id'), ('pad_token', 'padding_token_id')):
+    i = fields.get(f'ggml.{key}')
+    if i is not None:
+      if not 0 <= int(i) < len(tokens):
+        raise ValueError(f'{path}: tokenizer.ggml.{key}={i} is outside the {len(tokens)} tokens')
+      named[name] = tokens[int(i)]
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, chat_template=fields.get('chat_template'),
+      add_bos_token=bool(fields.get('ggml.add_bos_token', False)),
+      add_eos_token=bool(fields.get('ggml.add_eos_token', False)), **named)
 
 
 def from_gguf(path: str) -> Tokenizer:
@@ -272,7 +447,12 @@ def from_pretrained(path: str) -> Tokenizer:
       return from_pretrained(os.path.dirname(path) or '.')
     return from_sentencepiece(path)
   names = os.listdir(path)
-  if 'tokenizer.json' in names or 'tokenizer_config.json' in names:
+  if 'tokenizer.json' in names:
+    # tokenizer.json holds the whole pipeline; the generic class reads it as written, and unlike
+    # AutoTokenizer it does not import transformers' model configs (which import torch).
+    from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+    return HFTokenizer(PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True), path)
+  if 'tokenizer_config.json' in names:
     from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
     return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True), path)
   if 'tokenizer.model' in names:
