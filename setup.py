@@ -28,8 +28,19 @@ setuptools.setup(
         'absl-py>=1.4',
         'tqdm>=4.66',
         'matplotlib>=3.7',  # the loop's report plots
+        # The OASST builders as TFDS datasets read through `as_data_source` (array_record files,
+        # no TensorFlow).
+        'tensorflow-datasets>=4.9',
+        'array_record>=0.5',
+        'importlib_resources',
     ],
     extras_require={
+        # jax for accelerators (the plain install is jax's CPU build): `pip install -e ".[cuda]"`.
+        'cuda': ['jax[cuda12]>=0.10,<0.12'],  # NVIDIA GPUs, CUDA 12 wheels from PyPI
+        'cuda13': ['jax[cuda13]>=0.10,<0.12'],  # NVIDIA GPUs with a CUDA 13 driver
+        'tpu': ['jax[tpu]>=0.10,<0.12'],  # Cloud TPU VMs
+        'tensorboard': ['tensorboardX>=2.6'],  # metrics as TensorBoard event files
+        'wandb': ['wandb>=0.17'],  # metrics to Weights & Biases, when asked for
         # transformers' PyTorch Llama is the numerical reference; torch 2.13.0 is the CPU build
         # already on disk on the project's machines.
         'test': [
@@ -40,9 +51,7 @@ setuptools.setup(
             'accelerate>=1.0',
             'scipy>=1.11',
             'trl>=1.0',  # TRL's DPO losses and DPOTrainer are the references for ours
-            'tensorflow-datasets>=4.9',  # the OASST builders as TFDS datasets (no TensorFlow)
-            'importlib_resources',
-            'array_record',
+            'tensorboardX>=2.6',  # as in [tensorboard], so the tests cover the metrics writer
             'nbclient>=0.9',  # tests/test_colabs.py runs the colabs/ notebooks in a kernel
             'nbformat>=5.9',
             'ipykernel>=6.29',

@@ -15,6 +15,37 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 jax.config.update('jax_default_matmul_precision', 'highest')
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
+# What the data tests read from ../shared/data (or $SRLM_JAX_SHARED_DATA): public datasets, by
+# path under that folder, with where each comes from.
+SHARED_LAYOUT = {
+    'oasst1/en-validation.jsonl':
+        'OpenAssistant/oasst1 validation split, English messages, one JSON message per line',
+    'oasst2_en_first_turn/0_EFT_seed_data_input.jsonl':
+        'OpenAssistant/oasst2 English first-turn replies with rank '
+        '(GitHub AndrisWillow/self-rewarding-models, app/datasets/)',
+    'oasst2_en_first_turn/oasst2_evaluation_fine_tuning.jsonl':
+        'OpenAssistant/oasst2 English first-turn replies with quality scores '
+        '(GitHub raulc0399/self-rewarding-language-models, datasets/)',
+    'alpaca_eval/text_davinci_003/model_outputs.json':
+        'AlpacaEval instructions (GitHub tatsu-lab/alpaca_eval, results/text_davinci_003/)',
+    'alpaca_eval/gpt4_1106_preview/model_outputs.json':
+        'AlpacaEval 2.0 baseline outputs (GitHub tatsu-lab/alpaca_eval, results/gpt4_1106_preview/)',
+    'mt_bench/question.jsonl':
+        'MT-Bench questions (GitHub lm-sys/FastChat, fastchat/llm_judge/data/mt_bench/)',
+}
+
+
+def shared_data_dir() -> str:
+  """Returns the shared data folder; without it, skips the test saying what is missing and where."""
+  path = os.path.abspath(os.environ.get('SRLM_JAX_SHARED_DATA') or SHARED_DATA)
+  missing = [f for f in SHARED_LAYOUT if not os.path.isfile(os.path.join(path, f))]
+  if missing:
+    where = (f'{path} does not exist' if not os.path.isdir(path) else
+             f'{path} lacks {", ".join(missing)}')
+    pytest.skip(f'needs the public datasets under ../shared/data beside the repository (or '
+                f'$SRLM_JAX_SHARED_DATA); {where}. Expected layout: ' +
+                '; '.join(f'{f} = {what}' for f, what in SHARED_LAYOUT.items()))
+  return path
 
 
 @pytest.fixture(scope='session')
@@ -26,8 +57,5 @@ def smollm2_gguf():
 
 @pytest.fixture(scope='session')
 def shared_data():
-  """The ../shared/data folder beside the project (OASST, AlpacaEval, MT-Bench)."""
-  path = os.path.abspath(SHARED_DATA)
-  if not os.path.isdir(path):
-    pytest.fail(f'{path} is missing: the tests expect ../shared/data beside the project root')
-  return path
+  """The ../shared/data folder beside the project (OASST, AlpacaEval, MT-Bench); skips without."""
+  return shared_data_dir()
