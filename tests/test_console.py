@@ -40,7 +40,7 @@ def write_jsonl(path, records):
 
 
 def read_events(logdir):
-  """Returns [(tag, step, kind)] of every summary value in the event files under logdir.
+  """Returns [(tag, step, kind, value)] of every summary value in the event files in logdir.
 
   Event files are TFRecords (u64 length, u32 crc, data, u32 crc) of Event protos; tensorboardX
   ships the proto, so no TensorFlow or TensorBoard is needed to read them back.
