@@ -21,6 +21,7 @@ setuptools.setup(
         'numpy>=1.26',
         'transformers>=4.51,<6',
         'tokenizers>=0.21',
+        'jinja2>=3.1',  # chat templates (transformers renders them but does not require it)
         'sentencepiece>=0.2',
         'safetensors>=0.4',
         'gguf>=0.10',

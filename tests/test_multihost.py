@@ -44,7 +44,10 @@ def test_dpo_on_two_processes_equals_one_device(tmp_path):
   assert [l['step'] for l in lines['two']] == [1, 2, 3]  # logged once, by process 0
   for got, want in zip(lines['two'], lines['one']):
     assert abs(got['loss'] - want['loss']) < 1e-5, (got, want)
-  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '3']
+  # A finished run keeps its final checkpoint; process 0's digests cover both processes' files.
+  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['3']
+  manifest = checkpoint.verify(str(tmp_path / 'two' / 'checkpoints' / '3'))
+  assert any('process_1' in name for name in manifest['files']), sorted(manifest['files'])
   got = checkpoint.load_params(str(tmp_path / 'two' / 'params'))
   want = checkpoint.load_params(str(tmp_path / 'one' / 'params'))
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), got, want))
