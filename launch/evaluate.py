@@ -73,14 +73,12 @@ _MAX_RATIO = flags.DEFINE_float('max_ratio', 1.25, 'Length-controlled view: long
 
 def _check_flags() -> None:
   """Raises validate.ConfigError naming each judge flag out of range, before any model loads."""
-  flags_by_field = {'judge.k': ('--k', _K), 'judge.temperature': ('--temperature', _TEMPERATURE),
-                    'judge.top_p': ('--top_p', _TOP_P),
-                    'judge.max_new_tokens': ('--max_new_tokens', _MAX_NEW_TOKENS),
-                    'judge.template': ('--template', _TEMPLATE),
-                    'eval.max_pairs': ('--max_pairs', _MAX_PAIRS)}
-  fields = {f: flag.value for f, (_, flag) in flags_by_field.items() if flag.value is not None}
-  validate.check(fields, where='launch/evaluate.py',
-                 names={f: name for f, (name, _) in flags_by_field.items()})
+  validate.check_flags('launch/evaluate.py', {
+      'judge.k': ('--k', _K.value), 'judge.temperature': ('--temperature', _TEMPERATURE.value),
+      'judge.top_p': ('--top_p', _TOP_P.value),
+      'judge.max_new_tokens': ('--max_new_tokens', _MAX_NEW_TOKENS.value),
+      'judge.template': ('--template', _TEMPLATE.value),
+      'eval.max_pairs': ('--max_pairs', _MAX_PAIRS.value)})
 
 
 def _settings() -> judge_lib.JudgeSettings:

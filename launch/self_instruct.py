@@ -17,6 +17,7 @@ import srlm_jax
 from srlm_jax import creation
 from srlm_jax import data_io
 from srlm_jax import judge
+from srlm_jax import validate
 
 SEED_IFT = os.path.join(os.path.dirname(srlm_jax.__file__), 'data', 'ift_seed.jsonl')
 
@@ -34,6 +35,11 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 def main(argv):
   del argv
+  validate.check_flags('launch/self_instruct.py', {  # before any model loads
+      'creation.num_requests': ('--num_requests', _NUM_REQUESTS.value),
+      'creation.n_candidates': ('--n', _N.value), 'judge.k': ('--k', _K.value),
+      'creation.max_new_tokens': ('--max_new_tokens', _MAX_NEW_TOKENS.value),
+      'judge.max_new_tokens': ('--judge_max_new_tokens', _JUDGE_MAX_NEW_TOKENS.value)})
   seeds = [data_io.text_field(r, 'prompt') for r in data_io.read_jsonl(_SEEDS.value)]
   seeds = seeds[:_NUM_SEEDS.value]
   settings = creation.CreationSettings(

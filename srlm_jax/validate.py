@@ -248,6 +248,12 @@ def check(config, defaults: Optional[dict] = None, where: str = 'config',
                       + '\n  '.join(found))
 
 
+def check_flags(where: str, flags: dict) -> None:
+  """Raises ConfigError naming each bad flag of {rule field: (flag name, value)} (None: unset)."""
+  check({f: v for f, (_, v) in flags.items() if v is not None}, where=where,
+        names={f: name for f, (name, _) in flags.items()})
+
+
 def check_loop_config(config) -> None:
   """Raises ConfigError naming each invalid field of a loop config (configs/common.py's)."""
   check(config, default_config('common'), 'loop config')

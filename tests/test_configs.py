@@ -199,3 +199,14 @@ def test_evaluate_launch_refuses_bad_judge_flags_naming_them(tmp_path):
                    '--template=', '{"score"}'):
     assert expected in proc.stderr, proc.stderr[-2000:]
   assert not os.listdir(tmp_path)
+
+
+def test_self_instruct_launch_refuses_bad_flags_naming_them(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'self_instruct.py'), '--model=no-such-model',
+       f'--out_dir={tmp_path / "out"}', '--n=1', '--k=0'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert '--n=1: expected an int >= 2' in proc.stderr, proc.stderr[-2000:]
+  assert '--k=0: expected an int >= 1' in proc.stderr
+  assert not os.path.exists(tmp_path / 'out')
