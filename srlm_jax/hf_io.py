@@ -410,9 +410,10 @@ def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
               tokenizer: Any = None) -> str:
   """Returns out_dir after writing config.json and model.safetensors (transformers Llama layout).
 
-  `dtype` casts the tensors (default: each param's own dtype). A tokenizer with `save_pretrained`
-  (or wrapping one as `.hf`) is saved beside them. In a multi-host run every process calls it
-  (params spanning hosts are all-gathered) and process 0 writes.
+  `dtype` casts the tensors (default: each param's own dtype); a NaN or inf param is an error.
+  A tokenizer with `save_pretrained` (or wrapping one as `.hf`) is saved beside them. In a
+  multi-host run every process calls it (params spanning hosts are all-gathered) and process 0
+  writes.
   """
   check_params(config, params, source='export_hf params')
   saver = None
@@ -427,6 +428,9 @@ def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
   for path, hf_names, _ in _param_names(config):
     value = distributed.to_host(flat[path])
     value = value.astype(jnp.dtype(cast)) if cast else value
+    if not np.isfinite(value).all():  # checked on every process, before any file is written
+      raise ValueError(f'export_hf({out_dir}): param {path} holds '
+                       f'{int((~np.isfinite(value)).sum())} NaN or inf values; nothing written')
     per_tensor = list(value) if path.startswith('layers/') else [value]
     for name, v in zip(hf_names, per_tensor):
       tensors[name] = np.ascontiguousarray(v.T if path.endswith('/kernel') else v)

@@ -241,6 +241,14 @@ def test_block_of_ff_in_safetensors_is_an_error_naming_the_tensor(tmp_path, mesh
     hf_io.load_hf_dir(path, mesh=mesh)
 
 
+def test_export_of_nonfinite_params_is_an_error_writing_nothing(tmp_path):
+  params = _params()
+  params['final_norm']['scale'][3] = np.inf
+  with pytest.raises(ValueError, match=r'param final_norm/scale holds 1 NaN or inf values'):
+    _export(tmp_path, params=params)
+  assert not (tmp_path / 'hf').exists()
+
+
 def test_clean_export_loads(tmp_path):
   config, params = hf_io.load_hf_dir(_export(tmp_path))
   assert config.vocab_size == CFG.vocab_size
