@@ -83,8 +83,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.creation.judge.temperature = 0.7  # judgment sampling (K samples must differ)
   c.creation.judge.top_p = 0.9  # nucleus of the judgment sampling
   c.creation.judge.max_new_tokens = 192  # judgment length limit (no verdict by then: invalid)
+  # How a judgment's score is read. 'sampled': its own final "Score: X" line (the paper; none
+  # is an invalid judgment). 'forced': as sampled, and a judgment without a verdict gets one:
+  # verdict_prefix is appended to its text and the score is the expectation of the model's
+  # next-token distribution over the score tokens 0..5 (renormalised), so every judgment is
+  # valid. 'forced_always': every judgment's score is forced, right after its reasons.
+  c.creation.judge.verdict = 'sampled'
+  c.creation.judge.verdict_prefix = '\nScore: '  # each score 0..5 must be one token after it
   c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
   c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
+  # A prompt or judge prompt that does not fit the model's context beside its token limit:
+  # False is an error naming the record; True drops the middle of its tokens (recorded per
+  # record as prompt_truncated / judge_prompt_truncated).
+  c.creation.truncate_prompts = False
 
   c.eval = ml_collections.ConfigDict()  # each iteration's eval stage, run on M_{t+1}
   # Human-preference pairs JSONL {prompt, chosen, rejected} (launch/build_data.py writes

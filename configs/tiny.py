@@ -4,8 +4,11 @@ r"""A random tiny Llama (2 layers, d=64) with SmolLM2's tokenizer: the loop's te
 
 Every stage runs on a CPU in about a minute. The judge prompt is a short rubric and the EFT
 targets only the `Score: N` line; a few SFT steps do not teach a random model to judge, so its
-judgments are mostly invalid, its iterations usually make no pairs and skip DPO (M_{t+1} = M_t,
-recorded in dpo/DONE). Stages, shards, records and resumption are those of a real run.
+sampled judgments are mostly invalid. Forced verdicts (creation.judge.verdict='forced') give
+each of those a score anyway, the expectation of the model's distribution over the tokens
+0..5 after "Score: ", so every judgment is valid, candidates rarely tie, and each iteration
+makes pairs and trains M_{t+1} with DPO (several steps, with a checkpoint between them).
+Stages, shards, records and resumption are those of a real run.
 """
 
 import importlib.util
@@ -30,6 +33,7 @@ def get_config(arg: str = ''):
   c.creation.max_new_tokens = 16
   c.creation.judge.k = 3
   c.creation.judge.max_new_tokens = 8
+  c.creation.judge.verdict = 'forced'
   c.creation.judge.template = ('Rate the response from 0 to 5.\nQuestion: {prompt}\n'
                                'Response: {response}')
   c.data.eft_target = 'score_only'
@@ -55,5 +59,5 @@ def get_config(arg: str = ''):
   c.dpo.lr = 1e-3
   c.dpo.end_lr = 1e-4
   c.dpo.dtype = 'float32'
-  c.dpo.checkpoint_every = 2
+  c.dpo.checkpoint_every = 1  # 4 pairs make 2 steps: a checkpoint between them to resume from
   return c

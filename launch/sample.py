@@ -31,11 +31,15 @@ _STOP = flags.DEFINE_multi_string('stop', [], 'A stop string (repeatable).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Prompts per device batch.')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Param dtype (default: file).')
+_TRUNCATE = flags.DEFINE_bool(
+    'truncate_prompts', False, 'A prompt too long for the model\'s context beside max_new_tokens '
+    'loses the middle of its tokens (recorded as prompt_truncated) instead of being an error.')
 
 
-def read_prompts(path: str) -> list:
-  """Returns the records of a prompts JSONL file, each with a 'prompt' or 'messages' field."""
-  records = []
+def read_prompts(path: str) -> tuple[list, list]:
+  """Returns (the records of a prompts JSONL file, each with a 'prompt' or 'messages' field,
+  and each record's 'file:line')."""
+  records, places = [], []
   with open(path, encoding='utf-8') as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
@@ -58,25 +62,30 @@ def read_prompts(path: str) -> list:
         raise ValueError(f'{where}: "messages" must be a non-empty list of '
                          '{"role": str, "content": str}')
       records.append(record)
+      places.append(where)
   if not records:
     raise ValueError(f'{path}: no prompts')
-  return records
+  return records, places
 
 
 def main(argv):
   del argv
-  records = read_prompts(_PROMPTS.value)
+  records, places = read_prompts(_PROMPTS.value)
   model = srlm_jax.load(_MODEL.value, dtype=_DTYPE.value)
   settings = dict(n=_N.value, max_new_tokens=_MAX_NEW_TOKENS.value,
                   temperature=_TEMPERATURE.value, top_p=_TOP_P.value, top_k=_TOP_K.value,
                   min_p=_MIN_P.value, stop=tuple(_STOP.value), seed=_SEED.value)
   prompts = [r['prompt'] if 'prompt' in r else r['messages'] for r in records]
-  results = sampler.generate_tokens(model, prompts, batch_size=_BATCH_SIZE.value, **settings)
+  # Each prompt must fit the model's context beside max_new_tokens: an error naming file:line
+  # before any sampling, or a truncation recorded per record.
+  results = sampler.generate_tokens(model, prompts, batch_size=_BATCH_SIZE.value, where=places,
+                                    truncate=_TRUNCATE.value, **settings)
   with open(_OUT.value, 'w', encoding='utf-8') as f:
     for record, comps in zip(records, results):
       out = dict(record, completions=[c.text for c in comps],
                  stop_reasons=[c.stop_reason.name.lower() for c in comps],
                  num_tokens=[len(c.tokens) for c in comps],
+                 **({'prompt_truncated': comps[0].prompt_truncated} if _TRUNCATE.value else {}),
                  sampling=dict(settings, stop=list(settings['stop']), model=_MODEL.value))
       f.write(json.dumps(out, ensure_ascii=False) + '\n')
   print(f'wrote {len(results)} prompts x {_N.value} completions to {_OUT.value}')

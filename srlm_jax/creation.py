@@ -6,7 +6,9 @@ Each stage is a function of the model and the previous stage's records, and retu
   new_prompts   -> prompts.jsonl      {id, prompt, request, examples, raw} (+ rejected.jsonl)
   candidates    -> candidates.jsonl   {id, prompt, candidates[N], lengths[N], stop_reasons[N]}
   judge         -> judgments.jsonl    {id, candidate, prompt, response, judgments[K],
-                                       scores[K], valid[K], mean, n_valid}
+                                       scores[K], valid[K], mean, n_valid, verdicts[K]
+                                       ('sampled' / 'forced'), forced_argmax[K],
+                                       score_mass[K] (forced ones; else None)}
   make_pairs    -> pairs.jsonl        {id, prompt, chosen, rejected, chosen_score, ...}
                    decisions.jsonl    one line per prompt: pair or why not
 `run` chains them into one creation run; loop.py runs the same stages resumably.
@@ -45,6 +47,20 @@ class CreationSettings:
   min_gap: float = 0.0  # a pair needs best - worst > min_gap (and never a tie)
   length_margin: Optional[float] = None  # set: shortest candidate within margin of the best
   seed: int = 0
+  # A prompt (or judge prompt) too long for the model's context with its token limit: False
+  # is an error naming the record; True drops the middle of its tokens, recorded per record
+  # as prompt_truncated (candidates) or judge_prompt_truncated (judgments).
+  truncate_prompts: bool = False
+
+
+def check_context(settings: CreationSettings, context: int, prefix: str = 'creation.') -> None:
+  """Raises ValueError naming the first token limit that leaves no room in `context` tokens."""
+  for field, value in (('prompt_max_new_tokens', settings.prompt_max_new_tokens),
+                       ('max_new_tokens', settings.max_new_tokens),
+                       ('judge.max_new_tokens', settings.judge.max_new_tokens)):
+    if value >= context:
+      raise ValueError(f'{prefix}{field}={value}: the model\'s context is {context} tokens, '
+                       'so no prompt fits beside that many new tokens')
 
 
 def raw_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSettings,
@@ -62,7 +78,9 @@ def raw_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSetti
   raw = [c[0] for c in sampler.generate(
       model, requests, n=1, max_new_tokens=settings.prompt_max_new_tokens,
       temperature=settings.prompt_temperature, top_p=settings.prompt_top_p,
-      seed=settings.seed * 1_000_003 + start, progress=progress)]
+      seed=settings.seed * 1_000_003 + start, progress=progress,
+      where=[f'few-shot request {start + k}' for k in range(count)],
+      truncate=settings.truncate_prompts)]
   return [{'request': start + k, 'examples': e, 'raw': r}
           for k, (e, r) in enumerate(zip(examples, raw))]
 
@@ -92,10 +110,14 @@ def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSet
   out = sampler.generate_tokens(
       model, [r['prompt'] for r in prompt_records], n=settings.n_candidates,
       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-      top_p=settings.top_p, seed=(settings.seed + 1) * 1_000_003 + shard, progress=progress)
+      top_p=settings.top_p, seed=(settings.seed + 1) * 1_000_003 + shard, progress=progress,
+      where=[f'prompt record {r["id"]}' for r in prompt_records],
+      truncate=settings.truncate_prompts)
   return [{'id': r['id'], 'prompt': r['prompt'], 'candidates': [c.text for c in comps],
            'lengths': [int(len(c.tokens)) for c in comps],
-           'stop_reasons': [c.stop_reason.name.lower() for c in comps]}
+           'stop_reasons': [c.stop_reason.name.lower() for c in comps],
+           **({'prompt_truncated': comps[0].prompt_truncated}
+              if settings.truncate_prompts else {})}
           for r, comps in zip(prompt_records, out)]
 
 
@@ -103,17 +125,62 @@ def judge_candidates(model: Any, candidate_records: Sequence[dict], settings: Cr
                      *, parser=None, shard: int = 0, progress: bool = True) -> list:
   """Returns one record per (prompt, candidate) with its K judgments and their scores."""
   flat = [(r, j, text) for r in candidate_records for j, text in enumerate(r['candidates'])]
-  result = judge_lib.judge_responses(model, [r['prompt'] for r, _, _ in flat],
-                                 [t for _, _, t in flat], settings=settings.judge,
-                                 parser=parser, seed=(settings.seed + 2) * 1_000_003 + shard,
-                                 progress=progress)
-  return [{'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
-           'judgments': result.texts[i],
-           'scores': [judge_lib.score_json(s) for s in result.scores_RxK[i]],
-           'valid': [bool(v) for v in result.valid_RxK[i]],
-           'mean': judge_lib.score_json(result.mean_R[i]),
-           'n_valid': int(result.n_valid_R[i])}
-          for i, (r, j, text) in enumerate(flat)]
+  result = judge_lib.judge_responses(
+      model, [r['prompt'] for r, _, _ in flat], [t for _, _, t in flat],
+      settings=settings.judge, parser=parser, seed=(settings.seed + 2) * 1_000_003 + shard,
+      progress=progress, where=[f'judgment of {r["id"]} candidate {j}' for r, j, _ in flat],
+      truncate=settings.truncate_prompts)
+  records = []
+  for i, (r, j, text) in enumerate(flat):
+    forced = result.forced_RxK[i]
+    records.append({
+        'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
+        'judgments': result.texts[i],
+        'scores': [judge_lib.score_json(s) for s in result.scores_RxK[i]],
+        'valid': [bool(v) for v in result.valid_RxK[i]],
+        'mean': judge_lib.score_json(result.mean_R[i]),
+        'n_valid': int(result.n_valid_R[i]),
+        'verdicts': ['forced' if f else 'sampled' for f in forced],
+        'forced_argmax': [judge_lib.score_json(a) for a in result.argmax_RxK[i]],
+        'score_mass': [judge_lib.score_json(m) for m in result.mass_RxK[i]],
+        **({'judge_prompt_truncated': int(result.truncated_R[i])}
+           if settings.truncate_prompts else {})})
+  return records
+
+
+def judgment_stats(judgment_records: Sequence[dict]) -> dict:
+  """Returns how well the judgments separate candidates: valid and forced fractions, the tie
+  rate, and within- against between-candidate score variance.
+
+  tie_rate: over every two candidates of one prompt that both have a mean score, the fraction
+  whose means are equal (a tie never pairs). within_candidate_var: the mean over candidates
+  with two or more valid scores of their sample variance; between_candidate_var: the sample
+  variance of the candidates' mean scores. Judgments that are pure noise give between about
+  within / k; a judge that tells candidates apart gives between well above it.
+  """
+  valid = [v for r in judgment_records for v in r['valid']]
+  verdicts = [v for r in judgment_records
+              for v in r.get('verdicts', ['sampled'] * len(r['valid']))]
+  masses = [m for r in judgment_records for m in r.get('score_mass', []) if m is not None]
+  within = [np.var(s, ddof=1) for s in (
+      [x for x, v in zip(r['scores'], r['valid']) if v and x is not None]
+      for r in judgment_records) if len(s) >= 2]
+  means = [r['mean'] for r in judgment_records if r['mean'] is not None]
+  by_prompt = {}
+  for r in judgment_records:
+    if r['mean'] is not None:
+      by_prompt.setdefault(r['id'], []).append(r['mean'])
+  two = [(a, b) for ms in by_prompt.values() for k, a in enumerate(ms) for b in ms[k + 1:]]
+  rnd = lambda x: float(f'{x:.4g}')  # 4 significant digits: forced scores differ by little
+  return {
+      'judgments': len(valid),
+      'valid_fraction': rnd(np.mean(valid)) if valid else None,
+      'forced_fraction': rnd(np.mean([v == 'forced' for v in verdicts])) if verdicts else None,
+      'forced_score_mass': rnd(np.mean(masses)) if masses else None,
+      'tie_rate': rnd(np.mean([a == b for a, b in two])) if two else None,
+      'within_candidate_var': rnd(np.mean(within)) if within else None,
+      'between_candidate_var': rnd(np.var(means, ddof=1)) if len(means) >= 2 else None,
+  }
 
 
 def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dict],
@@ -169,12 +236,14 @@ def summary(prompt_records, rejected, judgment_records, pair_records, decisions)
       'score_histogram': {str(k): int(v) for k, v in enumerate(hist)},
       'pairs': len(pair_records),
       'decisions': {k: sum(d['decision'] == k for d in decisions) for k in pairs_lib.REASONS},
+      'judge': judgment_stats(judgment_records),
   }
 
 
 def run(model: Any, seed_prompts: Sequence[str], settings: CreationSettings, out_dir: str,
         *, progress: bool = True) -> dict:
   """Runs one creation run, writes every stage's records under out_dir, returns the summary."""
+  check_context(settings, model.config.max_seq_len)
   timings = {}
   start = time.perf_counter()
   kept, rejected = new_prompts(model, seed_prompts, settings, progress=progress)

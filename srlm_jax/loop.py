@@ -53,9 +53,10 @@ from srlm_jax import workdir as workdir_lib
 EMBEDDED = os.path.join(os.path.dirname(__file__), 'data')
 STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
 # Crash testing: the process SIGKILLs itself on reaching the named point, '<stage>' (its work
-# done, DONE not yet written) or '<stage>:shard' (its first shard written). Resumption tests
-# use it to kill a run inside each stage in turn.
-KILL_AT_ENV = 'SRLM_JAX_KILL_AT'
+# done, DONE not yet written), '<stage>:shard' (its first shard written) or 'sft:checkpoint' /
+# 'dpo:checkpoint' (inside training, its first checkpoint written; see train.KILL_AT_ENV).
+# Resumption tests use it to kill a run inside each stage in turn.
+KILL_AT_ENV = train.KILL_AT_ENV
 
 
 def _crash_point(name: str) -> None:
@@ -193,6 +194,8 @@ class Loop:
     """Returns M0 (config, tokenizer, params), loaded once."""
     if self._base is None:
       self._base = self.load_model(self.config.model)
+      # The context is known only now; every token limit must leave room for a prompt.
+      creation.check_context(self.settings, self._base.config.max_seq_len)
     return self._base
 
   def model_at(self, params_dir: Optional[str]):
@@ -317,6 +320,7 @@ class Loop:
                                                             shard=s, progress=self.progress),
                     'judgments')
       creation.write_jsonl(os.path.join(path, 'judgments.jsonl'), out)
+      return creation.judgment_stats(out)  # valid fraction, ties, variances: in DONE
 
     def pairs(path):
       cands = read_records(os.path.join(d, 'candidates', 'candidates.jsonl'))
@@ -440,6 +444,8 @@ def creation_settings(config) -> creation.CreationSettings:
       max_new_tokens=c.max_new_tokens,
       judge=judge.JudgeSettings(k=c.judge.k, temperature=c.judge.temperature,
                                 top_p=c.judge.top_p, max_new_tokens=c.judge.max_new_tokens,
-                                template=judge.get_template(c.judge.template)),
-      min_gap=c.min_gap, length_margin=c.length_margin or None, seed=config.seed)
+                                template=judge.get_template(c.judge.template),
+                                verdict=c.judge.verdict, verdict_prefix=c.judge.verdict_prefix),
+      min_gap=c.min_gap, length_margin=c.length_margin or None, seed=config.seed,
+      truncate_prompts=c.truncate_prompts)
 

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from srlm_jax import creation
 from srlm_jax import distributed
 
 
@@ -85,6 +86,8 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
       'candidates': sum(len(c['candidates']) for c in candidates),
       'judgments': {'total': n_judgments, 'valid': n_valid,
                     'valid_fraction': round(n_valid / n_judgments, 4) if n_judgments else None},
+      # forced fraction, tie rate, within- vs between-candidate variance (creation.py)
+      'judge_stats': creation.judgment_stats(judgments),
       'score_histogram': score_histogram(judgments),
       'pairs': len(pairs),
       'no_pair': {k: v for k, v in decided.items() if k != 'pair'},
@@ -106,6 +109,10 @@ def to_markdown(report: dict) -> str:
            f"| candidates | {report['candidates']} |",
            f"| judgments valid / total | {j['valid']} / {j['total']} |",
            f"| score histogram | {report['score_histogram']} |",
+           "| judge: forced fraction / tie rate / within- vs between-candidate variance | "
+           f"{report['judge_stats']['forced_fraction']} / {report['judge_stats']['tie_rate']} / "
+           f"{report['judge_stats']['within_candidate_var']} vs "
+           f"{report['judge_stats']['between_candidate_var']} |",
            f"| pairs | {report['pairs']} |",
            f"| prompts without a pair | {report['no_pair']} |",
            f"| mean length chosen / rejected / all (tokens) | {lengths['chosen']['mean']} / "

@@ -414,7 +414,8 @@ class Completion:
   tokens: np.ndarray  # generated ids, the eos / stop-sequence tokens included
   logprobs: np.ndarray  # raw-model log-prob of each token
   stop_reason: StopReason
-  prompt_tokens: np.ndarray  # the chat-formatted prompt ids
+  prompt_tokens: np.ndarray  # the chat-formatted prompt ids (after any truncation)
+  prompt_truncated: int = 0  # prompt tokens dropped from its middle to fit the context
 
 
 Prompt = Union[str, Sequence[dict]]
@@ -430,6 +431,39 @@ def _messages(prompt: Prompt, index: int) -> list:
   return msgs
 
 
+def fit_context(ids: Sequence[np.ndarray], new_tokens: int, context: int,
+                where: Optional[Sequence[str]] = None, truncate: bool = False,
+                what: Optional[str] = None) -> tuple[list, list]:
+  """Returns (prompt ids, tokens dropped per prompt) such that each prompt plus new_tokens fits
+  the model's context of `context` tokens.
+
+  A longer prompt is an error naming it (`where[i]`, e.g. 'file.jsonl:3', else its index),
+  raised before any device work, or with `truncate` it loses the middle of its tokens, its
+  first and last parts kept: the chat format's start and generation prompt survive, and in a
+  judge prompt the rubric's head and its closing instruction stay while the quoted response
+  in between is shortened. `what` names new_tokens in messages (default 'max_new_tokens=N').
+  """
+  what = what or f'max_new_tokens={new_tokens}'
+  if new_tokens >= context:
+    raise ValueError(f'{what} leaves no room for a prompt in the model\'s context '
+                     f'of {context} tokens')
+  budget, out, dropped = context - new_tokens, [], []
+  for i, x in enumerate(ids):
+    if len(x) <= budget:
+      out.append(x)
+      dropped.append(0)
+      continue
+    if not truncate:
+      name = where[i] if where is not None else f'prompt {i}'
+      raise ValueError(
+          f'{name}: the prompt is {len(x)} tokens; with {what} it needs '
+          f'{len(x) + new_tokens}, more than the model\'s context of {context} tokens '
+          '(shorten the prompt, lower the token limit, or ask for truncation)')
+    out.append(np.concatenate([x[:budget - budget // 2], x[len(x) - budget // 2:]]))
+    dropped.append(len(x) - budget)
+  return out, dropped
+
+
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
   cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
   return text[:min(cuts)] if cuts else text
@@ -439,13 +473,18 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                     min_p: float = 0.0, stop: Sequence[str] = (), seed: int = 0,
                     batch_size: Optional[int] = None, progress: bool = True,
-                    mesh: Optional[jax.sharding.Mesh] = None) -> list[list[Completion]]:
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    where: Optional[Sequence[str]] = None, truncate: bool = False,
+                    reserve: int = 0) -> list[list[Completion]]:
   """Returns per prompt its n Completions (token ids, raw log-probs, stop reason and text).
 
   Prompts are strings (sent as one user message) or chat message lists; both are formatted by
-  `model.tokenizer.encode_chat`. They are sorted by length into device batches of `batch_size`
-  prompts (default: DEFAULT_ROWS // n rounded down to a power of two); the results come back in
-  input order and, for a given seed, do not depend on the batching.
+  `model.tokenizer.encode_chat`. Each prompt plus max_new_tokens (plus `reserve` tokens the
+  caller appends later) must fit the model's context (`fit_context`: an error naming
+  `where[i]`, or with `truncate` the prompt's middle dropped, counted in the Completion).
+  They are sorted by length into device batches of `batch_size` prompts (default:
+  DEFAULT_ROWS // n rounded down to a power of two); the results come back in input order
+  and, for a given seed, do not depend on the batching.
   """
   tok = model.tokenizer
   mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
@@ -453,6 +492,11 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
          for i, p in enumerate(prompts)]
   if any(not len(x) for x in ids):
     raise ValueError(f'prompt {[len(x) for x in ids].index(0)} encodes to no tokens')
+  if max_new_tokens < 1 or n < 1:
+    raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
+  ids, dropped = fit_context(
+      ids, max_new_tokens + reserve, model.config.max_seq_len, where, truncate,
+      f'max_new_tokens={max_new_tokens}' + (f' + {reserve} appended tokens' if reserve else ''))
   # Stop strings end rows on the device as token sequences and are cut from the text here too,
   # since in context a string may tokenise otherwise.
   stop = tuple(s for s in stop if s)
@@ -488,7 +532,8 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
           body = gen[:-1] if reason == StopReason.EOS else gen
           text = _cut_at_stop(tok.decode(body.tolist(), skip_special=True), stop)
           comps.append(Completion(text=text, tokens=gen, logprobs=out.logprobs[j, :length],
-                                  stop_reason=reason, prompt_tokens=ids[i]))
+                                  stop_reason=reason, prompt_tokens=ids[i],
+                                  prompt_truncated=dropped[i]))
         results[i] = comps
       bar.update(len(chunk))
   return results
@@ -497,7 +542,9 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
 def generate(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
              stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
-             progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None) -> list[list[str]]:
+             progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None,
+             where: Optional[Sequence[str]] = None, truncate: bool = False,
+             reserve: int = 0) -> list[list[str]]:
   """Returns per prompt a list of n completion strings (temperature 0 is greedy)."""
   kwargs = dict(locals())  # every argument, passed on as is
   return [[c.text for c in comps] for comps in generate_tokens(**kwargs)]

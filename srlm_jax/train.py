@@ -21,6 +21,7 @@ import functools
 import logging
 import math
 import os
+import signal
 import types
 from typing import Any, Callable, Optional
 
@@ -350,6 +351,12 @@ def dpo_eval(config, dataset, loss: str, beta: float, loss_options=None, batch_s
 
 # --- the host loop ------------------------------------------------------------------------------
 
+# Crash testing (loop.py's kill points use it too): a training run whose `label` is sft or dpo
+# SIGKILLs itself after its first checkpoint before the last step when this is
+# '<label>:checkpoint', so a test can resume a run killed inside its training loop.
+KILL_AT_ENV = 'SRLM_JAX_KILL_AT'
+
+
 @jax.jit
 def _nonfinite_counts(tree):
   """Returns, per floating leaf, its count of NaN and inf entries (float32: exact below 2**24)."""
@@ -448,6 +455,9 @@ def train_loop(step_fn, init_fn: Callable[[], TrainState], get_batch: Callable[[
       if done == num_steps or ckpts.should_save(done):
         check_finite_params(state.params, done, ckpts, where=workdir)
         ckpts.save(done, state, force=done == num_steps)
+        if os.environ.get(KILL_AT_ENV) == f'{label}:checkpoint' and done < num_steps:
+          ckpts.wait()  # crash testing: killed mid-run, its checkpoint sealed on disk
+          os.kill(os.getpid(), signal.SIGKILL)
     log.close()
     bar.close()
   return state

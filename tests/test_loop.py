@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 import multihost
+from srlm_jax import checkpoint
 from srlm_jax import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +63,27 @@ def test_two_iterations_write_every_stage(two_iterations):
       assert p['chosen_score'] > p['rejected_score']
     decisions = loop.read_records(os.path.join(d, 'pairs', 'decisions.jsonl'))
     assert len(decisions) == kept
+    # Forced verdicts (configs/tiny.py): every judgment has a score, so the iteration makes
+    # pairs and trains with DPO.
+    judged = loop.read_records(os.path.join(d, 'judgments', 'judgments.jsonl'))
+    assert all(all(r['valid']) and r['n_valid'] == 3 for r in judged)
+    for r in judged:
+      for verdict, score, best, mass in zip(r['verdicts'], r['scores'], r['forced_argmax'],
+                                            r['score_mass']):
+        assert 0.0 <= score <= 5.0
+        if verdict == 'forced':
+          assert best in (0, 1, 2, 3, 4, 5) and 0.0 < mass <= 1.0
+        else:
+          assert verdict == 'sampled' and best is None and mass is None
+    stats = report['judge_stats']
+    assert stats['valid_fraction'] == 1.0 and stats['judgments'] == 3 * 2 * kept
+    assert stats == {k: v for k, v in json.load(open(os.path.join(d, 'judgments', 'DONE'))).items()
+                     if k != 'outputs'}
+    assert 0.0 <= stats['tie_rate'] <= 1.0 and stats['within_candidate_var'] >= 0.0
+    assert pairs and report['pairs'] > 0
     dpo_info = json.load(open(os.path.join(d, 'dpo', 'DONE')))
-    assert dpo_info['skipped'] == (not pairs)
+    assert dpo_info['skipped'] is False
+    assert report['dpo']['step'] >= 2  # more than one step: a checkpoint lies between them
 
 
 def test_resume_after_a_finished_run_recomputes_nothing(two_iterations):
@@ -155,7 +177,7 @@ def assert_same_records(workdir, reference, t=1):
 
 
 KILL_POINTS = ('m1_sft', 'prompts:shard', 'candidates:shard', 'judgments:shard', 'pairs',
-               'ref_logps', 'dpo', 'eval')
+               'ref_logps', 'dpo:checkpoint', 'dpo', 'eval')
 
 
 def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path,
@@ -172,13 +194,25 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  dpo_dir = os.path.join(workdir, 'iter_1', 'dpo')
   for point in KILL_POINTS:
     proc = subprocess.run(cmd, env={**env, loop.KILL_AT_ENV: point}, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == -9, (point, proc.stderr[-3000:])
+    if point == 'dpo:checkpoint':  # killed inside DPO's training loop, a checkpoint written
+      assert os.listdir(os.path.join(dpo_dir, 'checkpoints'))
+      assert not os.path.exists(os.path.join(dpo_dir, 'DONE'))
+      assert not os.path.exists(os.path.join(dpo_dir, 'params'))
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert_same_records(workdir, reference)
+  assert loop.read_records(os.path.join(workdir, 'iter_1', 'pairs', 'pairs.jsonl'))
+  assert json.load(open(os.path.join(dpo_dir, 'DONE')))['skipped'] is False
+  # The DPO resumed from its checkpoint ends where the uninterrupted one did.
+  got = checkpoint.load_params(os.path.join(dpo_dir, 'params'))
+  want = checkpoint.load_params(os.path.join(reference, 'iter_1', 'dpo', 'params'))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
   shards = os.listdir(os.path.join(workdir, 'iter_1', 'judgments', 'shards'))
   assert sorted(shards) == sorted(os.listdir(os.path.join(reference, 'iter_1', 'judgments',
                                                           'shards')))

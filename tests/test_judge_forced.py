@@ -1,0 +1,134 @@
+"""Forced verdicts (judge.py): the score read from the model's distribution after 'Score: '."""
+
+import numpy as np
+import pytest
+
+import srlm_jax
+from srlm_jax import creation
+from srlm_jax import judge
+from srlm_jax import sampler
+
+PROMPTS = ['What is 2 + 2?', 'Name a primary colour.']
+RESPONSES = ['4', 'Blue is one.']
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  return srlm_jax.load('tiny')
+
+
+def _settings(verdict, max_new_tokens=8):
+  return judge.JudgeSettings(k=2, max_new_tokens=max_new_tokens, verdict=verdict,
+                             template=judge.get_template('compact'))
+
+
+def _by_hand(model, row, values=range(6)):
+  """Returns (expected score, argmax, mass) from one unpadded full forward of the row."""
+  logits = np.asarray(srlm_jax.forward(model.config, model.params, np.asarray(row)[None]))[0, -1]
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  ids = [model.tokenizer.encode(f'\nScore: {v}')[-1] for v in values]
+  p = probs[ids]
+  return float(np.dot(p / p.sum(), list(values))), float(np.argmax(p)), float(p.sum())
+
+
+@pytest.mark.parametrize('verdict', ['forced', 'forced_always'])
+def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
+  settings = _settings(verdict)
+  got = judge.judge_responses(tiny, PROMPTS, RESPONSES, settings=settings, seed=3,
+                              progress=False)
+  # The same judge rollout (same seed), rebuilt here: prompt, the judgment's tokens, prefix.
+  requests = [judge.judge_messages(p, r, settings.template) for p, r in zip(PROMPTS, RESPONSES)]
+  comps = sampler.generate_tokens(tiny, requests, n=2, max_new_tokens=8, temperature=0.7,
+                                  top_p=0.9, seed=3, progress=False)
+  prefix = tiny.tokenizer.encode('\nScore: ')
+  assert got.valid_RxK.all() and got.forced_RxK.all()  # a random model writes no verdict
+  for i, per_prompt in enumerate(comps):
+    for j, c in enumerate(per_prompt):
+      body = list(c.tokens[:-1] if c.stop_reason == sampler.StopReason.EOS else c.tokens)
+      assert judge.parse_score_host(c.text) is None
+      want, best, mass = _by_hand(tiny, list(c.prompt_tokens) + body + prefix)
+      np.testing.assert_allclose(got.scores_RxK[i, j], want, rtol=1e-4)
+      assert got.argmax_RxK[i, j] == best
+      np.testing.assert_allclose(got.mass_RxK[i, j], mass, rtol=1e-3)
+  np.testing.assert_allclose(got.mean_R, got.scores_RxK.mean(axis=1), rtol=1e-6)
+
+
+def test_sampled_verdicts_leave_invalid_judgments_invalid(tiny):
+  got = judge.judge_responses(tiny, PROMPTS, RESPONSES, settings=_settings('sampled'),
+                              progress=False)
+  assert not got.valid_RxK.any() and not got.forced_RxK.any()
+  assert np.isnan(got.scores_RxK).all() and np.isnan(got.mass_RxK).all()
+
+
+def test_judgment_records_carry_the_forced_verdicts(tiny):
+  settings = creation.CreationSettings(n_candidates=2, judge=_settings('forced'))
+  records = creation.judge_candidates(
+      tiny, [{'id': 'p0', 'prompt': PROMPTS[0], 'candidates': ['4', 'Four.']}], settings,
+      progress=False)
+  assert [r['candidate'] for r in records] == [0, 1]
+  for r in records:
+    assert r['verdicts'] == ['forced', 'forced'] and r['valid'] == [True, True]
+    assert all(b in range(6) for b in r['forced_argmax'])
+    assert all(0 < m < 1 for m in r['score_mass'])
+  assert creation.judgment_stats(records)['valid_fraction'] == 1.0
+
+
+def test_reasons_tokens_cut_the_final_verdict_line():
+  vocab = ['Good', ' answer', '.', '\n', 'Score', ':', ' 4', ' \n', 'ok.\n']
+  assert judge.reasons_tokens(np.array([0, 1, 2, 3, 4, 5, 6, 7]), vocab).tolist() == [0, 1, 2]
+  # A token holding the newline before the final line goes with it (the prefix has its own).
+  assert judge.reasons_tokens(np.array([0, 8, 4, 5, 6]), vocab).tolist() == [0]
+  assert judge.reasons_tokens(np.array([4, 5, 6]), vocab).tolist() == []
+
+
+def test_each_score_must_be_one_token_after_the_prefix():
+  class Merging:
+    """Writes ' 4' as one token: after a prefix ending in a space, '4' is no single token."""
+
+    def encode(self, text):
+      out, i = [], 0
+      while i < len(text):
+        if text[i] == ' ' and i + 1 < len(text) and text[i + 1].isdigit():
+          out.append(1000 + int(text[i + 1]))
+          i += 2
+        else:
+          out.append(ord(text[i]))
+          i += 1
+      return out
+
+  assert judge.score_token_ids(Merging(), '\nScore:').tolist() == [ord(str(v)) for v in range(6)]
+  with pytest.raises(ValueError, match=r"'\\nScore: ' \+ '0' tokenises to"):
+    judge.score_token_ids(Merging(), '\nScore: ')
+  with pytest.raises(ValueError, match='verdict='):
+    judge.JudgeSettings(verdict='always')
+
+
+def test_judgment_stats_by_hand():
+  records = [
+      {'id': 'a', 'scores': [1.0, 3.0, None], 'valid': [True, True, False], 'mean': 2.0,
+       'verdicts': ['sampled', 'forced', 'sampled'], 'score_mass': [None, 0.5, None]},
+      {'id': 'a', 'scores': [2.0, 2.0, 2.0], 'valid': [True] * 3, 'mean': 2.0},
+      {'id': 'b', 'scores': [5.0, 4.0, 3.0], 'valid': [True] * 3, 'mean': 4.0},
+      {'id': 'b', 'scores': [None] * 3, 'valid': [False] * 3, 'mean': None},
+  ]
+  stats = creation.judgment_stats(records)
+  assert stats['judgments'] == 12 and stats['valid_fraction'] == 0.6667
+  assert stats['forced_fraction'] == 0.08333 and stats['forced_score_mass'] == 0.5
+  assert stats['tie_rate'] == 1.0  # prompt a's two means tie; b has one scored candidate
+  assert stats['within_candidate_var'] == pytest.approx((2.0 + 0.0 + 1.0) / 3)
+  assert stats['between_candidate_var'] == pytest.approx(np.var([2, 2, 4], ddof=1), rel=1e-3)
+
+
+def test_forced_verdicts_on_smollm2_are_all_valid():
+  """SmolLM2-135M-Instruct, short reasons: every judgment gets a score from 0..5."""
+  model = srlm_jax.load('smollm2-135m-instruct')
+  settings = judge.JudgeSettings(k=2, max_new_tokens=12, verdict='forced',
+                                 template=judge.get_template('compact'))
+  got = judge.judge_responses(model, PROMPTS, RESPONSES, settings=settings, progress=False)
+  assert got.valid_RxK.all() and not np.isnan(got.scores_RxK).any()
+  assert ((got.scores_RxK >= 0) & (got.scores_RxK <= 5)).all()
+  forced = got.forced_RxK
+  assert forced.any()  # 12 tokens are too few for reasons and a verdict line
+  # An instruction-tuned model puts most of its next-token mass on a digit after 'Score: '.
+  assert (got.mass_RxK[forced] > 0.5).all(), got.mass_RxK
