@@ -331,6 +331,7 @@ def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
           'k': settings.k, 'temperature': settings.temperature, 'top_p': settings.top_p,
           'max_new_tokens': settings.max_new_tokens,
           'template': hashlib.sha256(repr(settings.template).encode()).hexdigest()[:16],
+          'verdict': settings.verdict, 'verdict_prefix': settings.verdict_prefix,
           'seed': seed}
 
 

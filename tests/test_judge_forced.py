@@ -132,3 +132,11 @@ def test_forced_verdicts_on_smollm2_are_all_valid():
   assert forced.any()  # 12 tokens are too few for reasons and a verdict line
   # An instruction-tuned model puts most of its next-token mass on a digit after 'Score: '.
   assert (got.mass_RxK[forced] > 0.5).all(), got.mass_RxK
+
+
+def test_evaluate_cache_key_tells_verdict_modes_apart(tiny):
+  """Cached sampled judgments are not reused for forced ones (evaluate.py's judgment cache)."""
+  from srlm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  keys = [evaluate.cache_key(tiny, judge.JudgeSettings(verdict=v), 0) for v in judge.VERDICTS]
+  keys.append(evaluate.cache_key(tiny, judge.JudgeSettings(verdict_prefix='\nScore:'), 0))
+  assert all(a != b for i, a in enumerate(keys) for b in keys[i + 1:])
