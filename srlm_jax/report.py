@@ -11,14 +11,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from srlm_jax import creation
+from srlm_jax import data_io
 from srlm_jax import distributed
+from srlm_jax import workdir
 
 
 def _read(path: str) -> list:
   if not os.path.exists(path):
     return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  workdir.verify_output(path)  # the loop's one reader: digests checked, bad lines named
+  return [obj for _, _, obj in data_io.read_jsonl(path, allow_empty=True)]
 
 
 def _stats(values: Sequence[float]) -> dict:
