@@ -160,6 +160,20 @@ def test_console_bars_carry_the_stage_name(tmp_path):
   bar.close()
 
 
+def test_only_process_0_prints_and_logs(tmp_path, monkeypatch):
+  from srlm_jax import distributed  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(distributed, 'is_writer', lambda: False)  # process 1 of a multi-host run
+  stream = io.StringIO()
+  c = console.Console(tiny_config(), str(tmp_path), stream=stream)
+  c.start(16, 16)
+  c.stage_start(1, 'dpo', str(tmp_path / 'iter_1' / 'dpo'))
+  c.progress(total=4, initial=2, unit='step').update(2)
+  c.stage_end(1, 'dpo', str(tmp_path / 'iter_1' / 'dpo'), {}, 1.0)
+  c.finish([])
+  assert stream.getvalue() == ''
+  assert c.run_log.tb is None and not (tmp_path / 'tensorboard').exists()
+
+
 def test_field_comments_follow_the_configs_a_file_builds_on():
   comments = config_help.field_comments(TINY)
   assert comments['creation.n_candidates'] == 'N responses per prompt (paper: 4)'
