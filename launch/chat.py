@@ -8,6 +8,7 @@ from absl import app
 from absl import flags
 
 import srlm_jax
+from srlm_jax import console
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
                              'Hugging Face directory, .gguf file or smollm2-135m-instruct.')
@@ -19,6 +20,7 @@ _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Param dtype 
 
 def main(argv):
   del argv
+  console.quiet_third_party()  # absl/jax INFO logs only with --verbosity
   model = srlm_jax.load(_MODEL.value, dtype=_DTYPE.value)
   messages = [{'role': 'system', 'content': _SYSTEM.value}] if _SYSTEM.value else []
   messages.append({'role': 'user', 'content': _PROMPT.value})

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 import srlm_jax
+from srlm_jax import console
 from srlm_jax import sampler
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
@@ -70,6 +71,7 @@ def read_prompts(path: str) -> tuple[list, list]:
 
 def main(argv):
   del argv
+  console.quiet_third_party()  # absl/jax INFO logs only with --verbosity
   records, places = read_prompts(_PROMPTS.value)
   model = srlm_jax.load(_MODEL.value, dtype=_DTYPE.value)
   settings = dict(n=_N.value, max_new_tokens=_MAX_NEW_TOKENS.value,

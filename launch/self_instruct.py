@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 import srlm_jax
+from srlm_jax import console
 from srlm_jax import creation
 from srlm_jax import data_io
 from srlm_jax import judge
@@ -35,6 +36,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 def main(argv):
   del argv
+  console.quiet_third_party()  # absl/jax INFO logs only with --verbosity
   validate.check_flags('launch/self_instruct.py', {  # before any model loads
       'creation.num_requests': ('--num_requests', _NUM_REQUESTS.value),
       'creation.n_candidates': ('--n', _N.value), 'judge.k': ('--k', _K.value),
