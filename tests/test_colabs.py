@@ -71,22 +71,23 @@ SAVED = {
 MAX_NEW_TOKENS = 128
 JUDGE_K = 3
 JUDGE_MAX_NEW_TOKENS = 128''',
-    # The demo config (SFT on score-only EFT targets, so M1's judgments parse), fewer requests.
+    # The demo config (SFT on score-only EFT targets, so M1's judgments parse), fewer requests;
+    # a judgment that still has no verdict gets a forced one (the score distribution after it).
     'one_iteration': '''\
 CONFIG = 'demo'
-OVERRIDES = {'creation.num_requests': 8, 'sft.checkpoint_every': 12,
-             'dpo.checkpoint_every': 100}''',
+OVERRIDES = {'creation.num_requests': 8, 'creation.judge.verdict': 'forced',
+             'sft.checkpoint_every': 12, 'dpo.checkpoint_every': 100}''',
     'custom_loss': '''\
-N_TRAIN, N_EVAL = 96, 32
-STEPS = 24
+N_TRAIN, N_EVAL = 64, 16
+STEPS = 16
 BATCH_SIZE = 4
 LR = 5e-5
 MAX_LEN = 64
-EVAL_EVERY = 6''',
+EVAL_EVERY = 4''',
     'judge_study': '''\
 OASST1 = os.path.join(os.environ['SRLM_JAX_SHARED_DATA'], 'oasst1', 'en-validation.jsonl')
-MAX_PAIRS = 12
-KS = (1, 3, 5)
+MAX_PAIRS = 8
+KS = (1, 3)
 RUBRIC_K = 3
 MAX_NEW_TOKENS = 64''',
 }
@@ -146,7 +147,9 @@ def execute(name: str, cwd: str, sizes: str = 'small'):
     nb = with_sizes(nbformat.read(f, as_version=4), name, sizes)
   start = time.perf_counter()
   with kernel_env(sizes):
-    NotebookClient(nb, kernel_name='python3', timeout=900, record_timing=False,
+    # Per cell; a SAVED run's whole loop is one cell, and the CPU may be shared.
+    NotebookClient(nb, kernel_name='python3', timeout=900 if sizes == 'small' else 3600,
+                   record_timing=False,
                    resources={'metadata': {'path': cwd}}).execute()
   return nb, time.perf_counter() - start
 
