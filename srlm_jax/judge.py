@@ -5,14 +5,14 @@ with a line `Score: <points>` (the grammar the parser accepts is in judge_parser
 
 Verdicts (`JudgeSettings.verdict`): 'sampled' parses the judge's own final `Score: X` line
 (judge_parser.py), and a judgment without one is invalid. 'forced' keeps each valid sampled
-verdict and, for a judgment without one, appends the verdict prefix ('\nScore: ') to the
+verdict and, for a judgment without one, appends the verdict prefix ('\\nScore: ') to the
 judge's text and reads its next-token distribution over the score tokens 0..5 in one more
 forward pass: the score is the expectation under that distribution renormalised over the
 scores, so every judgment is valid; the argmax and the probability mass the scores held are
 recorded. 'forced_always' forces every judgment, straight after its reasons (a sampled verdict
 line is cut off first). The forward pass runs over each whole [prompt, judgment, prefix] row,
-batched and jitted (`verdict_distribution`): simpler than keeping the decode cache alive, and
-on a CPU it costs about as much as a dozen decode steps of the judge.
+batched and jitted (`verdict_distribution`), the output head at the last position only: one
+prefill-sized pass per batch, simpler than keeping the sampler's decode cache alive.
 
 The candidate response is quoted inside <response> ... </response> tags, and any tag-like
 text inside it that could close the quote is neutralised, so a response cannot pass text of

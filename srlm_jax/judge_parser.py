@@ -1,4 +1,4 @@
-"""The judge's verdict `Score: X`, parsed from generated token ids on the device.
+r"""The judge's verdict `Score: X`, parsed from generated token ids on the device.
 
 Grammar (the same in `parse_score_host` and in the jitted automaton). The verdict is the
 judge's own last word: it is read only from the final non-blank line of the text (a line is
