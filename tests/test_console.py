@@ -268,8 +268,8 @@ def test_wandb_offline_run_gets_the_stage_metrics(tmp_path, monkeypatch):
 
 # --- the launch scripts -------------------------------------------------------------------------
 
-def _launch(args, timeout=900):
-  env = {**os.environ, 'XLA_FLAGS': multihost.xla_flags(1), 'COLUMNS': '100'}
+def _launch(args, timeout=900, **env_vars):
+  env = {**os.environ, 'XLA_FLAGS': multihost.xla_flags(1), 'COLUMNS': '100', **env_vars}
   return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=timeout, check=False)
 
@@ -307,14 +307,18 @@ def _assert_no_info_logs(text):
   assert not info, info[:5]
 
 
-def test_console_of_a_run_and_of_its_resume(tmp_path):
+def test_console_of_a_run_its_resumes_and_a_finished_run(tmp_path):
   workdir = tmp_path / 'w'
   args = ['launch/srlm.py', f'--config={TINY}', f'--workdir={workdir}', '--config.iterations=1',
           '--config.creation.num_requests=2']
+  # Killed inside M1's SFT after its step-2 checkpoint (of 4), then run to the end.
+  killed = _launch(args, SRLM_JAX_KILL_AT='sft:checkpoint')
+  assert killed.returncode == -9, killed.stderr[-3000:]
   proc = _launch(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out, err = proc.stdout, proc.stderr
   assert out.startswith('srlm_jax: self-rewarding run')
+  assert '\nsft: resuming at step 2/4\n' in out
   assert f'workdir     {workdir}' in out
   for label in ('sft', 'prompts', 'candidates', 'judgments'):
     assert re.search(rf'(^|\r){label}( \[run ETA [^\]]+\])?: +\d+%', err, re.M), label
