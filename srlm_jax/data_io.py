@@ -54,6 +54,19 @@ def read_jsonl(path: str, allow_empty: bool = False) -> list[Record]:
   return records
 
 
+def read_json(path: str) -> Any:
+  """Returns the parsed JSON file at path; non-UTF-8 or malformed JSON raises naming the path."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    return json.loads(raw.decode('utf-8'))
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno}); '
+                     'is the file truncated or damaged?') from None
+
+
 def write_jsonl(path: str, records) -> str:
   """Writes records as JSONL atomically (a temp file, then a rename) and returns the path.
 

@@ -31,6 +31,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import llama
 from srlm_jax import sharding
@@ -264,12 +265,10 @@ def load_hf_dir(path: str, *, mesh=None, dtype=None):
   config_file = os.path.join(path, 'config.json')
   if not os.path.isfile(config_file):
     raise FileNotFoundError(f'{config_file}: missing (a Hugging Face model directory needs one)')
-  with open(config_file) as f:
-    config = config_from_hf(json.load(f), source=config_file)
+  config = config_from_hf(data_io.read_json(config_file), source=config_file)  # errors name it
   index_file = os.path.join(path, 'model.safetensors.index.json')
   if os.path.isfile(index_file):
-    with open(index_file) as f:
-      weight_map = json.load(f)['weight_map']
+    weight_map = data_io.read_json(index_file)['weight_map']
     files = sorted(set(weight_map.values()))
     for name in files:
       if not os.path.isfile(os.path.join(path, name)):

@@ -23,6 +23,7 @@ import os
 import socket
 from typing import Any, Optional
 
+from srlm_jax import data_io
 from srlm_jax import distributed
 
 LOCK = 'LOCK'
@@ -35,23 +36,13 @@ FREE_ON_RESUME = ('iterations', 'distributed', 'allow_config_change', 'console',
 OUTPUT_SUFFIXES = ('.jsonl', '.json', '.npz')
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(ValueError):
   """The work directory cannot be used as asked (locked, changed config, damaged output)."""
 
 
 # --- reading what the run wrote ----------------------------------------------------------------
 
-def read_json(path: str) -> Any:
-  """Returns the parsed JSON file at path; unreadable or malformed JSON raises naming the path."""
-  try:
-    with open(path, 'rb') as f:
-      raw = f.read()
-    return json.loads(raw.decode('utf-8'))
-  except UnicodeDecodeError as e:
-    raise WorkdirError(f'{path}: not UTF-8 (byte {e.start}); the file is damaged') from None
-  except json.JSONDecodeError as e:
-    raise WorkdirError(f'{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno}); '
-                       'the file is truncated or damaged') from None
+read_json = data_io.read_json  # a malformed DONE, digest or config.json: ValueError naming it
 
 
 def file_digest(path: str) -> dict:

@@ -126,12 +126,19 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     loop.Loop(tiny_config(**{'data.ift': str(path)}), str(tmp_path / 'w'), load_model=no_model)
 
 
-def test_config_json_that_is_not_json_names_the_path(copy):
+def test_config_json_that_is_not_json_names_the_path(copy, tmp_path):
   path = os.path.join(copy, 'config.json')
   text = open(path, encoding='utf-8').read()
   open(path, 'w', encoding='utf-8').write(text[:len(text) // 2])
-  with pytest.raises(workdir_lib.WorkdirError, match=f'{path}: malformed JSON'):
+  with pytest.raises(ValueError, match=f'{path}: malformed JSON'):
     loop.Loop(tiny_config(iterations=1), copy, load_model=no_model, progress=False).run()
+  # A model directory's config.json too.
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  (model_dir / 'config.json').write_text('{"architectures": ["LlamaForCausalLM"], "hidden_')
+  with pytest.raises(ValueError, match=f'{model_dir / "config.json"}: malformed JSON'):
+    srlm_jax.load(str(model_dir))
 
 
 @pytest.mark.parametrize('name', ['DONE', 'shard'])
@@ -140,7 +147,7 @@ def test_truncated_done_or_shard_names_the_file(copy, name):
   path = os.path.join(stage, 'DONE' if name == 'DONE' else 'shards/00000.jsonl')
   raw = open(path, 'rb').read()
   open(path, 'wb').write(raw[:len(raw) // 2])
-  with pytest.raises(workdir_lib.WorkdirError, match=path):
+  with pytest.raises(ValueError, match=path):  # WorkdirError (the shard) is a ValueError
     loop.Loop(tiny_config(iterations=1), copy, load_model=no_model, progress=False).run()
 
 
