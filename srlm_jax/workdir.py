@@ -31,7 +31,7 @@ CONFIG = 'config.json'
 HISTORY = 'history.jsonl'
 # Fields a resume may change without the override: they decide how far a run goes or how it
 # executes, never what a finished stage holds. A new field of that kind needs one entry here.
-FREE_ON_RESUME = ('iterations', 'distributed', 'allow_config_change', 'console', 'logging')
+FREE_ON_RESUME = ('iterations', 'distributed', 'allow_config_change', 'logging')
 # Files a stage's DONE records the digests of (top level of the stage directory).
 OUTPUT_SUFFIXES = ('.jsonl', '.json', '.npz')
 
