@@ -8,7 +8,7 @@ The records stay the JSONL the stages write; `RunLog.stage` mirrors each finishe
   tables      a few (prompt, response, mean score, judgment) rows and a few pairs, step t
 
 TensorBoard: `pip install "srlm_jax[tensorboard]"` (tensorboardX), then
-`tensorboard --logdir <workdir>/tensorboard`. W&B: `pip install wandb` and set
+`tensorboard --logdir <workdir>/tensorboard`. W&B: `pip install "srlm_jax[wandb]"` and set
 config.logging.wandb_project (WANDB_MODE=offline keeps the run local).
 """
 
@@ -61,8 +61,8 @@ class RunLog:
         import wandb  # pylint: disable=g-import-not-at-top
       except ImportError as e:
         raise ImportError(f'config.logging.wandb_project={wandb_project!r} asks for Weights & '
-                          'Biases, but wandb is not installed: pip install wandb, or set '
-                          '--config.logging.wandb_project=""') from e
+                          'Biases, but wandb is not installed: pip install "srlm_jax[wandb]", '
+                          'or set --config.logging.wandb_project=""') from e
       self.wandb = wandb.init(project=wandb_project, entity=wandb_entity or None,
                               name=run_name or os.path.basename(os.path.abspath(workdir)),
                               dir=workdir, config=config or {}, resume='allow')

@@ -243,7 +243,8 @@ def test_missing_packages_are_named(tmp_path, monkeypatch):
   assert log.tb is None
   assert any('tensorboardX is not installed' in n and '[tensorboard]' in n for n in log.where())
   monkeypatch.setitem(sys.modules, 'wandb', None)
-  with pytest.raises(ImportError, match=r'config.logging.wandb_project=.proj.*pip install wandb'):
+  with pytest.raises(ImportError,
+                     match=r'config.logging.wandb_project=.proj.*pip install "srlm_jax\[wandb\]"'):
     metrics_log.RunLog(str(tmp_path), tensorboard=False, wandb_project='proj')
 
 
