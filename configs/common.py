@@ -106,7 +106,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.logging = ml_collections.ConfigDict()  # metrics for viewing (srlm_jax/metrics_log.py)
   c.logging.tensorboard = True  # event files in workdir/tensorboard (needs [tensorboard] extra)
-  c.logging.wandb_project = ''  # Weights & Biases project ('' is off; needs `pip install wandb`)
+  c.logging.wandb_project = ''  # Weights & Biases project ('' is off; needs the [wandb] extra)
   c.logging.wandb_entity = ''  # W&B entity (team or user); '' is your default entity
   c.logging.samples = 4  # rows of the (prompt, response, score) and pairs tables per iteration
 
