@@ -17,6 +17,8 @@ from srlm_jax import config_help
 from srlm_jax import console
 from srlm_jax import distributed
 from srlm_jax import train
+from srlm_jax import validate
+from srlm_jax import workdir
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
@@ -29,7 +31,9 @@ def main(argv):
   del argv
   console.quiet_third_party()
   _INIT_DISTRIBUTED(_CONFIG.value.distributed)
-  train.run_sft(_CONFIG.value, _WORKDIR.value)
+  validate.check_train_config(_CONFIG.value, 'sft')  # before the workdir is touched
+  with workdir.locked(_WORKDIR.value):  # one run at a time in a workdir
+    train.run_sft(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

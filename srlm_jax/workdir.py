@@ -14,6 +14,7 @@ for the fields in FREE_ON_RESUME (how far or how a run executes, not what a stag
 Multi-host: process 0 holds the lock and writes; every process reads and decides the same.
 """
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -216,6 +217,17 @@ def lock(workdir: str) -> Optional[Lock]:
   if error:
     raise WorkdirError(error)
   return held
+
+
+@contextlib.contextmanager
+def locked(workdir: str):
+  """Yields while holding workdir's lock (see `lock`), released however the block ends."""
+  held = lock(workdir)
+  try:
+    yield held
+  finally:
+    if held:
+      held.release()
 
 
 # --- the config's fingerprint and the run's history --------------------------------------------

@@ -279,3 +279,23 @@ def test_evaluate_launch_with_another_judge_judges_again(tmp_path):
     assert len(records) == 2 and {r['settings']['judge'] for r in records} == {name}
     texts[name] = [r['judgments'] for r in records]
   assert texts['tiny:0'] != texts['tiny:1']  # tiny:1 wrote its own judgments
+
+
+@pytest.mark.parametrize('kind', ['sft', 'dpo'])
+def test_training_launch_on_a_live_workdir_exits(tmp_path, kind):
+  workdir = str(tmp_path / 'w')
+  holder = subprocess.Popen([sys.executable, '-c', HOLD, workdir], stdout=subprocess.PIPE,
+                            text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'launch', f'{kind}.py'),
+         f'--config={os.path.join(ROOT, "configs", f"{kind}.py")}', f'--workdir={workdir}',
+         '--config.model=tiny:0', f'--config.train_data={tmp_path / "data.jsonl"}'],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0
+    assert f'is in use by pid {holder.pid} on host' in proc.stderr, proc.stderr[-2000:]
+    assert sorted(os.listdir(workdir)) == ['LOCK']  # no checkpoint, no metrics
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
