@@ -167,13 +167,39 @@ def test_unknown_config_key_is_an_error(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def assert_same_records(workdir, reference, t=1):
-  """Asserts that iteration t wrote the same records in both work directories."""
+def assert_same_records(workdir, reference, t=1, exact=False):
+  """Asserts that iteration t wrote the same records in both work directories.
+
+  Unless `exact`, non-integer numbers may differ in their last float32 bits: a forced
+  verdict's score comes from a forward pass, whose sums round differently when the batch is
+  split over devices differently (a two-host run against one host); everything else, texts,
+  choices and counts included, must be equal.
+  """
   for stage, name in (('prompts', 'prompts.jsonl'), ('prompts', 'rejected.jsonl'),
                       ('candidates', 'candidates.jsonl'), ('judgments', 'judgments.jsonl'),
                       ('pairs', 'pairs.jsonl'), ('pairs', 'decisions.jsonl')):
     got = loop.read_records(os.path.join(workdir, f'iter_{t}', stage, name))
-    assert got == loop.read_records(os.path.join(reference, f'iter_{t}', stage, name)), name
+    want = loop.read_records(os.path.join(reference, f'iter_{t}', stage, name))
+    if exact:
+      assert got == want, name
+    else:
+      _assert_close(got, want, name)
+
+
+def _assert_close(got, want, where):
+  """Asserts equal JSON values, floats within float32 rounding (relative 1e-5)."""
+  if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6), where
+  elif isinstance(want, dict) and isinstance(got, dict):
+    assert sorted(got) == sorted(want), where
+    for k in want:
+      _assert_close(got[k], want[k], f'{where}.{k}')
+  elif isinstance(want, list) and isinstance(got, list):
+    assert len(got) == len(want), where
+    for i, (a, b) in enumerate(zip(got, want)):
+      _assert_close(a, b, f'{where}[{i}]')
+  else:
+    assert got == want, where
 
 
 KILL_POINTS = ('m1_sft', 'prompts:shard', 'candidates:shard', 'judgments:shard', 'pairs',
@@ -205,7 +231,7 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
       assert not os.path.exists(os.path.join(dpo_dir, 'params'))
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert_same_records(workdir, reference)
+  assert_same_records(workdir, reference, exact=True)  # the same batches as the reference
   assert loop.read_records(os.path.join(workdir, 'iter_1', 'pairs', 'pairs.jsonl'))
   assert json.load(open(os.path.join(dpo_dir, 'DONE')))['skipped'] is False
   # The DPO resumed from its checkpoint ends where the uninterrupted one did.
