@@ -45,7 +45,7 @@ def test_short_run_overrides_are_valid_demo_fields(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   for override in overrides:
     field, value = override[len('--config.'):].split('=', 1)
-    assert f'{field} = {value}' in out.stdout, field
+    assert f'{field} = {value}' in out.stdout or f'{field} = {value!r}' in out.stdout, field
   # The few-shot requests draw their examples from the IFT records kept (the loop checks this
   # only once the seed data is read, after --dry_run).
   spec = importlib.util.spec_from_file_location('demo', os.path.join(ROOT, 'configs', 'demo.py'))
