@@ -75,7 +75,7 @@ JUDGE_MAX_NEW_TOKENS = 128''',
     # a judgment that still has no verdict gets a forced one (the score distribution after it).
     'one_iteration': '''\
 CONFIG = 'demo'
-OVERRIDES = {'creation.num_requests': 8, 'creation.judge.verdict': 'forced',
+OVERRIDES = {'creation.num_requests': 24, 'creation.judge.verdict': 'forced',
              'sft.checkpoint_every': 12, 'dpo.checkpoint_every': 100}''',
     'custom_loss': '''\
 N_TRAIN, N_EVAL = 64, 16
