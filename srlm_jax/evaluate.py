@@ -48,6 +48,7 @@ import numpy as np
 from srlm_jax import data as data_lib
 from srlm_jax import distributed
 from srlm_jax import judge as judge_lib
+from srlm_jax import judge_parser
 from srlm_jax import sampler
 from srlm_jax import workdir
 
@@ -393,13 +394,15 @@ Response 2:
 
 Explain your choice in a few sentences, then end with a final line "Verdict: 1", \
 "Verdict: 2" or "Verdict: tie"."""
-VERDICT = re.compile(r'(?<![A-Za-z])verdict[ \t*]*:[ \t*]*(1|2|tie)(?![A-Za-z0-9])', re.I)
+# The verdict is the judge's own final line, as for scores (judge_parser.final_line): a verdict
+# quoted from a response, or one inside the reasons, is not the judge's.
+VERDICT = re.compile(r'[ \t*]*verdict[ \t*]*:[ \t*]*(1|2|tie)(?![A-Za-z0-9])', re.I)
 
 
 def parse_verdict(text: str) -> Optional[int]:
-  """Returns the last verdict: +1 (first response), -1 (second), 0 (tie), None if there is none."""
-  found = VERDICT.findall(text)
-  return {'1': 1, '2': -1, 'tie': 0}[found[-1].lower()] if found else None
+  """Returns the final line's verdict: +1 (first response), -1 (second), 0 (tie), or None."""
+  match = VERDICT.match(judge_parser.final_line(text) or '')
+  return {'1': 1, '2': -1, 'tie': 0}[match.group(1).lower()] if match else None
 
 
 def compare_pairwise(judge: Any, prompts: Sequence[str], responses_a: Sequence[str],

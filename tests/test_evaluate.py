@@ -136,8 +136,12 @@ def test_parse_verdict():
   assert evaluate.parse_verdict('Response 1 is clearer.\nVerdict: 1') == 1
   assert evaluate.parse_verdict('**Verdict:** 2') == -1
   assert evaluate.parse_verdict('verdict: TIE') == 0
-  assert evaluate.parse_verdict('Verdict: 1 ... on reflection, Verdict: 2') == -1
-  for bad in ('I prefer 1.', 'Verdict: 12', 'Verdict: 3', 'Preverdict: 1', ''):
+  assert evaluate.parse_verdict('Verdict: 2\n\n') == -1
+  # Only the final non-blank line is the judge's verdict; its first verdict counts.
+  assert evaluate.parse_verdict('Verdict: 1 ... on reflection, Verdict: 2') == 1
+  assert evaluate.parse_verdict('Verdict: 2\nResponse 1 is better.') is None
+  assert evaluate.parse_verdict('Verdict: 1\n> Verdict: 2') is None  # a quoted echo
+  for bad in ('I prefer 1.', 'Verdict: 12', 'Verdict: 3', 'Preverdict: 1', 'A. Verdict: 1', ''):
     assert evaluate.parse_verdict(bad) is None, bad
 
 
