@@ -59,8 +59,10 @@ def test_every_field_is_commented_at_its_default(name):
 
 
 @pytest.mark.parametrize('name', LOOP_CONFIGS)
-def test_loop_config_validates_without_compute(name, oasst_dir, tmp_path):
-  config = load(name).get_config(oasst_dir if name in OASST_CONFIGS else '')
+def test_loop_config_validates_without_compute(name, request, tmp_path):
+  # Only the OASST configs need ../shared/data (through the oasst_dir fixture).
+  arg = request.getfixturevalue('oasst_dir') if name in OASST_CONFIGS else ''
+  config = load(name).get_config(arg)
   run = loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
   assert run.seeds['ift'] and run.seeds['eft']
   assert len(run.seeds['seed_prompts']) >= config.creation.few_shot
