@@ -16,6 +16,10 @@ import functools
 import os
 import re
 
+# The package uses transformers for tokenizers only; without torch installed (the main path)
+# transformers would advise at import that its models are unavailable, which is noise here.
+os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
+
 # Special tokens that end a generated turn, in the order preferred as the primary eos id.
 _END_OF_TURN = ('<|im_end|>', '<|eot_id|>', '<end_of_turn>', '<|end|>', '<|eom_id|>',
                 '<|endoftext|>', '<|end_of_text|>', '</s>', '<eos>')
