@@ -100,7 +100,7 @@ def test_metrics_writer_appends_and_a_resume_drops_lines_past_the_checkpoint(tmp
 
 # --- integrity: digests written after each save, checked on every restore and load ------------
 
-def _flip(path, offset=None, n=64):
+def flip_bytes(path, offset=None, n=64):
   """Inverts n bytes of the file at path (from its middle unless offset is given)."""
   data = bytearray(open(path, 'rb').read())
   start = len(data) // 2 if offset is None else offset
@@ -109,7 +109,7 @@ def _flip(path, offset=None, n=64):
   open(path, 'wb').write(bytes(data))
 
 
-def _largest_file(directory):
+def largest_file(directory):
   files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
            if f != checkpoint.MANIFEST]
   return max(files, key=os.path.getsize)
@@ -120,8 +120,8 @@ def test_params_folder_digests_are_verified_on_load(tmp_path):
   manifest = json.load(open(os.path.join(path, checkpoint.MANIFEST)))
   assert manifest['files'] and all(len(f['sha256']) == 64 for f in manifest['files'].values())
   _assert_equal(checkpoint.load_params(path), _params())
-  data = _largest_file(path)
-  _flip(data)
+  data = largest_file(path)
+  flip_bytes(data)
   with pytest.raises(checkpoint.IntegrityError, match=re.escape(data)):
     checkpoint.load_params(path)
   checkpoint.save_params(path, _params())  # a new save gets a new manifest
@@ -143,8 +143,8 @@ def test_restore_good_moves_a_corrupt_checkpoint_aside_and_falls_back(tmp_path, 
       ckpts.save(step, _state(step))
   for step in (2, 4, 6):
     checkpoint.verify(os.path.join(directory, str(step)))  # each one got its manifest
-  bad = _largest_file(os.path.join(directory, '6'))
-  _flip(bad)
+  bad = largest_file(os.path.join(directory, '6'))
+  flip_bytes(bad)
   os.remove(os.path.join(directory, '4', checkpoint.MANIFEST))  # a save killed before sealing
   target = checkpoint.abstract(jax.eval_shape(lambda: _state(0)))
   with checkpoint.Checkpoints(directory, every=2) as ckpts:

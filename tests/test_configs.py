@@ -12,6 +12,7 @@ import pytest
 from srlm_jax import loop
 from srlm_jax import train
 from srlm_jax import validate
+from test_loop import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOP_CONFIGS = ('demo', 'tiny', 'paper_llama2_70b', 'llama3_8b', 'smollm2_oasst')
@@ -83,15 +84,6 @@ def test_missing_oasst_data_names_the_file(tmp_path):
     loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
 
 
-def tiny(**overrides):
-  config = load('tiny').get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 # Issue 21, case 8: each reproduction is refused before any model loads, naming its field.
@@ -122,12 +114,12 @@ def tiny(**overrides):
 def test_each_bad_field_is_named_before_any_model_loads(tmp_path, field, value, expected):
   with pytest.raises(validate.ConfigError, match=f'{re.escape(field)}={re.escape(repr(value))}'
                      f': expected {expected}'):
-    loop.Loop(tiny(**{field: value}), str(tmp_path / 'w'), load_model=no_model)
+    loop.Loop(tiny_config(**{field: value}), str(tmp_path / 'w'), load_model=no_model)
   assert not os.path.exists(tmp_path / 'w')
 
 
 def test_every_bad_field_is_listed_at_once(tmp_path):
-  config = tiny(**{'creation.judge.k': 0, 'shard_size': 0, 'sft.lr': float('inf')})
+  config = tiny_config(**{'creation.judge.k': 0, 'shard_size': 0, 'sft.lr': float('inf')})
   with pytest.raises(validate.ConfigError, match='3 invalid fields') as e:
     loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
   for field in ('creation.judge.k=0', 'shard_size=0', 'sft.lr=inf'):
@@ -135,11 +127,11 @@ def test_every_bad_field_is_listed_at_once(tmp_path):
 
 
 def test_few_shot_beyond_the_seed_prompts_is_refused(tmp_path):
-  config = tiny(**{'creation.few_shot': 17, 'data.max_ift': 16})
+  config = tiny_config(**{'creation.few_shot': 17, 'data.max_ift': 16})
   with pytest.raises(validate.ConfigError, match='creation.few_shot=17: expected at most the 16 '
                      'seed prompts'):
     loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
-  loop.Loop(tiny(**{'creation.few_shot': 16, 'data.max_ift': 16}), str(tmp_path / 'w'),
+  loop.Loop(tiny_config(**{'creation.few_shot': 16, 'data.max_ift': 16}), str(tmp_path / 'w'),
             load_model=no_model)
 
 
@@ -150,12 +142,12 @@ def test_few_shot_beyond_the_seed_prompts_is_refused(tmp_path):
 ])
 def test_judge_template_braces_are_named(tmp_path, template, expected):
   with pytest.raises(validate.ConfigError, match=f'creation.judge.template=.*{expected}'):
-    loop.Loop(tiny(**{'creation.judge.template': template}), str(tmp_path / 'w'),
+    loop.Loop(tiny_config(**{'creation.judge.template': template}), str(tmp_path / 'w'),
               load_model=no_model)
 
 
 def test_escaped_braces_in_a_template_pass():
-  validate.check_loop_config(tiny(**{'creation.judge.template':
+  validate.check_loop_config(tiny_config(**{'creation.judge.template':
                                      '{prompt}\n{response}\nEnd with {{"score": N}}.'}))
 
 

@@ -17,20 +17,12 @@ import multihost
 from srlm_jax import config_help
 from srlm_jax import console
 from srlm_jax import metrics_log
+from test_loop import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'tiny.py')
 
 
-def tiny_config(**overrides):
-  config = config_help.load_config(TINY)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 def write_jsonl(path, records):

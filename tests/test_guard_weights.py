@@ -5,7 +5,6 @@ tokenizer larger than the embedding.
 """
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import pytest
 import multihost
 import srlm_jax
 from srlm_jax import checkpoint, data_io, hf_io, llama, loop, sharding, train, validate
+from test_checkpoint import flip_bytes, largest_file
+from test_loop import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = llama.LlamaConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
@@ -29,36 +30,6 @@ def _params(config=CFG, seed=0):
   shapes = jax.eval_shape(functools.partial(llama.init_params, config), jax.random.key(0))
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
-
-
-def _flip(path, offset=None, n=64):
-  """Inverts n bytes of the file at path (from its middle unless offset is given)."""
-  data = bytearray(open(path, 'rb').read())
-  start = len(data) // 2 if offset is None else offset
-  for i in range(start, min(start + n, len(data))):
-    data[i] ^= 0xFF
-  open(path, 'wb').write(bytes(data))
-
-
-def _largest_file(directory):
-  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
-           if f != checkpoint.MANIFEST]
-  return max(files, key=os.path.getsize)
-
-
-def _tiny_loop_config(**overrides):
-  spec = importlib.util.spec_from_file_location('tiny_cfg',
-                                                os.path.join(ROOT, 'configs', 'tiny.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 # --- case 1: finiteness -------------------------------------------------------------------------
@@ -97,7 +68,7 @@ def test_infinite_lr_last_update_is_caught_after_it(tmp_path, monkeypatch):
   monkeypatch.setattr(validate, 'check_loop_config', lambda *a, **k: None)
   monkeypatch.setattr(validate, 'check_train_config', lambda *a, **k: None)
   workdir = str(tmp_path / 'w')
-  config = _tiny_loop_config(**INF_LR)
+  config = tiny_config(**INF_LR)
   run = loop.Loop(config, workdir, load_model=loop.default_loader(config), progress=False)
   with pytest.raises(FloatingPointError, match=r'm1_sft/train: step 1: non-finite params after '
                      r'the update: embed/embedding \((\d+) of \1\), .*\(no checkpoint in '):
@@ -166,7 +137,7 @@ def test_corrupt_m1_checkpoint_resume_falls_back_and_prunes_when_done(tmp_path, 
   """The reproduction: the tiny loop's M1 SFT killed before DONE, 64 bytes flipped in its last
   checkpoint, resumed. Also issue 22: once DONE, the stage keeps no checkpoint."""
   workdir = str(tmp_path / 'w')
-  config = _tiny_loop_config(iterations=1)
+  config = tiny_config(iterations=1)
   run = loop.Loop(config, workdir, load_model=loop.default_loader(config), progress=False)
 
   class Killed(Exception):
@@ -184,8 +155,8 @@ def test_corrupt_m1_checkpoint_resume_falls_back_and_prunes_when_done(tmp_path, 
   assert not loop.is_done(os.path.join(workdir, 'm1_sft'))
   assert sorted(os.listdir(ckpt_dir)) == ['4']  # a finished run keeps its final checkpoint
   first = jax.device_get(checkpoint.load_params(os.path.join(train_dir, 'params')))
-  bad = _largest_file(os.path.join(ckpt_dir, '4'))
-  _flip(bad)
+  bad = largest_file(os.path.join(ckpt_dir, '4'))
+  flip_bytes(bad)
   with caplog.at_level('WARNING'):
     params_dir = run.sft_m1()  # resumes: the corrupt step 4 is moved aside, SFT runs again
   assert bad in caplog.text and 'checkpoint step 4 is not usable' in caplog.text
@@ -197,15 +168,15 @@ def test_corrupt_m1_checkpoint_resume_falls_back_and_prunes_when_done(tmp_path, 
   stamp = {p: os.path.getmtime(os.path.join(params_dir, p)) for p in os.listdir(params_dir)}
   assert run.sft_m1() == params_dir  # resuming a DONE stage recomputes nothing
   assert stamp == {p: os.path.getmtime(os.path.join(params_dir, p)) for p in stamp}
-  exported = _largest_file(params_dir)
-  _flip(exported)
+  exported = largest_file(params_dir)
+  flip_bytes(exported)
   with pytest.raises(checkpoint.IntegrityError, match=exported):
     run.model_at(params_dir)
 
 
 def test_keep_after_done_one_keeps_the_final_checkpoint(tmp_path):
   workdir = str(tmp_path / 'w')
-  config = _tiny_loop_config(**{'iterations': 1, 'sft.keep_after_done': 1,
+  config = tiny_config(**{'iterations': 1, 'sft.keep_after_done': 1,
                                 'sft.checkpoint_every': 1, 'sft.keep': 4})
   loop.Loop(config, workdir, load_model=loop.default_loader(config), progress=False).sft_m1()
   assert os.listdir(os.path.join(workdir, 'm1_sft', 'train', 'checkpoints')) == ['4']
