@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import tqdm
 
 from srlm_jax import config_help
+from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import metrics_log
 from srlm_jax import workdir as workdir_lib
@@ -148,17 +149,15 @@ def count_lines(path: str) -> int:
 
 
 def _read_jsonl(path: str) -> list:
+  """Returns the objects of a JSONL file through data_io's reader ([] when it is missing)."""
   if not os.path.exists(path):
     return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [obj for _, _, obj in data_io.read_jsonl(path, allow_empty=True)]
 
 
 def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  """Returns a JSON file through data_io's reader ({} when it is missing)."""
+  return data_io.read_json(path) if os.path.exists(path) else {}
 
 
 def _last_metrics(train_dir: str) -> dict:

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from srlm_jax import data_io
 from srlm_jax import distributed
 
 TENSORBOARD_HINT = 'pip install "srlm_jax[tensorboard]" (or pip install tensorboardX)'
@@ -184,10 +185,8 @@ class RunLog:
 
 
 def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  """Returns a JSON file through data_io's reader ({} when it is missing)."""
+  return data_io.read_json(path) if os.path.exists(path) else {}
 
 
 def from_config(config, workdir: str) -> Optional[RunLog]:
