@@ -12,6 +12,7 @@ import unicodedata
 
 import pytest
 
+from srlm_jax import gguf_tokenizer
 from srlm_jax import tokenizer as tokenizer_lib
 
 CHATS = [
@@ -333,7 +334,7 @@ def _write_gguf(path, *, model='gpt2', pre='default', tokens=None, merges=(), ty
 @pytest.fixture(scope='module')
 def smol_fields(gguf_path):
   """Returns SmolLM2's GGUF tokenizer metadata (tokens, merges, token types, chat template)."""
-  return tokenizer_lib._gguf_tokenizer_fields(gguf_path)
+  return gguf_tokenizer.tokenizer_fields(gguf_path)
 
 
 @pytest.mark.parametrize('pre', ['llama-bpe', 'qwen2', 'default'])
