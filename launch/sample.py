@@ -15,7 +15,7 @@ from absl import flags
 
 import srlm_jax
 from srlm_jax import console
-from srlm_jax import sampler
+from srlm_jax import rollout
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
                              'Hugging Face directory, .gguf file or smollm2-135m-instruct.')
@@ -80,7 +80,7 @@ def main(argv):
   prompts = [r['prompt'] if 'prompt' in r else r['messages'] for r in records]
   # Each prompt must fit the model's context beside max_new_tokens: an error naming file:line
   # before any sampling, or a truncation recorded per record.
-  results = sampler.generate_tokens(model, prompts, batch_size=_BATCH_SIZE.value, where=places,
+  results = rollout.generate_tokens(model, prompts, batch_size=_BATCH_SIZE.value, where=places,
                                     truncate=_TRUNCATE.value, **settings)
   with open(_OUT.value, 'w', encoding='utf-8') as f:
     for record, comps in zip(records, results):

@@ -122,6 +122,6 @@ def _smollm2_path_or_none():
 
 
 def generate(model: Model, prompts, **kwargs):
-  """Returns, per prompt, a list of n completion strings (see sampler.generate)."""
-  from srlm_jax import sampler  # pylint: disable=g-import-not-at-top
-  return sampler.generate(model, prompts, **kwargs)
+  """Returns, per prompt, a list of n completion strings (see rollout.generate)."""
+  from srlm_jax import rollout  # pylint: disable=g-import-not-at-top
+  return rollout.generate(model, prompts, **kwargs)

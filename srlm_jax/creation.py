@@ -27,7 +27,7 @@ from srlm_jax import instructions
 from srlm_jax.data_io import write_jsonl
 from srlm_jax import judge as judge_lib
 from srlm_jax import pairs as pairs_lib
-from srlm_jax import sampler
+from srlm_jax import rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ def raw_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSetti
       seed_prompts, 1, settings.few_shot, np.random.default_rng([settings.seed, i]))[0]
               for i in range(start, start + count)]
   requests = [instructions.few_shot_request(e) for e in examples]
-  raw = [c[0] for c in sampler.generate(
+  raw = [c[0] for c in rollout.generate(
       model, requests, n=1, max_new_tokens=settings.prompt_max_new_tokens,
       temperature=settings.prompt_temperature, top_p=settings.prompt_top_p,
       seed=settings.seed * 1_000_003 + start, progress=progress,
@@ -107,7 +107,7 @@ def new_prompts(model: Any, seed_prompts: Sequence[str], settings: CreationSetti
 def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSettings,
                *, shard: int = 0, progress: bool = True) -> list:
   """Returns per prompt record its N sampled candidate responses (shard: a seed offset)."""
-  out = sampler.generate_tokens(
+  out = rollout.generate_tokens(
       model, [r['prompt'] for r in prompt_records], n=settings.n_candidates,
       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
       top_p=settings.top_p, seed=(settings.seed + 1) * 1_000_003 + shard, progress=progress,

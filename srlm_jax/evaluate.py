@@ -49,6 +49,7 @@ from srlm_jax import data as data_lib
 from srlm_jax import distributed
 from srlm_jax import judge as judge_lib
 from srlm_jax import judge_parser
+from srlm_jax import rollout
 from srlm_jax import sampler
 from srlm_jax import workdir
 
@@ -354,7 +355,7 @@ def respond(model: Any, prompts: Sequence[str], *, max_new_tokens: int,
             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
             progress: bool = True) -> tuple[list[str], list[int]]:
   """Returns (one response per prompt, its length in tokens without the end-of-turn token)."""
-  out = sampler.generate_tokens(model, prompts, n=1, max_new_tokens=max_new_tokens,
+  out = rollout.generate_tokens(model, prompts, n=1, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed,
                                 progress=progress)
   lengths = [len(c.tokens) - int(c.stop_reason == sampler.StopReason.EOS) for [c] in out]
@@ -413,7 +414,7 @@ def compare_pairwise(judge: Any, prompts: Sequence[str], responses_a: Sequence[s
       prompt=judge_lib.quote(p), first=judge_lib.quote(x), second=judge_lib.quote(y))}]
               for order in (0, 1) for p, a, b in zip(prompts, responses_a, responses_b)
               for x, y in [(a, b) if order == 0 else (b, a)]]
-  texts = sampler.generate(judge, requests, n=settings.k, max_new_tokens=settings.max_new_tokens,
+  texts = rollout.generate(judge, requests, n=settings.k, max_new_tokens=settings.max_new_tokens,
                            temperature=settings.temperature, top_p=settings.top_p, seed=seed,
                            progress=progress)
   parsed = [[parse_verdict(t) for t in ts] for ts in texts]

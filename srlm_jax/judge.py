@@ -35,6 +35,7 @@ from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import llama
 from srlm_jax import pairs
+from srlm_jax import rollout
 from srlm_jax import sampler
 from srlm_jax import sharding
 from srlm_jax.judge_parser import HOST_PATTERN, make_score_parser, parse_score_host  # pylint: disable=unused-import
@@ -295,7 +296,7 @@ def judge_responses(model: Any, prompts: Sequence[str], responses: Sequence[str]
   prefix = model.tokenizer.encode(settings.verdict_prefix) if forcing else []
   score_ids = score_token_ids(model.tokenizer, settings.verdict_prefix) if forcing else None
   requests = [judge_messages(p, r, settings.template) for p, r in zip(prompts, responses)]
-  out = sampler.generate_tokens(model, requests, n=settings.k,
+  out = rollout.generate_tokens(model, requests, n=settings.k,
                                 max_new_tokens=settings.max_new_tokens,
                                 temperature=settings.temperature, top_p=settings.top_p,
                                 seed=seed, progress=progress, where=where, truncate=truncate,

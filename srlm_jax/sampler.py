@@ -33,25 +33,23 @@ does not depend on how prompts were batched. Log-probs are those of the sampled 
 model's raw distribution (log-softmax of the logits at temperature 1, unfiltered): what DPO needs.
 """
 
-import contextlib
 import dataclasses
 import enum
 import functools
 import sys
-from typing import Any, Optional, Sequence, Union
+from typing import Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import console, data_io, distributed, llama, sharding
+from srlm_jax import data_io, llama, sharding
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
 _NEG_INF = float(np.finfo(np.float32).min)
 MIN_BUCKET = 32  # smallest prompt and new-token bucket
-DEFAULT_ROWS = 64  # rows (prompts * n) per device batch in `generate`
 
 
 class StopReason(enum.IntEnum):
@@ -405,146 +403,3 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   state = decode(config, params, state, knobs, mode)
   return SampleOutput(tokens=state.tokens_RM[:, :max_new_tokens], lengths=state.length_R,
                       logprobs=state.logprobs_RM[:, :max_new_tokens], stop_reason=state.reason_R)
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-  """One sampled completion, as `generate_tokens` returns it."""
-  text: str  # decoded, without the eos token, cut before the first stop string
-  tokens: np.ndarray  # generated ids, the eos / stop-sequence tokens included
-  logprobs: np.ndarray  # raw-model log-prob of each token
-  stop_reason: StopReason
-  prompt_tokens: np.ndarray  # the chat-formatted prompt ids (after any truncation)
-  prompt_truncated: int = 0  # prompt tokens dropped from its middle to fit the context
-
-
-Prompt = Union[str, Sequence[dict]]
-
-
-def _messages(prompt: Prompt, index: int) -> list:
-  if isinstance(prompt, str):
-    return [{'role': 'user', 'content': prompt}]
-  msgs = list(prompt)
-  if not msgs or not all(isinstance(m, dict) and {'role', 'content'} <= set(m) for m in msgs):
-    raise ValueError(f'prompt {index}: expected a string or a list of {{"role", "content"}} '
-                     f'messages; got {prompt!r:.200}')
-  return msgs
-
-
-def fit_context(ids: Sequence[np.ndarray], new_tokens: int, context: int,
-                where: Optional[Sequence[str]] = None, truncate: bool = False,
-                what: Optional[str] = None) -> tuple[list, list]:
-  """Returns (prompt ids, tokens dropped per prompt) such that each prompt plus new_tokens fits
-  the model's context of `context` tokens.
-
-  A longer prompt is an error naming it (`where[i]`, e.g. 'file.jsonl:3', else its index),
-  raised before any device work, or with `truncate` it loses the middle of its tokens, its
-  first and last parts kept: the chat format's start and generation prompt survive, and in a
-  judge prompt the rubric's head and its closing instruction stay while the quoted response
-  in between is shortened. `what` names new_tokens in messages (default 'max_new_tokens=N').
-  """
-  what = what or f'max_new_tokens={new_tokens}'
-  if new_tokens >= context:
-    raise ValueError(f'{what} leaves no room for a prompt in the model\'s context '
-                     f'of {context} tokens')
-  budget, out, dropped = context - new_tokens, [], []
-  for i, x in enumerate(ids):
-    if len(x) <= budget:
-      out.append(x)
-      dropped.append(0)
-      continue
-    if not truncate:
-      name = where[i] if where is not None else f'prompt {i}'
-      raise ValueError(
-          f'{name}: the prompt is {len(x)} tokens; with {what} it needs '
-          f'{len(x) + new_tokens}, more than the model\'s context of {context} tokens '
-          '(shorten the prompt, lower the token limit, or ask for truncation)')
-    out.append(np.concatenate([x[:budget - budget // 2], x[len(x) - budget // 2:]]))
-    dropped.append(len(x) - budget)
-  return out, dropped
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-  cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-  return text[:min(cuts)] if cuts else text
-
-
-def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_tokens: int,
-                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-                    min_p: float = 0.0, stop: Sequence[str] = (), seed: int = 0,
-                    batch_size: Optional[int] = None, progress: bool = True,
-                    mesh: Optional[jax.sharding.Mesh] = None,
-                    where: Optional[Sequence[str]] = None, truncate: bool = False,
-                    reserve: int = 0) -> list[list[Completion]]:
-  """Returns per prompt its n Completions (token ids, raw log-probs, stop reason and text).
-
-  Prompts are strings (sent as one user message) or chat message lists; both are formatted by
-  `model.tokenizer.encode_chat`. Each prompt plus max_new_tokens (plus `reserve` tokens the
-  caller appends later) must fit the model's context (`fit_context`: an error naming
-  `where[i]`, or with `truncate` the prompt's middle dropped, counted in the Completion).
-  They are sorted by length into device batches of `batch_size` prompts (default:
-  DEFAULT_ROWS // n rounded down to a power of two); the results come back in input order
-  and, for a given seed, do not depend on the batching.
-  """
-  tok = model.tokenizer
-  mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
-  ids = [np.asarray(tok.encode_chat(_messages(p, i), add_generation_prompt=True), np.int32)
-         for i, p in enumerate(prompts)]
-  if any(not len(x) for x in ids):
-    raise ValueError(f'prompt {[len(x) for x in ids].index(0)} encodes to no tokens')
-  if max_new_tokens < 1 or n < 1:
-    raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
-  ids, dropped = fit_context(
-      ids, max_new_tokens + reserve, model.config.max_seq_len, where, truncate,
-      f'max_new_tokens={max_new_tokens}' + (f' + {reserve} appended tokens' if reserve else ''))
-  # Stop strings end rows on the device as token sequences and are cut from the text here too,
-  # since in context a string may tokenise otherwise.
-  stop = tuple(s for s in stop if s)
-  stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop) if q]
-  settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
-                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
-                  pad_id=tok.pad_id)
-  batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
-  multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
-  order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-  key = jax.random.key(seed)
-  results: list = [None] * len(ids)
-  # `progress`: True/False, or the loop console's stage bar (see console.progress_bar)
-  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
-      console.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
-    for start in range(0, len(order), batch_size):
-      chunk = order[start:start + batch_size]
-      # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
-      b = len(chunk) if len(chunk) == batch_size else min(bucket(len(chunk), 1), batch_size)
-      rows = chunk + [chunk[0]] * (-(-b // multiple) * multiple - len(chunk))
-      p = max(len(ids[i]) for i in rows)
-      tokens, mask = np.full((len(rows), p), tok.pad_id, np.int32), np.zeros((len(rows), p), bool)
-      for r, i in enumerate(rows):
-        tokens[r, p - len(ids[i]):], mask[r, p - len(ids[i]):] = ids[i], True
-      tokens, mask, pids = sharding.shard_batch(mesh, tokens, mask, np.asarray(rows, np.int32))
-      out = distributed.to_host(sample(model.config, model.params, tokens, mask, key,
-                                  prompt_ids_B=pids, **settings))
-      for r, i in enumerate(chunk):
-        comps = []
-        for j in range(r * n, (r + 1) * n):
-          length, reason = int(out.lengths[j]), StopReason(int(out.stop_reason[j]))
-          gen = out.tokens[j, :length]
-          body = gen[:-1] if reason == StopReason.EOS else gen
-          text = _cut_at_stop(tok.decode(body.tolist(), skip_special=True), stop)
-          comps.append(Completion(text=text, tokens=gen, logprobs=out.logprobs[j, :length],
-                                  stop_reason=reason, prompt_tokens=ids[i],
-                                  prompt_truncated=dropped[i]))
-        results[i] = comps
-      bar.update(len(chunk))
-  return results
-
-
-def generate(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
-             stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
-             progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None,
-             where: Optional[Sequence[str]] = None, truncate: bool = False,
-             reserve: int = 0) -> list[list[str]]:
-  """Returns per prompt a list of n completion strings (temperature 0 is greedy)."""
-  kwargs = dict(locals())  # every argument, passed on as is
-  return [[c.text for c in comps] for comps in generate_tokens(**kwargs)]

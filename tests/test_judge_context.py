@@ -13,7 +13,7 @@ import srlm_jax
 from srlm_jax import creation
 from srlm_jax import judge
 from srlm_jax import loop
-from srlm_jax import sampler
+from srlm_jax import rollout
 from test_loop import ROOT, load_model, tiny_config
 
 LONG = ' '.join(f'word{i}' for i in range(1500))  # about 3k tokens for SmolLM2's tokenizer
@@ -28,12 +28,12 @@ def test_fit_context_names_the_row_or_drops_its_middle():
   ids = [np.arange(10), np.arange(30)]
   with pytest.raises(ValueError, match=r'data.jsonl:7: the prompt is 30 tokens; with '
                                        r'max_new_tokens=8 it needs 38, .* context of 32'):
-    sampler.fit_context(ids, 8, 32, where=['data.jsonl:3', 'data.jsonl:7'])
-  out, dropped = sampler.fit_context(ids, 8, 32, truncate=True)
+    rollout.fit_context(ids, 8, 32, where=['data.jsonl:3', 'data.jsonl:7'])
+  out, dropped = rollout.fit_context(ids, 8, 32, truncate=True)
   assert dropped == [0, 6] and out[0].tolist() == list(range(10))
   assert out[1].tolist() == list(range(12)) + list(range(18, 30))  # head and tail kept
   with pytest.raises(ValueError, match='max_new_tokens=32 leaves no room'):
-    sampler.fit_context(ids, 32, 32, truncate=True)
+    rollout.fit_context(ids, 32, 32, truncate=True)
 
 
 def test_sample_launch_refuses_a_prompt_beyond_the_context(tmp_path):
@@ -55,12 +55,12 @@ def test_sample_launch_refuses_a_prompt_beyond_the_context(tmp_path):
 def test_a_100k_token_prompt_is_the_same_clear_error(tiny):
   with pytest.raises(ValueError, match=r"prompt 1: the prompt is 1\d{5} tokens; .* context "
                                        r'of 2048 tokens'):
-    sampler.generate_tokens(tiny, ['Hi.', 'hello ' * 100_000], max_new_tokens=4,
+    rollout.generate_tokens(tiny, ['Hi.', 'hello ' * 100_000], max_new_tokens=4,
                             progress=False)
 
 
 def test_truncation_is_recorded_per_prompt(tiny):
-  out = sampler.generate_tokens(tiny, ['Hi.', LONG], max_new_tokens=8, truncate=True,
+  out = rollout.generate_tokens(tiny, ['Hi.', LONG], max_new_tokens=8, truncate=True,
                                 progress=False)
   assert out[0][0].prompt_truncated == 0
   assert out[1][0].prompt_truncated > 900

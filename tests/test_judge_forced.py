@@ -6,6 +6,7 @@ import pytest
 import srlm_jax
 from srlm_jax import creation
 from srlm_jax import judge
+from srlm_jax import rollout
 from srlm_jax import sampler
 
 PROMPTS = ['What is 2 + 2?', 'Name a primary colour.']
@@ -39,7 +40,7 @@ def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
                               progress=False)
   # The same judge rollout (same seed), rebuilt here: prompt, the judgment's tokens, prefix.
   requests = [judge.judge_messages(p, r, settings.template) for p, r in zip(PROMPTS, RESPONSES)]
-  comps = sampler.generate_tokens(tiny, requests, n=2, max_new_tokens=8, temperature=0.7,
+  comps = rollout.generate_tokens(tiny, requests, n=2, max_new_tokens=8, temperature=0.7,
                                   top_p=0.9, seed=3, progress=False)
   prefix = tiny.tokenizer.encode('\nScore: ')
   assert got.valid_RxK.all() and got.forced_RxK.all()  # a random model writes no verdict

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from srlm_jax import llama, sampler, sharding
+from srlm_jax import llama, rollout, sampler, sharding
 
 TINY = llama.LlamaConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
                          rope_theta=1e4)
@@ -237,12 +237,12 @@ def test_generate_batches_sorts_and_restores_order(tiny_params):
   prompts = ['hi', [{'role': 'user', 'content': 'a longer question'}], 'x' * 25, 'medium one',
              [{'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': 'ok?'}]]
   kw = dict(max_new_tokens=10, progress=False)
-  whole = sampler.generate(model, prompts, **kw)
+  whole = rollout.generate(model, prompts, **kw)
   assert all(len(c) == 1 for c in whole)
   # Batches of two (sorted by length) give every prompt the same greedy text, in input order.
-  assert sampler.generate(model, prompts, batch_size=2, **kw) == whole
+  assert rollout.generate(model, prompts, batch_size=2, **kw) == whole
   # Sampling: n completions per prompt, not all the same, with raw log-probs.
-  sampled = sampler.generate_tokens(model, prompts, n=3, temperature=1.0, seed=4, **kw)
+  sampled = rollout.generate_tokens(model, prompts, n=3, temperature=1.0, seed=4, **kw)
   texts = [[c.text for c in cs] for cs in sampled]
   assert all(len(t) == 3 for t in texts) and any(len(set(t)) > 1 for t in texts)
   for p, cs in zip(prompts, sampled):
@@ -254,7 +254,7 @@ def test_generate_batches_sorts_and_restores_order(tiny_params):
   # A stop string is cut from the text where it first appears.
   text = whole[2][0]
   assert len(text) > 4
-  cut = sampler.generate(model, [prompts[2]], stop=[text[2:4]], **kw)[0][0]
+  cut = rollout.generate(model, [prompts[2]], stop=[text[2:4]], **kw)[0][0]
   assert cut == text[:text.find(text[2:4])]
 
 
@@ -273,7 +273,7 @@ def test_greedy_equals_transformers_on_smollm2(smollm2_gguf, shared_data):
   model = srlm_jax.load(smollm2_gguf)
   tok = model.tokenizer
   prompts = _mt_bench_first_turns(shared_data)
-  got = sampler.generate_tokens(model, prompts, max_new_tokens=64, progress=False)
+  got = rollout.generate_tokens(model, prompts, max_new_tokens=64, progress=False)
   ids = [c[0].prompt_tokens for c in got]
   assert len({len(i) for i in ids}) == len(ids)  # different lengths, so left padding is used
   tokens, mask = _left_pad(ids, pad=tok.pad_id)

@@ -1,0 +1,148 @@
+"""The Rollout: n sampled completions of each of B prompts, kept on the device as one pytree.
+
+Axis legend: B prompts, N = n samples per prompt, R = B*N rows (prompt-major: row i*N + j is
+sample j of prompt i), P prompt width (left-padded), M new-token width (max_new_tokens).
+
+`sample` runs `sampler.sample` over device batches of prompts sorted by length (as the host
+path did), then gathers the rows back into input order on the device: the batching never
+shows in the result, and the samples for a seed are those the host path drew. What stays on
+the host is the tokenised prompts (uploaded explicitly) and the order of the rows (a
+permutation uploaded explicitly); `records.py` turns a Rollout into texts and files.
+"""
+
+import contextlib
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from srlm_jax import console, sampler, sharding
+
+DEFAULT_ROWS = 64  # rows (prompts * n) per device batch
+FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'logprobs', 'lengths', 'stop_reason')
+
+
+@flax.struct.dataclass
+class Rollout:
+  """n samples of each of B prompts, on the device; rows prompt-major (row i*n + j)."""
+  prompt_tokens: jax.Array  # [B, P] int32, left-padded chat-formatted prompt ids (pad_id)
+  prompt_mask: jax.Array  # [B, P] bool, real prompt tokens
+  tokens: jax.Array  # [R, M] int32 completion ids incl. the eos/stop token, pad after
+  logprobs: jax.Array  # [R, M] float32 log-prob of each sampled token under the unmodified
+  #                      model (temperature 1, no filtering), 0 after length
+  lengths: jax.Array  # [R] int32 completion tokens (eos/stop token included)
+  stop_reason: jax.Array  # [R] int32 sampler.StopReason
+  n: int = flax.struct.field(pytree_node=False, default=1)
+
+  @property
+  def num_prompts(self) -> int:
+    """Returns B."""
+    return int(self.prompt_tokens.shape[0])
+
+  @property
+  def num_rows(self) -> int:
+    """Returns R = B * n."""
+    return int(self.tokens.shape[0])
+
+  def arrays(self) -> dict:
+    """Returns the six array fields by name (what a stage publishes)."""
+    return {k: getattr(self, k) for k in FIELDS}
+
+
+def from_arrays(arrays: dict, n: int) -> Rollout:
+  """Returns the Rollout of `arrays` (the six FIELDS, e.g. a stage's published arrays)."""
+  missing = [k for k in FIELDS if k not in arrays]
+  if missing:
+    raise ValueError(f'rollout arrays lack {missing}; expected the fields {list(FIELDS)}')
+  b, r = arrays['prompt_tokens'].shape[0], arrays['tokens'].shape[0]
+  if r != b * n:
+    raise ValueError(f'rollout arrays: {r} completion rows for {b} prompts, expected '
+                     f'{b} * n={n}')
+  return Rollout(n=n, **{k: arrays[k] for k in FIELDS})
+
+
+def left_pad(ids: Sequence[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Returns host (tokens [B, width] int32, mask [B, width] bool) of left-padded id rows."""
+  tokens = np.full((len(ids), width), pad_id, np.int32)
+  mask = np.zeros((len(ids), width), bool)
+  for r, x in enumerate(ids):
+    if len(x):
+      tokens[r, width - len(x):], mask[r, width - len(x):] = x, True
+  return tokens, mask
+
+
+@functools.partial(jax.jit, static_argnames='n')
+def _gather_rows(parts: tuple, src_R: jax.Array, n: int) -> tuple:
+  """Returns (tokens, logprobs, lengths, stop_reason) of the batches' rows in input order."""
+  del n  # a cache key only: rows are already n per prompt
+  cat = lambda f: jnp.concatenate([getattr(p, f) for p in parts], axis=0)[src_R]
+  return cat('tokens'), cat('logprobs'), cat('lengths'), cat('stop_reason')
+
+
+def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_tokens: int,
+           temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+           stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
+           progress: Any = True, prompt_width: int = 0,
+           mesh: Optional[jax.sharding.Mesh] = None) -> Rollout:
+  """Returns the Rollout of n samples of each tokenised prompt (rows in input order).
+
+  `prompt_ids` are chat-formatted ids that already fit the context with max_new_tokens (see
+  completions.encode_prompts). Prompts are sorted by length into device batches of `batch_size`
+  (default DEFAULT_ROWS // n rounded down to a power of two); row j of prompt i is seeded by
+  (seed, i * n + j), so the samples do not depend on the batching. Stop strings end a row on
+  the device as token sequences. The Rollout's prompts are left-padded to
+  max(prompt_width, longest prompt) and its completions to max_new_tokens.
+  """
+  tok = model.tokenizer
+  mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
+  ids = [np.asarray(x, np.int32) for x in prompt_ids]
+  if max_new_tokens < 1 or n < 1:
+    raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
+  if any(not len(x) for x in ids):
+    raise ValueError(f'prompt {[len(x) for x in ids].index(0)} has no tokens')
+  width = max([prompt_width] + [len(x) for x in ids])
+  host_tokens, host_mask = left_pad(ids, max(width, 1), tok.pad_id)
+  stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop if s) if q]
+  settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
+                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
+                  pad_id=tok.pad_id)
+  batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
+  multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
+  order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+  put = lambda *xs: (sharding.shard_batch(mesh, *xs) if mesh is not None
+                     else tuple(jax.device_put(x) for x in xs))
+  # Host edges: the seed and the prompts go up explicitly; the rest runs on the device.
+  with jax.transfer_guard('allow'):
+    key = jax.random.key(seed)
+  parts, src = [], np.zeros(len(ids) * n, np.int32)
+  offset = 0
+  with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
+      console.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
+    for start in range(0, len(order), batch_size):
+      chunk = order[start:start + batch_size]
+      # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
+      b = len(chunk) if len(chunk) == batch_size else min(sampler.bucket(len(chunk), 1),
+                                                          batch_size)
+      rows = chunk + [chunk[0]] * (-(-b // multiple) * multiple - len(chunk))
+      p = max(len(ids[i]) for i in rows)
+      tokens, mask, pids = put(host_tokens[rows, width - p:], host_mask[rows, width - p:],
+                               np.asarray(rows, np.int32))
+      parts.append(sampler.sample(model.config, model.params, tokens, mask, key,
+                                  prompt_ids_B=pids, **settings))
+      for r, i in enumerate(chunk):
+        src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
+      offset += len(rows) * n
+      bar.update(len(chunk))
+    prompt_tokens, prompt_mask = put(host_tokens, host_mask)
+    if not parts:
+      zeros = lambda dtype: jax.device_put(np.zeros((0, max_new_tokens), dtype))
+      return Rollout(prompt_tokens, prompt_mask, zeros(np.int32), zeros(np.float32),
+                     jax.device_put(np.zeros(0, np.int32)),
+                     jax.device_put(np.zeros(0, np.int32)), n=n)
+    (src_dev,) = put(src)
+    tokens, logprobs, lengths, reason = _gather_rows(tuple(parts), src_dev, n)
+  return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, tokens=tokens,
+                 logprobs=logprobs, lengths=lengths, stop_reason=reason, n=n)
