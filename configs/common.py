@@ -48,6 +48,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0  # root seed of every sampling stage (data order in training has its own)
   c.shard_size = 16  # prompts per shard of the sampling stages (the resume granularity)
   c.mesh = (1, -1, 1)  # (data, fsdp, tensor) mesh shape; -1 takes the remaining devices
+  # The stages each iteration runs, in order, each in iter_<t>/<name>/ (one module each in
+  # srlm_jax/pipeline/stages/; a stage elsewhere is named by its dotted module path). A stage
+  # reads only stages before it; M1's SFT (the `sft` block) runs once before iteration 1.
+  c.stages = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
   c.distributed = False  # call jax.distributed.initialize() first (multi-host runs)
   # resume a workdir whose recorded config.json differs in the fields listed in the error
   # (the change is recorded in workdir/history.jsonl); False refuses such a resume
@@ -92,6 +96,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.creation.judge.verdict_prefix = '\nScore: '  # each score 0..5 must be one token after it
   c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
   c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
+  # Candidates stopped by the length limit (stop reason max_tokens) are cut off mid-answer:
+  # False never chooses nor rejects them (decisions.jsonl says so); True pairs them like others.
+  c.creation.pair_truncated = False
   # A prompt or judge prompt that does not fit the model's context beside its token limit:
   # False is an error naming the record; True drops the middle of its tokens (recorded per
   # record as prompt_truncated / judge_prompt_truncated).

@@ -34,6 +34,9 @@ def get_config(arg: str = ''):
   c.creation.judge.k = 3
   c.creation.judge.max_new_tokens = 8
   c.creation.judge.verdict = 'forced'
+  # A random model never samples eos within 16 tokens: every candidate stops at the length
+  # limit, so excluding truncated candidates would leave no pairs and no DPO to test.
+  c.creation.pair_truncated = True
   c.creation.judge.template = ('Rate the response from 0 to 5.\nQuestion: {prompt}\n'
                                'Response: {response}')
   c.data.eft_target = 'score_only'

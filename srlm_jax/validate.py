@@ -95,6 +95,30 @@ def loss_name(v) -> Optional[str]:
   return None if v in losses.names() else f'one of {losses.names()}'
 
 
+def stage_list(v) -> Optional[str]:
+  """Returns what config.stages must be, or None when v names registered stages in an order
+  where each comes after the stages it reads."""
+  from srlm_jax.pipeline import stage as stage_lib  # pylint: disable=g-import-not-at-top
+  if not isinstance(v, (tuple, list)) or not all(isinstance(e, str) for e in v):
+    return 'a list of stage names'
+  seen = []
+  for entry in v:
+    try:
+      stage = stage_lib.get(entry)
+    except ValueError as e:
+      return f'registered stage names or dotted module paths, but {e}'
+    if stage.name == 'sft':
+      return "iteration stages ('sft' is M1's, run once before iteration 1 when sft.enabled)"
+    if stage.name in seen:
+      return f'each stage once, but {stage.name!r} is listed twice'
+    missing = [i for i in stage.inputs if i not in seen]
+    if missing:
+      return (f'each stage after the stages it reads, but {stage.name!r} reads '
+              f'{", ".join(map(repr, missing))}, not listed before it')
+    seen.append(stage.name)
+  return None
+
+
 TOP_P = number(0, 1, lo_open=True)
 # (field, check). The loop config's own fields first, then those of the training blocks.
 RULES: tuple[tuple[str, Check], ...] = (
@@ -102,6 +126,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('seed', integer()),
     ('shard_size', integer(1)),
     ('mesh', mesh_shape),
+    ('stages', stage_list),
     ('data.eft_target', choice('judgment', 'score_only')),
     ('data.max_ift', integer(0, '0: all')),
     ('data.max_eft', integer(0, '0: all')),

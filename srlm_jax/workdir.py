@@ -7,7 +7,7 @@
   history.jsonl   one line per start, resume and accepted config change (with the fields)
   <stage>/DONE    the stage's info plus `outputs`: per file it wrote, its record count (JSONL)
                   or size, and sha256; a reader checks a file against it
-  shards/N.json   the same digest beside each shard N.jsonl of a sampling stage
+  shards/N.json   the digests of a sharded stage's shard N: N.jsonl and, if written, N.npz
 
 A resume with a changed config is refused unless config.allow_config_change is set, except
 for the fields in FREE_ON_RESUME (how far or how a run executes, not what a stage holds).
@@ -100,6 +100,22 @@ def shard_sidecar(shard_path: str) -> str:
   return shard_path[:-len('.jsonl')] + '.json'
 
 
+def shard_digests(sidecar: str) -> dict:
+  """Returns {path: digest} of the shard files a sidecar (NNNNN.json) records.
+
+  A sidecar holds {file name: digest}; one written before shards had arrays holds the digest
+  of its NNNNN.jsonl alone, and is read as such.
+  """
+  info = read_json(sidecar)
+  folder = os.path.dirname(sidecar)
+  if not isinstance(info, dict):
+    raise WorkdirError(f'{sidecar}: expected a JSON object of shard digests, got '
+                       f'{type(info).__name__}')
+  if 'sha256' in info:
+    return {sidecar[:-len('.json')] + '.jsonl': info}
+  return {os.path.join(folder, name): digest for name, digest in info.items()}
+
+
 def verify_workdir(workdir: str) -> int:
   """Checks every output a finished stage or shard recorded; returns how many were checked."""
   checked = 0
@@ -113,10 +129,11 @@ def verify_workdir(workdir: str) -> int:
         checked += 1
     if os.path.basename(dirpath) == 'shards':
       for name in names:
-        sidecar = os.path.join(dirpath, name[:-len('.jsonl')] + '.json')
-        if name.endswith('.jsonl') and os.path.exists(sidecar):
-          verify_file(os.path.join(dirpath, name), read_json(sidecar), sidecar)
-          checked += 1
+        if name.endswith('.json') and '.tmp.' not in name:
+          sidecar = os.path.join(dirpath, name)
+          for path, expected in shard_digests(sidecar).items():
+            verify_file(path, expected, sidecar)
+            checked += 1
   return checked
 
 
