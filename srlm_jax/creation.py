@@ -25,8 +25,8 @@ import numpy as np
 
 from srlm_jax import instructions
 from srlm_jax.data_io import write_jsonl
-from srlm_jax import judge as judge_lib
-from srlm_jax import pairs as pairs_lib
+from srlm_jax import judges as judge_lib
+from srlm_jax.rewards import pairs as pairs_lib
 from srlm_jax import rollout
 
 
@@ -124,63 +124,20 @@ def candidates(model: Any, prompt_records: Sequence[dict], settings: CreationSet
 def judge_candidates(model: Any, candidate_records: Sequence[dict], settings: CreationSettings,
                      *, parser=None, shard: int = 0, progress: bool = True) -> list:
   """Returns one record per (prompt, candidate) with its K judgments and their scores."""
+  del parser  # the judge's parser is built once per tokenizer (judges.Judge.parser)
   flat = [(r, j, text) for r in candidate_records for j, text in enumerate(r['candidates'])]
   result = judge_lib.judge_responses(
       model, [r['prompt'] for r, _, _ in flat], [t for _, _, t in flat],
-      settings=settings.judge, parser=parser, seed=(settings.seed + 2) * 1_000_003 + shard,
+      settings=settings.judge, seed=(settings.seed + 2) * 1_000_003 + shard,
       progress=progress, where=[f'judgment of {r["id"]} candidate {j}' for r, j, _ in flat],
       truncate=settings.truncate_prompts)
-  records = []
-  for i, (r, j, text) in enumerate(flat):
-    forced = result.forced_RxK[i]
-    records.append({
-        'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text,
-        'judgments': result.texts[i],
-        'scores': [judge_lib.score_json(s) for s in result.scores_RxK[i]],
-        'valid': [bool(v) for v in result.valid_RxK[i]],
-        'mean': judge_lib.score_json(result.mean_R[i]),
-        'n_valid': int(result.n_valid_R[i]),
-        'verdicts': ['forced' if f else 'sampled' for f in forced],
-        'forced_argmax': [judge_lib.score_json(a) for a in result.argmax_RxK[i]],
-        'score_mass': [judge_lib.score_json(m) for m in result.mass_RxK[i]],
-        **({'judge_prompt_truncated': int(result.truncated_R[i])}
-           if settings.truncate_prompts else {})})
-  return records
+  items = [{'id': r['id'], 'candidate': j, 'prompt': r['prompt'], 'response': text}
+           for r, j, text in flat]
+  return judge_lib.judgment_records(items, result, settings.judge.kind,
+                                    settings.truncate_prompts)
 
 
-def judgment_stats(judgment_records: Sequence[dict]) -> dict:
-  """Returns how well the judgments separate candidates: valid and forced fractions, the tie
-  rate, and within- against between-candidate score variance.
-
-  tie_rate: over every two candidates of one prompt that both have a mean score, the fraction
-  whose means are equal (a tie never pairs). within_candidate_var: the mean over candidates
-  with two or more valid scores of their sample variance; between_candidate_var: the sample
-  variance of the candidates' mean scores. Judgments that are pure noise give between about
-  within / k; a judge that tells candidates apart gives between well above it.
-  """
-  valid = [v for r in judgment_records for v in r['valid']]
-  verdicts = [v for r in judgment_records
-              for v in r.get('verdicts', ['sampled'] * len(r['valid']))]
-  masses = [m for r in judgment_records for m in r.get('score_mass', []) if m is not None]
-  within = [np.var(s, ddof=1) for s in (
-      [x for x, v in zip(r['scores'], r['valid']) if v and x is not None]
-      for r in judgment_records) if len(s) >= 2]
-  means = [r['mean'] for r in judgment_records if r['mean'] is not None]
-  by_prompt = {}
-  for r in judgment_records:
-    if r['mean'] is not None:
-      by_prompt.setdefault(r['id'], []).append(r['mean'])
-  two = [(a, b) for ms in by_prompt.values() for k, a in enumerate(ms) for b in ms[k + 1:]]
-  rnd = lambda x: float(f'{x:.4g}')  # 4 significant digits: forced scores differ by little
-  return {
-      'judgments': len(valid),
-      'valid_fraction': rnd(np.mean(valid)) if valid else None,
-      'forced_fraction': rnd(np.mean([v == 'forced' for v in verdicts])) if verdicts else None,
-      'forced_score_mass': rnd(np.mean(masses)) if masses else None,
-      'tie_rate': rnd(np.mean([a == b for a, b in two])) if two else None,
-      'within_candidate_var': rnd(np.mean(within)) if within else None,
-      'between_candidate_var': rnd(np.var(means, ddof=1)) if len(means) >= 2 else None,
-  }
+judgment_stats = judge_lib.judgment_stats  # moved to srlm_jax/judges/records.py
 
 
 def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dict],

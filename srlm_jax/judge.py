@@ -34,7 +34,7 @@ import numpy as np
 from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import llama
-from srlm_jax import pairs
+from srlm_jax.rewards import pairs
 from srlm_jax import rollout
 from srlm_jax import sampler
 from srlm_jax import sharding

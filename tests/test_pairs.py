@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from srlm_jax import pairs
+from srlm_jax.rewards import pairs
 
 NAN = float('nan')
 MODES = [pytest.param(lambda f: f, id='eager'), pytest.param(jax.jit, id='jit')]

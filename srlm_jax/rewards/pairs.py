@@ -1,26 +1,41 @@
-"""Preference pairs from judged candidates: (chosen, rejected) per prompt, on the device.
+"""Preference pairs from judged candidates, and the DPO dataset built from their token ids.
+
+`choose_pairs` takes the judgments of the candidates as arrays and, in one jitted function,
+averages the valid judgments of each candidate and picks (chosen, rejected) per prompt.
+`preference_dataset` then builds the DPO batch rows from the candidate Rollout's sampled ids
+(no text is tokenised again) with the Rollout's log-probs as the reference's, on the device.
 
 Rules (Self-Rewarding LMs, Yuan et al. 2024, with the Meta-Rewarding length control):
-  * A candidate counts when its score is valid and not NaN.
+  * A candidate counts when its score is valid and not NaN, and it is usable: not empty and
+    (by default) not truncated (stopped by the length limit: its text is cut off, so it is
+    neither a good example nor a fair bad one).
   * chosen = the highest-scored, rejected = the lowest-scored counted candidate; among equal
     scores the lowest index wins, so the result is deterministic.
-  * No pair when fewer than two candidates count, when best == worst (a tie), or when the
-    chosen score exceeds the rejected one by less than `min_gap`.
+  * No pair when fewer than two candidates count ('fewer_than_two_usable' when two or more
+    have a valid score but the unusable ones leave fewer than two), when best == worst (a
+    tie), or when the chosen score exceeds the rejected one by less than `min_gap`.
   * Length control (`length_margin` set): chosen is the SHORTEST counted candidate whose score
     is >= best - length_margin and > worst (the worst-scored candidates are left out so that a
     pair remains; lowest index among equal lengths). Rejected stays the lowest-scored.
 
-Axis legend: P prompts, N candidates per prompt, K judgments per candidate.
+Axis legend: P prompts, N candidates per prompt, K judgments per candidate, R = P*N candidate
+rows (prompt-major), Q pairs, S = prompt width + completion width (a DPO row), M completion
+width.
 """
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-# `reason` codes of select_pairs, by index.
-REASONS = ('pair', 'fewer_than_two_valid', 'tie', 'gap_below_min')
-PAIR, FEWER_THAN_TWO_VALID, TIE, GAP_BELOW_MIN = range(4)
+from srlm_jax import sampler
+from srlm_jax.rollout import rollout as rollout_lib
+
+# `reason` codes of select_pairs / choose_pairs, by index.
+REASONS = ('pair', 'fewer_than_two_valid', 'tie', 'gap_below_min', 'fewer_than_two_usable')
+PAIR, FEWER_THAN_TWO_VALID, TIE, GAP_BELOW_MIN, FEWER_THAN_TWO_USABLE = range(5)
 
 
 def mean_valid(scores_PxNxK: jax.Array, valid_PxNxK: jax.Array
@@ -90,3 +105,94 @@ def select_pairs(scores_PxN: jax.Array, valid_PxN: jax.Array,
   reason_P = reason_P.astype(jnp.int32)
   return dict(chosen=chosen_P, rejected=rejected_P, has_pair=reason_P == PAIR,
               chosen_score=chosen_score_P, rejected_score=rejected_score_P, reason=reason_P)
+
+
+@functools.partial(jax.jit, static_argnames=('min_gap', 'length_margin'))
+def choose_pairs(scores_PxNxK: jax.Array, valid_PxNxK: jax.Array, lengths_PxN: jax.Array,
+                 usable_PxN: jax.Array, *, min_gap: float = 0.0,
+                 length_margin: Optional[float] = None) -> Dict[str, jax.Array]:
+  """Returns select_pairs' [P] arrays of the mean valid judgment per usable candidate, plus
+  `mean_PxN` (NaN where no judgment is valid) and `count_PxN` (valid judgments).
+
+  One jitted function: the mean over K and the selection. A prompt with two or more scored
+  candidates of which fewer than two are usable gets reason FEWER_THAN_TWO_USABLE.
+  """
+  mean_PxN, count_PxN = mean_valid(scores_PxNxK, valid_PxNxK)
+  scored_PxN = count_PxN > 0
+  out = select_pairs(mean_PxN, scored_PxN & jnp.asarray(usable_PxN, bool), lengths_PxN,
+                     min_gap=min_gap, length_margin=length_margin)
+  unusable_P = (out['reason'] == FEWER_THAN_TWO_VALID) & (scored_PxN.sum(axis=-1) >= 2)
+  out['reason'] = jnp.where(unusable_P, FEWER_THAN_TWO_USABLE, out['reason']).astype(jnp.int32)
+  return {**out, 'mean_PxN': mean_PxN, 'count_PxN': count_PxN}
+
+
+@functools.partial(jax.jit, static_argnames=('n', 'pair_truncated'))
+def usable(stop_reason_R: jax.Array, nonempty_R: jax.Array, *, n: int,
+           pair_truncated: bool = False) -> jax.Array:
+  """Returns usable_PxN: candidates that are not empty and, unless pair_truncated, did not
+  stop at the length limit (sampler.StopReason.MAX_TOKENS)."""
+  ok_R = jnp.asarray(nonempty_R, bool)
+  if not pair_truncated:
+    ok_R &= stop_reason_R != int(sampler.StopReason.MAX_TOKENS)
+  return ok_R.reshape(-1, n)
+
+
+def pair_rows(has_pair_P: jax.Array) -> jax.Array:
+  """Returns the int32 indices [Q] of the prompts with a pair, on the device.
+
+  A host edge: the number of pairs sets the dataset's shape, so has_pair is read on the host
+  (explicitly) and the indices go back up explicitly.
+  """
+  rows = np.flatnonzero(np.asarray(jax.device_get(has_pair_P))).astype(np.int32)
+  return jax.device_put(rows)
+
+
+def _sequence(prompt_QxP, prompt_mask_QxP, tokens_QxM, logps_QxM, lengths_Q, pad_id):
+  """Returns (DPO arrays {inputs, targets, loss_mask, mask} [Q, S], ref log-probs [Q, S] at
+  the targets) of rows = the real prompt tokens followed by the completion's tokens."""
+  (q, p), m = prompt_QxP.shape, tokens_QxM.shape[1]
+  s = p + m
+  rows_Q1 = jnp.arange(q)[:, None]
+  prompt_len_Q = prompt_mask_QxP.sum(axis=-1).astype(jnp.int32)
+  # Scatter the real prompt tokens to the front (by their rank), then the completion after
+  # them; padding goes to index s and is dropped.
+  prompt_to_QxP = jnp.where(prompt_mask_QxP, jnp.cumsum(prompt_mask_QxP, axis=-1) - 1, s)
+  j_1M = jnp.arange(m)[None, :]
+  real_QxM = j_1M < lengths_Q[:, None]
+  completion_to_QxM = jnp.where(real_QxM, prompt_len_Q[:, None] + j_1M, s)
+  seq_QxS = jnp.full((q, s), pad_id, jnp.int32)
+  seq_QxS = seq_QxS.at[rows_Q1, prompt_to_QxP].set(prompt_QxP, mode='drop')
+  seq_QxS = seq_QxS.at[rows_Q1, completion_to_QxM].set(tokens_QxM, mode='drop')
+  t_1S = jnp.arange(s)[None, :]
+  mask_QxS = t_1S < (prompt_len_Q + lengths_Q - 1)[:, None]  # the last token predicts nothing
+  next_QxS = jnp.concatenate([seq_QxS[:, 1:], jnp.full((q, 1), pad_id, jnp.int32)], axis=1)
+  # Target t is completion token j = t - prompt_len + 1: its log-prob sits at t = prompt_len-1+j.
+  target_to_QxM = jnp.where(real_QxM, prompt_len_Q[:, None] - 1 + j_1M, s)
+  ref_QxS = jnp.zeros((q, s), jnp.float32).at[rows_Q1, target_to_QxM].set(
+      jnp.where(real_QxM, logps_QxM, 0.0), mode='drop')
+  seq = {'inputs': jnp.where(mask_QxS, seq_QxS, pad_id),
+         'targets': jnp.where(mask_QxS, next_QxS, pad_id),
+         'loss_mask': mask_QxS & (t_1S >= (prompt_len_Q - 1)[:, None]),
+         'mask': mask_QxS}
+  return seq, ref_QxS
+
+
+@functools.partial(jax.jit, static_argnames='pad_id')
+def preference_dataset(cand: rollout_lib.Rollout, chosen_P: jax.Array, rejected_P: jax.Array,
+                       pair_rows_Q: jax.Array, *, pad_id: int = 0) -> dict:
+  """Returns the DPO dataset of the pairs at pair_rows, built on the device from the ids the
+  candidates sampled: {'chosen': seq, 'rejected': seq} ([Q, S] inputs, targets, loss_mask,
+  mask) plus the reference log-probs from the Rollout ('ref_chosen_logps' [Q], summed over
+  loss_mask, and per token 'ref_chosen_token_logps' [Q, S] aligned with targets; likewise
+  rejected): the policy that sampled the candidates is the reference, so no forward pass."""
+  prompt_QxP = cand.prompt_tokens[pair_rows_Q]
+  prompt_mask_QxP = cand.prompt_mask[pair_rows_Q].astype(bool)
+  out = {}
+  for name, index_P in (('chosen', chosen_P), ('rejected', rejected_P)):
+    rows_Q = pair_rows_Q * cand.n + index_P[pair_rows_Q]
+    seq, ref_QxS = _sequence(prompt_QxP, prompt_mask_QxP, cand.tokens[rows_Q],
+                             cand.logprobs[rows_Q], cand.lengths[rows_Q], pad_id)
+    out[name] = seq
+    out[f'ref_{name}_token_logps'] = ref_QxS
+    out[f'ref_{name}_logps'] = jnp.sum(jnp.where(seq['loss_mask'], ref_QxS, 0.0), axis=-1)
+  return out

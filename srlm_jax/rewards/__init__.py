@@ -1,0 +1,1 @@
+"""Rewards from judgments: preference pairs and the DPO dataset built from sampled ids."""
