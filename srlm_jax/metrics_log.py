@@ -12,7 +12,6 @@ TensorBoard: `pip install "srlm_jax[tensorboard]"` (tensorboardX), then
 config.logging.wandb_project (WANDB_MODE=offline keeps the run local).
 """
 
-import json
 import os
 from typing import Optional, Sequence
 
@@ -25,10 +24,10 @@ TENSORBOARD_HINT = 'pip install "srlm_jax[tensorboard]" (or pip install tensorbo
 
 
 def _read(path: str) -> list:
+  """Returns the objects of a JSONL file through data_io's reader ([] when it is missing)."""
   if not os.path.exists(path):
     return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [obj for _, _, obj in data_io.read_jsonl(path, allow_empty=True)]
 
 
 def _clip(text, n: int = 300) -> str:
