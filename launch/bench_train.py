@@ -55,7 +55,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import data, data_io, hf_io, sharding, train
-from srlm_jax.bench_util import matmul_peak, timed, write_json
+from bench_util import matmul_peak, timed, write_json  # launch/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')

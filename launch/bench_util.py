@@ -1,4 +1,4 @@
-"""Timing helpers shared by the launch/bench_*.py scripts."""
+"""Timing helpers shared by the launch/bench_*.py scripts (imported from beside them)."""
 
 import json
 import statistics
