@@ -50,8 +50,6 @@ LAYER_NAMES = [name for name, _ in LAYERS]
 KNOWN_UPWARD = {
     ('srlm_jax/judge.py', 'srlm_jax/rewards/pairs.py'):
         'C2: judge.py goes once judges/ replaces it',
-    ('srlm_jax/rollout/rollout.py', 'srlm_jax/console.py'):
-        'C1: progress_bar is in srlm_jax/bars.py (base); import it from there',
     ('srlm_jax/train.py', 'srlm_jax/console.py'):
         'B: progress_bar is in srlm_jax/bars.py (base); import it from there',
     ('srlm_jax/train.py', 'srlm_jax/validate.py'):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import console, sampler, sharding
+from srlm_jax import bars, sampler, sharding
 
 DEFAULT_ROWS = 64  # rows (prompts * n) per device batch
 FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'logprobs', 'lengths', 'stop_reason')
@@ -120,7 +120,7 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   parts, src = [], np.zeros(len(ids) * n, np.int32)
   offset = 0
   with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
-      console.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
+      bars.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
       # A last, smaller batch is padded to a power of two, rows repeating a real prompt.

@@ -1,0 +1,158 @@
+"""Tests for srlm_jax.rollout: the Rollout's log-probs against a full forward pass, rows in input
+order whatever the batching, and the host edge (texts, npz files, concat)."""
+
+import jax
+import numpy as np
+import pytest
+
+import srlm_jax
+from srlm_jax import llama, rollout, sampler
+
+PROMPTS = ['Hi.', 'Name three colours of the rainbow, briefly.', 'Why is the sky blue?',
+           [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': '2 + 2?'}],
+           'Tell me a short story about a cat who learns to sail across the sea.']
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  return srlm_jax.load('tiny')
+
+
+def _sample(model, n=3, max_new_tokens=12, **kw):
+  ids, _ = rollout.encode_prompts(model, PROMPTS, max_new_tokens=max_new_tokens)
+  kw = dict(n=n, max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9, seed=5,
+            progress=False, **kw)
+  return ids, rollout.sample(model, ids, **kw)
+
+
+def _full_forward_logps(model, ids, host):
+  """Returns per row the log-softmax of llama.forward over prompt + completion at the
+  completion's ids (float32 [R, M], 0 after the row's length)."""
+  n = len(host['tokens']) // len(ids)
+  lengths = host['lengths']
+  rows = [np.concatenate([ids[r // n], host['tokens'][r, :lengths[r]]])
+          for r in range(len(lengths))]
+  width = max(len(x) for x in rows)
+  tokens = np.zeros((len(rows), width), np.int32)
+  mask = np.zeros((len(rows), width), bool)
+  for r, x in enumerate(rows):  # right-padded: causal attention never reads the padding
+    tokens[r, :len(x)], mask[r, :len(x)] = x, True
+  logits = llama.forward(model.config, model.params, tokens, mask=mask)
+  logps = np.asarray(jax.nn.log_softmax(logits.astype(np.float32), axis=-1))
+  want = np.zeros(host['logprobs'].shape, np.float32)
+  for r, x in enumerate(rows):
+    start = len(ids[r // n])
+    for j in range(lengths[r]):  # token j sits at start + j, predicted at start + j - 1
+      want[r, j] = logps[r, start + j - 1, x[start + j]]
+  return want
+
+
+def _check_logprobs(model, n, max_new_tokens):
+  ids, out = _sample(model, n=n, max_new_tokens=max_new_tokens)
+  host = rollout.to_host(out)
+  assert out.num_prompts == len(PROMPTS) and out.num_rows == len(PROMPTS) * n
+  assert host['tokens'].shape == host['logprobs'].shape == (len(PROMPTS) * n, max_new_tokens)
+  assert (host['lengths'] >= 1).all() and (host['lengths'] <= max_new_tokens).all()
+  want = _full_forward_logps(model, ids, host)
+  np.testing.assert_allclose(host['logprobs'], want, atol=1e-4, rtol=0)
+  assert (host['logprobs'] < 0).sum() > 0.9 * host['lengths'].sum()  # not all zeros
+  return ids, host
+
+
+def test_logprobs_equal_a_full_forward_tiny(tiny):
+  ids, host = _check_logprobs(tiny, n=3, max_new_tokens=12)
+  # The prompts are left-padded to the longest one, their mask marking the real ids.
+  for i, x in enumerate(ids):
+    width = host['prompt_tokens'].shape[1]
+    assert host['prompt_mask'][i].sum() == len(x) and host['prompt_mask'][i, width - len(x):].all()
+    np.testing.assert_array_equal(host['prompt_tokens'][i, width - len(x):], x)
+
+
+def test_logprobs_equal_a_full_forward_smollm2():
+  model = srlm_jax.load('smollm2-135m-instruct')
+  _, host = _check_logprobs(model, n=2, max_new_tokens=16)
+  # A trained model stops: eos rows end with an eos id, the others ran to the limit.
+  for r, length in enumerate(host['lengths']):
+    reason = sampler.StopReason(int(host['stop_reason'][r]))
+    if reason == sampler.StopReason.EOS:
+      assert host['tokens'][r, length - 1] in model.tokenizer.eos_ids
+    else:
+      assert reason == sampler.StopReason.MAX_TOKENS and length == 16
+
+
+def test_rows_in_input_order_whatever_the_batching(tiny):
+  _, whole = _sample(tiny)
+  _, ones = _sample(tiny, batch_size=1)
+  _, twos = _sample(tiny, batch_size=2)
+  a, b, c = (rollout.to_host(x) for x in (whole, ones, twos))
+  for k in rollout.FIELDS:
+    if k == 'logprobs':  # another batch shape compiles other kernels: float32 rounding differs
+      np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0)
+      np.testing.assert_allclose(a[k], c[k], atol=1e-5, rtol=0)
+    else:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+      np.testing.assert_array_equal(a[k], c[k], err_msg=k)
+  assert len({tuple(a['tokens'][r]) for r in range(len(a['tokens']))}) > len(PROMPTS)
+
+
+def test_generate_tokens_is_the_rollout_on_the_host(tiny):
+  ids, out = _sample(tiny)
+  host = rollout.to_host(out)
+  comps = rollout.generate_tokens(tiny, PROMPTS, n=3, max_new_tokens=12, temperature=0.7,
+                                  top_p=0.9, seed=5, progress=False)
+  texts = rollout.texts(out, tiny.tokenizer)
+  for i, cs in enumerate(comps):
+    for j, c in enumerate(cs):
+      r = i * 3 + j
+      np.testing.assert_array_equal(c.tokens, host['tokens'][r, :host['lengths'][r]])
+      np.testing.assert_array_equal(c.logprobs, host['logprobs'][r, :host['lengths'][r]])
+      assert c.stop_reason == host['stop_reason'][r] and c.text == texts[i][j]
+      np.testing.assert_array_equal(c.prompt_tokens, ids[i])
+
+
+def test_texts_cut_eos_and_stop_strings():
+  class Tok:
+    eos_ids = (1,)
+
+    def decode(self, ids, skip_special=True):
+      return ''.join(chr(96 + i) for i in ids if i >= 3 or not skip_special)
+
+  out = rollout.Rollout(
+      prompt_tokens=np.full((1, 2), 5, np.int32), prompt_mask=np.ones((1, 2), bool),
+      tokens=np.array([[3, 4, 1, 0], [5, 6, 7, 8]], np.int32),
+      logprobs=np.zeros((2, 4), np.float32), lengths=np.array([3, 4], np.int32),
+      stop_reason=np.array([sampler.StopReason.EOS, sampler.StopReason.MAX_TOKENS], np.int32),
+      n=2)
+  assert rollout.texts(out, Tok()) == [['cd', 'efgh']]
+  assert rollout.texts(out, Tok(), stop=('g',)) == [['cd', 'ef']]
+
+
+def test_save_load_concat_and_flatten(tiny, tmp_path):
+  _, a = _sample(tiny, n=2, max_new_tokens=8)
+  ids, _ = rollout.encode_prompts(tiny, ['Hi.'], max_new_tokens=4)
+  b = rollout.sample(tiny, ids, n=2, max_new_tokens=4, seed=1, progress=False)
+  both = rollout.concat([a, b], pad_id=tiny.tokenizer.pad_id)
+  host, ha, hb = rollout.to_host(both), rollout.to_host(a), rollout.to_host(b)
+  assert host['tokens'].shape == (2 * len(PROMPTS) + 2, 8)
+  np.testing.assert_array_equal(host['tokens'][:len(ha['tokens'])], ha['tokens'])
+  np.testing.assert_array_equal(host['tokens'][len(ha['tokens']):, :4], hb['tokens'])
+  assert (host['logprobs'][len(ha['tokens']):, 4:] == 0).all()
+  # b's one short prompt is left-padded to a's width: its real ids stay at the right end.
+  p = ha['prompt_tokens'].shape[1]
+  np.testing.assert_array_equal(host['prompt_tokens'][-1, p - len(ids[0]):], ids[0])
+  assert host['prompt_mask'][-1].sum() == len(ids[0])
+  path = rollout.save(str(tmp_path / 'x.npz'), both.arrays())
+  back = rollout.load(path)
+  for k in rollout.FIELDS:
+    np.testing.assert_array_equal(back[k], host[k])
+    assert back[k].dtype == host[k].dtype
+  again = rollout.from_arrays(back, n=2)
+  assert again.num_rows == both.num_rows and again.n == 2
+  with pytest.raises(ValueError, match='n=3'):
+    rollout.from_arrays(back, n=3)
+  nested = {'chosen': {'inputs': np.ones(2)}, 'ref': np.zeros(1)}
+  assert rollout.unflatten(rollout.flatten(nested)) == nested
+  assert sorted(rollout.flatten(nested)) == ['chosen/inputs', 'ref']
+  (tmp_path / 'bad.npz').write_text('not an npz')
+  with pytest.raises(ValueError, match='bad.npz: not a readable .npz'):
+    rollout.load(str(tmp_path / 'bad.npz'))
