@@ -8,13 +8,18 @@ per kind into the time left.
 import dataclasses
 from typing import Optional, Sequence
 
-# The loop's stages in run order: M1's SFT once, then these per iteration (loop.STAGES).
+# Each iteration's stages when a config names none (config.stages): today's built-in order.
 ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
 # Relative cost of one work unit of each kind, used for the run's ETA only until a stage of
 # that kind has been timed: a training token (forward + backward, about 3 forwards), a scored
 # token (one forward) and a sampled token (a decode step: memory-bound, a few forwards' worth
 # per token at the batch sizes used here). Measured rates replace these as soon as they exist.
 PRIOR_COST = {'train': 3.0, 'score': 1.0, 'sample': 4.0}
+
+
+def stage_names(config) -> tuple:
+  """Returns the stages each iteration runs, in order (config.stages)."""
+  return tuple(config.get('stages') or ITERATION_STAGES)
 
 
 def _train_steps(cfg, examples: int) -> int:
@@ -50,6 +55,7 @@ def plan_run(config, n_sft_examples: int) -> list:
 
 
 def iteration_plan(config, t: int, prompts: int, pairs: int) -> list:
+  """Returns iteration t's StagePlans for `prompts` kept prompts that make `pairs` pairs."""
   c, dpo = config.creation, config.dpo
   responses = prompts * c.n_candidates
   eval_units = 0
@@ -63,7 +69,8 @@ def iteration_plan(config, t: int, prompts: int, pairs: int) -> list:
            'dpo': ('train', (_train_steps(dpo, pairs) if pairs else 0) * dpo.batch_size * 2
                    * dpo.max_len),
            'eval': ('sample', eval_units)}
-  return [StagePlan(t, name, *units[name]) for name in ITERATION_STAGES]
+  # A stage the plan cannot size (one added through config.stages) weighs nothing in the ETA.
+  return [StagePlan(t, name, *units.get(name, ('score', 0))) for name in stage_names(config)]
 
 
 def run_eta(plans: Sequence[StagePlan], seconds: dict, units: dict) -> Optional[float]:

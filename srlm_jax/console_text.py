@@ -96,7 +96,10 @@ def stage_result(stage_dir: str, name: str, info: Optional[dict] = None) -> str:
     if agreement:
       return f'judge pairwise accuracy {agreement["pairwise_accuracy"]:.3f}'
     return 'response lengths'
-  return ''
+  # A stage added through config.stages: the numbers its DONE info holds.
+  numbers = [f'{k} {v}' for k, v in info.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  return ', '.join(numbers[:4]) or 'done'
 
 
 def summary_lines(config, workdir: str, n_ift: Optional[int] = None,
@@ -117,7 +120,7 @@ def summary_lines(config, workdir: str, n_ift: Optional[int] = None,
   if log is not None:
     logs += f'; TensorBoard {os.path.join(workdir, "tensorboard") if log.tensorboard else "off"}'
     logs += f'; W&B {log.wandb_project or "off"}'
-  stages = ('sft, then ' if sft.enabled else '') + ', '.join(console_plan.ITERATION_STAGES)
+  stages = ('sft, then ' if sft.enabled else '') + ', '.join(console_plan.stage_names(config))
   rows = [
       ('workdir', workdir),
       ('model', f'{config.model} (M0)'

@@ -90,6 +90,22 @@ def test_plan_run_sizes_every_stage_from_the_config():
   assert [p.name for p in plans] == ['sft', *console.ITERATION_STAGES]
 
 
+def test_the_plan_and_the_text_follow_config_stages(tmp_path):
+  config = tiny_config(iterations=1)
+  config.stages = ('prompts', 'candidates', 'token_count')
+  plans = console.plan_run(config, n_sft_examples=32)
+  # A stage the plan cannot size is listed with no weight in the ETA.
+  assert [(p.name, p.units) for p in plans[1:]] == [('prompts', 4 * 16),
+                                                      ('candidates', 4 * 2 * 16),
+                                                      ('token_count', 0)]
+  assert 'sft, then prompts, candidates, token_count\n' in '\n'.join(
+      console.summary_lines(config, str(tmp_path))) + '\n'
+  # Its result line reports the numbers of its DONE info.
+  assert console.stage_result(str(tmp_path), 'token_count', {'tokens': 12, 'rows': 4,
+                                                             'outputs': {}}) == 'tokens 12, rows 4'
+  assert console.stage_result(str(tmp_path), 'token_count', {}) == 'done'
+
+
 def test_format_seconds():
   assert [console.format_seconds(s) for s in (None, 4.4, 65, 3725)] == ['?', '4s', '1m05s',
                                                                          '1h02m']
@@ -304,10 +320,14 @@ def test_console_of_a_run_its_resumes_and_a_finished_run(tmp_path):
   workdir = tmp_path / 'w'
   args = ['launch/srlm.py', f'--config={TINY}', f'--workdir={workdir}', '--config.iterations=1',
           '--config.creation.num_requests=2']
+  # The three runs share a persistent compilation cache: each would otherwise compile it all.
+  cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   # Killed inside M1's SFT after its step-2 checkpoint (of 4), then run to the end.
-  killed = _launch(args, SRLM_JAX_KILL_AT='sft:checkpoint')
+  killed = _launch(args, SRLM_JAX_KILL_AT='sft:checkpoint', **cache)
   assert killed.returncode == -9, killed.stderr[-3000:]
-  proc = _launch(args)
+  proc = _launch(args, **cache)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out, err = proc.stdout, proc.stderr
   assert out.startswith('srlm_jax: self-rewarding run')
@@ -332,7 +352,7 @@ def test_console_of_a_run_its_resumes_and_a_finished_run(tmp_path):
             'counts/judgments', 'candidate_lengths'} <= tags
     assert any(t.startswith('samples') for t in tags)
 
-  again = _launch(args)
+  again = _launch(args, **cache)
   assert again.returncode == 0, again.stderr[-3000:]
   out = again.stdout
   assert re.search(r'^sft: done, 32 examples, 4 steps, loss [\d.]+, skipped$', out, re.M)

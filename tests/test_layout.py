@@ -22,7 +22,9 @@ LAYERS = (
     # run directories, checkpoints, logs, bars, config help, the instruction filter.
     ('base', ('srlm_jax/distributed.py', 'srlm_jax/sharding.py', 'srlm_jax/data_io.py',
               'srlm_jax/workdir.py', 'srlm_jax/checkpoint.py', 'srlm_jax/metrics_log.py',
-              'srlm_jax/bars.py', 'srlm_jax/config_help.py', 'srlm_jax/instructions.py')),
+              'srlm_jax/bars.py', 'srlm_jax/config_help.py', 'srlm_jax/instructions.py',
+              # The one resume mechanism (DONE, atomic shards): stages and evaluate both use it.
+              'srlm_jax/store.py')),
     # One decoder and what reads weights and text into it.
     ('models', ('srlm_jax/models/', 'srlm_jax/llama.py', 'srlm_jax/sampler.py',
                 'srlm_jax/tokenizer.py', 'srlm_jax/gguf_tokenizer.py', 'srlm_jax/hf_io.py',
@@ -148,6 +150,7 @@ def test_every_module_has_a_layer():
 def test_modules_and_imports_resolve_to_files_and_layers():
   assert layer_of('srlm_jax/rollout/records.py') == 'rollout'
   assert layer_of('srlm_jax/pipeline/stages/eval.py') == 'pipeline'
+  assert layer_of('srlm_jax/train/steps.py') == 'train'
   assert layer_of('srlm_jax/data/README.md') == 'data'
   assert module_path('srlm_jax.console') == 'srlm_jax/console.py'
   assert module_path('srlm_jax') == 'srlm_jax/__init__.py'
