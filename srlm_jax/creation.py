@@ -177,8 +177,9 @@ def make_pairs(candidate_records: Sequence[dict], judgment_records: Sequence[dic
 def summary(prompt_records, rejected, judgment_records, pair_records, decisions) -> dict:
   """Returns the run's counts: prompts kept and rejected, valid judgments, score histogram, pairs."""
   valid = [v for j in judgment_records for v in j['valid']]
-  scores = [s for j in judgment_records for s in j['scores'] if s is not None]
-  hist, _ = np.histogram(scores, bins=np.arange(7) - 0.5) if scores else (np.zeros(6), None)
+  kind = next((j['judge'] for j in judgment_records if 'judge' in j), 'additive')
+  hist = judge_lib.score_histogram(judgment_records, judge_lib.get(kind).score_values)
+  del hist['invalid']
   reasons = {}
   for r in rejected:
     reasons[r['reason']] = reasons.get(r['reason'], 0) + 1
@@ -190,7 +191,7 @@ def summary(prompt_records, rejected, judgment_records, pair_records, decisions)
       'valid_judgments': int(sum(valid)),
       'valid_fraction': float(np.mean(valid)) if valid else 0.0,
       # Integer bins: a decimal score such as 4.5 falls in the bin of its nearest integer.
-      'score_histogram': {str(k): int(v) for k, v in enumerate(hist)},
+      'score_histogram': hist,
       'pairs': len(pair_records),
       'decisions': {k: sum(d['decision'] == k for d in decisions) for k in pairs_lib.REASONS},
       'judge': judgment_stats(judgment_records),

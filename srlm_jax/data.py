@@ -21,7 +21,8 @@ drop as the paper did (it kept the judgments of a model that agreed with the hum
     so [0, .1) -> 0, [.1, .3) -> 1, ..., [.9, 1] -> 5; a null q drops the reply.
 Any decreasing map of the rank agrees with the human ranking, which is what the paper asked of
 its EFT judgments. `judgment_text(score)` is the templated justification: it walks the additive
-rubric's points (srlm_jax.judge.ADDITIVE_RUBRIC) and ends with the line `Score: N`.
+rubric's points (srlm_jax.judges.additive) and ends with the line `Score: N`. The scores and
+judgments follow a judge (`judge=`, default the additive one): its scale and verdict line.
 
 A record of the wrong shape (missing field, wrong type) raises ValueError naming `file:line`;
 records that are well formed but filtered out (deleted, failed review, not English, unranked,
@@ -35,48 +36,31 @@ import math
 import os
 from typing import Iterable, Optional, Sequence
 
+from srlm_jax import judges
 from srlm_jax.data_io import Record, read_jsonl, write_jsonl  # pylint: disable=unused-import
 
 Report = dict  # {'source', 'read', 'kept', 'dropped': {reason: count}}
 
-_AWARDED = ('is relevant and offers related information (1 point)',
-            'covers a substantial part of the question (2nd point)',
-            'usefully answers its basic elements (3rd point)',
-            'is direct, comprehensive and well organised, written as an AI assistant '
-            '(4th point)',
-            'is tailored to the question, expert and engaging, with nothing extraneous '
-            '(5th point)')
-_MISSING = ('The response is not relevant to the question and offers no related information',
-            'It does not cover a substantial part of the question',
-            'It does not usefully answer the basic elements of the question',
-            'It is not yet a direct, comprehensive and well-organised assistant answer',
-            'It is not yet expert and tailored to the question without extraneous content')
+def _judge(judge):
+  """Returns the judge whose scale and judgment format EFT records follow (default additive)."""
+  return judges.get('additive') if judge is None else judge
 
 
-def judgment_text(score: int) -> str:
-  """Returns a short rubric justification of `score` (0..5) ending in the line `Score: N`."""
-  if not 0 <= score <= 5 or int(score) != score:
-    raise ValueError(f'judgment_text: score must be an integer in 0..5, got {score!r}')
-  score = int(score)
-  if score == 0:
-    body = f'{_MISSING[0]}, so it earns no points.'
-  else:
-    awarded = _AWARDED[:score]
-    listed = awarded[0] if score == 1 else ', '.join(awarded[:-1]) + ' and ' + awarded[-1]
-    tail = ('It meets every criterion.' if score == 5 else
-            f'{_MISSING[score]}, so the total is {score}.')
-    body = f'The response {listed}. {tail}'
-  return f'{body}\n\nScore: {score}'
+def judgment_text(score: int, judge=None) -> str:
+  """Returns the judge's EFT judgment of `score` (additive: a short rubric justification of a
+  score 0..5 ending in the line `Score: N`)."""
+  return _judge(judge).eft_judgment(score)
 
 
-def rank_score(rank: int) -> int:
-  """Returns the EFT target score of a human rank (0 = best): max(1, 5 - rank)."""
-  return max(1, 5 - int(rank))
+def rank_score(rank: int, judge=None) -> int:
+  """Returns the EFT target score of a human rank (0 = best): additive max(1, 5 - rank)."""
+  return _judge(judge).rank_score(rank)
 
 
-def quality_score_to_score(q: float) -> int:
-  """Returns the EFT target score of an OASST quality label in [0, 1]: floor(5 q + 0.5)."""
-  return min(5, max(0, math.floor(5 * float(q) + 0.5)))
+def quality_score_to_score(q: float, judge=None) -> int:
+  """Returns the EFT target score of an OASST quality label in [0, 1]: additive
+  floor(5 q + 0.5)."""
+  return _judge(judge).quality_score(q)
 
 
 TFDS_PREFIX = 'tfds:'
@@ -232,7 +216,7 @@ def ift_from_trees(path: str, lang: str = 'en', exclude: Iterable[str] = ()
   return records, _report(f'{path} (IFT)', len(groups), len(records), dropped)
 
 
-def eft_eval_from_trees(path: str, lang: str = 'en') -> tuple[list[dict], Report]:
+def eft_eval_from_trees(path: str, lang: str = 'en', judge=None) -> tuple[list[dict], Report]:
   """Returns EFT eval records: per prompt with >= 2 ranked kept replies, those replies ranked."""
   groups, _ = first_turns(path, lang)
   records, dropped = [], collections.Counter()
@@ -242,14 +226,14 @@ def eft_eval_from_trees(path: str, lang: str = 'en') -> tuple[list[dict], Report
       dropped['fewer than 2 ranked replies'] += 1
       continue
     records.append({'id': g['id'], 'prompt': g['prompt'], 'responses': [
-        dict(r, score=rank_score(r['rank'])) for r in ranked]})
+        dict(r, score=rank_score(r['rank'], judge)) for r in ranked]})
   return records, _report(f'{path} (EFT eval)', len(groups), len(records), dropped)
 
 
-def eft_from_rankings(rankings: Sequence[dict]) -> list[dict]:
+def eft_from_rankings(rankings: Sequence[dict], judge=None) -> list[dict]:
   """Returns EFT records (one per ranked response) of EFT eval records."""
   return [{'id': r['id'], 'prompt': g['prompt'], 'response': r['response'],
-           'judgment': judgment_text(r['score']), 'score': r['score']}
+           'judgment': judgment_text(r['score'], judge), 'score': r['score']}
           for g in rankings for r in g['responses']]
 
 
@@ -334,28 +318,28 @@ def ift_from_ranked(path: str, exclude: Iterable[str] = ()) -> tuple[list[dict],
   return records, _report(f'{path} (IFT)', read, len(records), dropped)
 
 
-def eft_from_flat(path: str, kind: str, exclude: Iterable[str] = ()
+def eft_from_flat(path: str, kind: str, exclude: Iterable[str] = (), judge=None
                   ) -> tuple[list[dict], Report]:
   """Returns EFT records of a flat file, the score from the rank or the quality label."""
   rows, dropped, read = read_flat(path, kind, exclude)
   records = []
   for record, prompt, response, label in rows:
-    score = rank_score(label) if kind == 'ranked' else quality_score_to_score(label)
+    score = rank_score(label, judge) if kind == 'ranked' else quality_score_to_score(label, judge)
     rid = _row_id(record) if kind == 'ranked' else record[2]['response_id']
     records.append({'id': rid, 'prompt': prompt, 'response': response,
-                    'judgment': judgment_text(score), 'score': score})
+                    'judgment': judgment_text(score, judge), 'score': score})
   return records, _report(f'{path} (EFT)', read, len(records), dropped)
 
 
 def eft_train(ranked_path: Optional[str], quality_path: Optional[str],
-              exclude: Iterable[str] = ()) -> tuple[list[dict], list[Report]]:
+              exclude: Iterable[str] = (), judge=None) -> tuple[list[dict], list[Report]]:
   """Returns EFT train records from the flat ranked and/or quality files, without repeats."""
   exclude = list(exclude)
   records, reports, seen = [], [], set()
   for path, kind in ((ranked_path, 'ranked'), (quality_path, 'quality')):
     if not path:
       continue
-    part, report = eft_from_flat(path, kind, exclude)
+    part, report = eft_from_flat(path, kind, exclude, judge)
     fresh = []
     for r in part:
       key = (normalize_prompt(r['prompt']), normalize_prompt(r['response']))

@@ -47,8 +47,8 @@ import numpy as np
 
 from srlm_jax import data as data_lib
 from srlm_jax import distributed
-from srlm_jax import judge as judge_lib
-from srlm_jax import judge_parser
+from srlm_jax import judges as judge_lib
+from srlm_jax.judges import parser as judge_parser
 from srlm_jax import rollout
 from srlm_jax import sampler
 from srlm_jax import workdir
@@ -91,8 +91,9 @@ def all_pairs(ranks: np.ndarray) -> np.ndarray:
   return np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1).astype(np.int64)
 
 
-def prompt_stats(ranks, scores, pairs=None) -> dict:
-  """Returns one prompt's agreement numbers (sums and counts for pooling, per-prompt values)."""
+def prompt_stats(ranks, scores, pairs=None, top: float = 5.0) -> dict:
+  """Returns one prompt's agreement numbers (sums and counts for pooling, per-prompt values);
+  `top` is the judge scale's highest score (five_best counts responses scored at it)."""
   r = np.asarray(ranks, np.float64)
   s = np.asarray(scores, np.float64)
   pairs = all_pairs(r) if pairs is None else np.asarray(pairs, np.int64).reshape(-1, 2)
@@ -100,7 +101,7 @@ def prompt_stats(ranks, scores, pairs=None) -> dict:
   decided = ~np.isnan(a) & ~np.isnan(b) & (a != b)
   valid = ~np.isnan(s)
   best = r == r.min()
-  five = valid & (s >= 5.0)
+  five = valid & (s >= top)
   top = valid & (s == np.max(s[valid])) if valid.any() else valid
   i, j = np.triu_indices(len(r), k=1)
   exact = bool(valid.all() and np.all(np.sign(s[i] - s[j]) == np.sign(r[j] - r[i])))
@@ -147,11 +148,12 @@ def _interval(values: np.ndarray, level: float) -> list:
 
 
 def judge_agreement(groups: Sequence[tuple], *, n_boot: int = 1000, seed: int = 0,
-                    level: float = 0.95) -> dict:
-  """Returns the metrics, `<metric>_ci` intervals and counts of (ranks, scores[, pairs]) groups."""
+                    level: float = 0.95, top: float = 5.0) -> dict:
+  """Returns the metrics, `<metric>_ci` intervals and counts of (ranks, scores[, pairs]) groups
+  (`top`: the judge scale's highest score)."""
   if not groups:
     raise ValueError('judge_agreement: no prompts to evaluate')
-  stats = [prompt_stats(*g) for g in groups]
+  stats = [prompt_stats(*g, top=top) for g in groups]
   col = {k: np.array([st[k] for st in stats], np.float64) for k in stats[0]}
   weights = bootstrap_weights(len(stats), n_boot, seed)
   out = {}
@@ -299,12 +301,11 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
                 key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
   chunk = chunk or 1 << (max(1, 64 // settings.k).bit_length() - 1)
   start_time = time.perf_counter()
-  parser = judge_lib.make_score_parser(model.tokenizer) if todo else None  # built once
   for start in range(0, len(todo), chunk):
     part = todo[start:start + chunk]
     result = judge_lib.judge_responses(
         model, [groups[gi]['prompt'] for gi, _ in part],
-        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings, parser=parser,
+        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings,
         seed=seed + start, progress=progress)
     new = [{'prompt_id': groups[gi]['id'], 'response_index': ri,
             'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
@@ -333,6 +334,7 @@ def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
           'k': settings.k, 'temperature': settings.temperature, 'top_p': settings.top_p,
           'max_new_tokens': settings.max_new_tokens,
           'template': hashlib.sha256(repr(settings.template).encode()).hexdigest()[:16],
+          'kind': settings.kind,
           'verdict': settings.verdict, 'verdict_prefix': settings.verdict_prefix,
           'seed': seed}
 
@@ -345,7 +347,8 @@ def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.Judge
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
                                  cache_path=cache_path, judge_id=judge_id)
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
-                            n_boot=n_boot, seed=seed)
+                            n_boot=n_boot, seed=seed,
+                            top=judge_lib.get(settings.kind).score_values[-1])
   valid = [v for r in records for v in r['scores']]
   metrics['counts']['valid_judgment_fraction'] = float(np.mean([v is not None for v in valid]))
   return metrics, records

@@ -13,6 +13,7 @@ import numpy as np
 from srlm_jax import creation
 from srlm_jax import data_io
 from srlm_jax import distributed
+from srlm_jax import judges
 from srlm_jax import workdir
 
 
@@ -41,17 +42,10 @@ def response_lengths(pair_records: Sequence[dict], candidate_records: Sequence[d
 
 
 def score_histogram(judgment_records: Sequence[dict]) -> dict:
-  """Returns counts of valid judgment scores by nearest integer 0..5, plus invalid ones."""
-  hist = {str(k): 0 for k in range(6)}
-  invalid = 0
-  for j in judgment_records:
-    for s, v in zip(j['scores'], j['valid']):
-      if v and s is not None:
-        hist[str(int(round(s)))] += 1
-      else:
-        invalid += 1
-  hist['invalid'] = invalid
-  return hist
+  """Returns counts of valid judgment scores by nearest integer of the judge's scale (the
+  score_values of the judge the records name), plus invalid ones."""
+  kind = next((j['judge'] for j in judgment_records if 'judge' in j), 'additive')
+  return judges.score_histogram(judgment_records, judges.get(kind).score_values)
 
 
 def dpo_metrics(dpo_dir: str) -> dict:

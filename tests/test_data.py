@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from srlm_jax import data
-from srlm_jax import judge_parser
+from srlm_jax import judges
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +28,7 @@ def _msg(mid, parent, role, text='t', rank=None, lang='en', deleted=False, revie
 def test_judgment_text_ends_in_its_score(score):
   text = data.judgment_text(score)
   assert text.splitlines()[-1] == f'Score: {score}'
-  assert judge_parser.parse_score_host(text) == score
+  assert judges.get('additive').parse_host(text) == score
   assert len(text.split()) < 100
 
 
@@ -144,7 +144,7 @@ def test_flat_filters(tmp_path):
   assert [(r['response'], r['score']) for r in eft] == [('A', 5), ('B', 4), ('C', 2), ('G', 3)]
   assert reports[1]['dropped'] == {'quality_score null': 1, 'not en': 1,
                                    'in an earlier source': 1}
-  assert all(judge_parser.parse_score_host(r['judgment']) == r['score'] for r in eft)
+  assert all(judges.get('additive').parse_host(r['judgment']) == r['score'] for r in eft)
 
 
 @pytest.fixture(scope='module')

@@ -1,16 +1,18 @@
-"""Forced verdicts (judge.py): the score read from the model's distribution after 'Score: '."""
+"""Forced verdicts (judges/forced.py): the score read from the model's distribution after 'Score: '."""
 
 import numpy as np
 import pytest
 
 import srlm_jax
 from srlm_jax import creation
-from srlm_jax import judge
+from srlm_jax import judges
 from srlm_jax import rollout
 from srlm_jax import sampler
+from srlm_jax.judges import forced
 
 PROMPTS = ['What is 2 + 2?', 'Name a primary colour.']
 RESPONSES = ['4', 'Blue is one.']
+ADDITIVE = judges.get('additive')
 
 
 @pytest.fixture(scope='module')
@@ -19,8 +21,8 @@ def tiny():
 
 
 def _settings(verdict, max_new_tokens=8):
-  return judge.JudgeSettings(k=2, max_new_tokens=max_new_tokens, verdict=verdict,
-                             template=judge.get_template('compact'))
+  return judges.JudgeSettings(k=2, max_new_tokens=max_new_tokens, verdict=verdict,
+                              template=judges.get_template('compact'))
 
 
 def _by_hand(model, row, values=range(6)):
@@ -36,10 +38,10 @@ def _by_hand(model, row, values=range(6)):
 @pytest.mark.parametrize('verdict', ['forced', 'forced_always'])
 def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
   settings = _settings(verdict)
-  got = judge.judge_responses(tiny, PROMPTS, RESPONSES, settings=settings, seed=3,
-                              progress=False)
+  got = judges.judge_responses(tiny, PROMPTS, RESPONSES, settings=settings, seed=3,
+                               progress=False)
   # The same judge rollout (same seed), rebuilt here: prompt, the judgment's tokens, prefix.
-  requests = [judge.judge_messages(p, r, settings.template) for p, r in zip(PROMPTS, RESPONSES)]
+  requests = ADDITIVE.requests(PROMPTS, RESPONSES, settings.template)
   comps = rollout.generate_tokens(tiny, requests, n=2, max_new_tokens=8, temperature=0.7,
                                   top_p=0.9, seed=3, progress=False)
   prefix = tiny.tokenizer.encode('\nScore: ')
@@ -47,7 +49,7 @@ def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
   for i, per_prompt in enumerate(comps):
     for j, c in enumerate(per_prompt):
       body = list(c.tokens[:-1] if c.stop_reason == sampler.StopReason.EOS else c.tokens)
-      assert judge.parse_score_host(c.text) is None
+      assert ADDITIVE.parse_host(c.text) is None
       want, best, mass = _by_hand(tiny, list(c.prompt_tokens) + body + prefix)
       np.testing.assert_allclose(got.scores_RxK[i, j], want, rtol=1e-4)
       assert got.argmax_RxK[i, j] == best
@@ -56,7 +58,7 @@ def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
 
 
 def test_sampled_verdicts_leave_invalid_judgments_invalid(tiny):
-  got = judge.judge_responses(tiny, PROMPTS, RESPONSES, settings=_settings('sampled'),
+  got = judges.judge_responses(tiny, PROMPTS, RESPONSES, settings=_settings('sampled'),
                               progress=False)
   assert not got.valid_RxK.any() and not got.forced_RxK.any()
   assert np.isnan(got.scores_RxK).all() and np.isnan(got.mass_RxK).all()
@@ -77,10 +79,34 @@ def test_judgment_records_carry_the_forced_verdicts(tiny):
 
 def test_reasons_tokens_cut_the_final_verdict_line():
   vocab = ['Good', ' answer', '.', '\n', 'Score', ':', ' 4', ' \n', 'ok.\n']
-  assert judge.reasons_tokens(np.array([0, 1, 2, 3, 4, 5, 6, 7]), vocab).tolist() == [0, 1, 2]
-  # A token holding the newline before the final line goes with it (the prefix has its own).
-  assert judge.reasons_tokens(np.array([0, 8, 4, 5, 6]), vocab).tolist() == [0]
-  assert judge.reasons_tokens(np.array([4, 5, 6]), vocab).tolist() == []
+  features = forced.text_features(vocab)
+  cases = [([0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2]),
+           # A token holding the newline before the final line goes with it (the prefix has
+           # its own).
+           ([0, 8, 4, 5, 6], [0]), ([4, 5, 6], [])]
+  for row, want in cases:
+    assert forced.reasons_host(np.array(row), vocab).tolist() == want
+    got = forced.reasons_length(np.array([row + [0] * (8 - len(row))], np.int32),
+                                np.array([len(row)], np.int32), features)
+    assert int(got[0]) == len(want)
+
+
+def test_reasons_length_on_device_matches_the_host_cut(tiny):
+  """Random rows of tokens rich in newlines, blanks and verdict pieces: device == host."""
+  vocab = tiny.tokenizer.vocab_texts()
+  pieces = ['\n', ' \n', '\n\n', ' ', '*', '\t', 'Score', ': 4', '.', 'ok', ' fine.\n',
+            '**', '\n**', 'é', 'Score: 3\n']
+  pool = sorted({i for p in pieces for i in tiny.tokenizer.encode(p)} |
+                {i for i, t in enumerate(vocab) if t and not t.strip(' \t*\n')})
+  rng = np.random.default_rng(0)
+  rows = rng.choice(pool, size=(400, 24))
+  rows[:100] = rng.integers(0, len(vocab), size=(100, 24))  # and any tokens at all
+  body = rng.integers(0, 25, size=400).astype(np.int32)
+  got = np.asarray(forced.reasons_length(rows.astype(np.int32), body,
+                                         forced.text_features(vocab)))
+  want = [len(forced.reasons_host(r[:b], vocab)) for r, b in zip(rows, body)]
+  assert got.tolist() == want
+  assert 0 < sum(want) and sum(w < b for w, b in zip(want, body)) > 100  # cuts happen
 
 
 def test_each_score_must_be_one_token_after_the_prefix():
@@ -98,11 +124,12 @@ def test_each_score_must_be_one_token_after_the_prefix():
           i += 1
       return out
 
-  assert judge.score_token_ids(Merging(), '\nScore:').tolist() == [ord(str(v)) for v in range(6)]
+  assert forced.score_token_ids(Merging(), '\nScore:', range(6)).tolist() == [
+      ord(str(v)) for v in range(6)]
   with pytest.raises(ValueError, match=r"'\\nScore: ' \+ '0' tokenises to"):
-    judge.score_token_ids(Merging(), '\nScore: ')
+    forced.score_token_ids(Merging(), '\nScore: ', range(6))
   with pytest.raises(ValueError, match='verdict='):
-    judge.JudgeSettings(verdict='always')
+    judges.JudgeSettings(verdict='always')
 
 
 def test_judgment_stats_by_hand():
@@ -113,7 +140,7 @@ def test_judgment_stats_by_hand():
       {'id': 'b', 'scores': [5.0, 4.0, 3.0], 'valid': [True] * 3, 'mean': 4.0},
       {'id': 'b', 'scores': [None] * 3, 'valid': [False] * 3, 'mean': None},
   ]
-  stats = creation.judgment_stats(records)
+  stats = judges.judgment_stats(records)
   assert stats['judgments'] == 12 and stats['valid_fraction'] == 0.6667
   assert stats['forced_fraction'] == 0.08333 and stats['forced_score_mass'] == 0.5
   assert stats['tie_rate'] == 1.0  # prompt a's two means tie; b has one scored candidate
@@ -124,9 +151,9 @@ def test_judgment_stats_by_hand():
 def test_forced_verdicts_on_smollm2_are_all_valid():
   """SmolLM2-135M-Instruct, short reasons: every judgment gets a score from 0..5."""
   model = srlm_jax.load('smollm2-135m-instruct')
-  settings = judge.JudgeSettings(k=2, max_new_tokens=12, verdict='forced',
-                                 template=judge.get_template('compact'))
-  got = judge.judge_responses(model, PROMPTS, RESPONSES, settings=settings, progress=False)
+  settings = judges.JudgeSettings(k=2, max_new_tokens=12, verdict='forced',
+                                  template=judges.get_template('compact'))
+  got = judges.judge_responses(model, PROMPTS, RESPONSES, settings=settings, progress=False)
   assert got.valid_RxK.all() and not np.isnan(got.scores_RxK).any()
   assert ((got.scores_RxK >= 0) & (got.scores_RxK <= 5)).all()
   forced = got.forced_RxK
@@ -138,6 +165,6 @@ def test_forced_verdicts_on_smollm2_are_all_valid():
 def test_evaluate_cache_key_tells_verdict_modes_apart(tiny):
   """Cached sampled judgments are not reused for forced ones (evaluate.py's judgment cache)."""
   from srlm_jax import evaluate  # pylint: disable=g-import-not-at-top
-  keys = [evaluate.cache_key(tiny, judge.JudgeSettings(verdict=v), 0) for v in judge.VERDICTS]
-  keys.append(evaluate.cache_key(tiny, judge.JudgeSettings(verdict_prefix='\nScore:'), 0))
+  keys = [evaluate.cache_key(tiny, judges.JudgeSettings(verdict=v), 0) for v in judges.VERDICTS]
+  keys.append(evaluate.cache_key(tiny, judges.JudgeSettings(verdict_prefix='\nScore:'), 0))
   assert all(a != b for i, a in enumerate(keys) for b in keys[i + 1:])

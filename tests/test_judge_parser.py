@@ -1,4 +1,4 @@
-"""Tests for srlm_jax.judge_parser: the jitted token-level parser agrees with the host regex."""
+"""Tests for srlm_jax.judges.parser: the jitted token-level parser agrees with the host regex."""
 
 import importlib.util
 import os
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from srlm_jax import judge_parser as jp
+from srlm_jax.judges import parser as jp
 
 GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 PAD = 2  # SmolLM2's pad id (<|im_end|>)
@@ -55,7 +55,7 @@ def smol():
   tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
   texts = _hf_vocab_texts(tok)
   assert tok.pad_token_id == PAD
-  return tok, texts, jp.make_score_parser(texts, pad_id=PAD)
+  return tok, texts, jp.make_parser(texts, pad_id=PAD)
 
 
 def _encode_pieces(tok, pieces):
@@ -84,7 +84,7 @@ def _assert_agrees(scores, valid, expected, context):
 
 def test_host_examples():
   for text, want in EXAMPLES:
-    assert jp.parse_score_host(text) == want, text
+    assert jp.parse_host(text) == want, text
 
 
 @pytest.mark.parametrize('wrap', MODES)
@@ -164,10 +164,10 @@ def test_parser_matches_host_regex_property(smol):
     piece_ids = iter(tok(pieces, add_special_tokens=False)['input_ids'])
     rows = [[i for _ in ps for i in next(piece_ids)] for _, ps in batch]
     seen = [''.join(texts[i] for i in r) for r in rows]
-    expected = [jp.parse_score_host(s) for s in seen]
+    expected = [jp.parse_host(s) for s in seen]
     for (text, _), s, want in zip(batch, seen, expected):
       # What the parser sees reads as the original text (byte fragments become U+FFFD).
-      assert jp.parse_score_host(text) == want, (text, s)
+      assert jp.parse_host(text) == want, (text, s)
     scores, valid = parse(_pad(rows, t=256 if max(map(len, rows)) <= 256 else 512))
     _assert_agrees(np.asarray(scores), np.asarray(valid), expected, seen)
     checked.append(sum(w is not None for w in expected))
@@ -190,7 +190,7 @@ def test_list_vocab_random_tokenisation(wrap):
       'Score', 'score: ', 'Sc', 'ore', 'ore:', ': 4', '4.5', '5.0', '.5 ', ' 3', ':**', '**',
       '5 S', '4 score: 2', ': 5.', '0.', ' 4.5.1', 'e: 1 sc', 'x', '\ufffd', 'é']
   pad = 0  # '\x00' reads as empty text when it is the pad id
-  parser = wrap(jp.make_score_parser(vocab, pad_id=pad))
+  parser = wrap(jp.make_parser(vocab, pad_id=pad))
   rng = np.random.default_rng(0)
   pool = [t for t, _ in EXAMPLES] + ['x4 score: 2 Score: 5.0 ore: 1', 'Score: 4.5 Score: 0.']
   rows, expected, context = [], [], []
@@ -202,7 +202,7 @@ def test_list_vocab_random_tokenisation(wrap):
         ids.append(int(rng.choice(fits)))
         at += len(vocab[ids[-1]])
       rows.append(ids)
-      expected.append(jp.parse_score_host(text))
+      expected.append(jp.parse_host(text))
       context.append(text)
   scores, valid = parser(_pad(rows, pad=pad))
   _assert_agrees(scores, valid, expected, context)
@@ -215,12 +215,12 @@ def test_tokenizer_object_form():
     def vocab_texts(self):
       return ['Score', ': ', '4', '', '.5', ' 5']
 
-  parser = jax.jit(jp.make_score_parser(Toy()))
+  parser = jax.jit(jp.make_parser(Toy()))
   scores, valid = parser(np.array([[0, 1, 2, 4, 3, 3], [0, 1, 5, 4, 3, 3]], np.int32))
   np.testing.assert_allclose(scores, [4.5, np.nan])
   np.testing.assert_array_equal(valid, [True, False])
   with pytest.raises(ValueError, match='pad_id'):
-    jp.make_score_parser(['a', 'b'])
+    jp.make_parser(['a', 'b'])
 
 
 def test_padding_and_ids_outside_the_generation(smol):
@@ -245,12 +245,13 @@ def test_padding_and_ids_outside_the_generation(smol):
 def test_normalised_texts_summarise_alike(smol):
   _, texts, parser = smol
   rng = np.random.default_rng(0)
-  summary, normalise = jp._token_summary, jp._normalise  # pylint: disable=protected-access
+  auto = jp.automaton()
+  summary, normalise = auto.token_summary, auto.normalise
   # A random sample, every entry with a digit, ':' or '*', and a few made-up ones.
   sample = [texts[i] for i in rng.choice(len(texts), 1500, replace=False)]
   sample += [t for t in texts if any(c in t for c in '0123456789:*')]
   sample += ['scoreboard', 'xScore', 'Score: 4.5 ok', 'SSSSSSS', '  \t*:', 'é中😀', 'ssscore']
   for text in sample:
-    for state in range(jp.NUM_STATES):
+    for state in range(auto.num_states):
       assert summary(text, state) == summary(normalise(text), state), (text, state)
   assert parser.num_classes < 100  # the whole 49k vocabulary collapses to a small table

@@ -1,0 +1,144 @@
+"""Judging: sample a judge's K judgments of each response and read their verdicts on the device.
+
+`judge` samples the judge Rollout (rollout.sample), parses each judgment's verdict from the
+Rollout's device tokens with the judge's jitted parser (no host re-padding), runs forced
+verdicts from device rows (forced.py) and returns JudgeScores on the device, plus the judgment
+texts (the host edge). Its host edges: the requests are tokenised on the host; with
+verdict='forced' the valid mask comes to the host to pick the rows to force; the texts are
+decoded on the host. `judge_responses` is the host view of one call (numpy arrays and the
+mean over valid judgments), for evaluation and records.
+
+Axis legend: R judged responses, K judgments per response (R * K rollout rows).
+"""
+
+import dataclasses
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from srlm_jax import distributed
+from srlm_jax import rollout as rollout_lib
+from srlm_jax import sampler
+from srlm_jax.judges import base
+from srlm_jax.judges import forced as forced_lib
+
+_FEATURES: dict = {}  # tokenizer -> device text features (forced_always), built once
+
+
+def _features(tokenizer: Any) -> jax.Array:
+  if tokenizer not in _FEATURES:
+    _FEATURES[tokenizer] = jax.device_put(forced_lib.text_features(tokenizer.vocab_texts()))
+  return _FEATURES[tokenizer]
+
+
+@jax.jit
+def _body_lengths(lengths_R: jax.Array, stop_reason_R: jax.Array) -> jax.Array:
+  """Returns each judgment's length without its eos token (what a forced row keeps)."""
+  return lengths_R - (stop_reason_R == int(sampler.StopReason.EOS)).astype(jnp.int32)
+
+
+@jax.jit
+def _merge(scores_R, valid_R, forced_R, rows_F, expected_F, argmax_F, mass_F):
+  """Returns (scores, valid, argmax, mass) [R] with the forced rows' verdicts set."""
+  nan = jnp.full(scores_R.shape, jnp.nan, jnp.float32)
+  return (scores_R.at[rows_F].set(expected_F), valid_R | forced_R,
+          nan.at[rows_F].set(argmax_F), nan.at[rows_F].set(mass_F))
+
+
+def _empty(k: int) -> base.JudgeScores:
+  z = lambda dtype: jax.device_put(np.zeros((0, k), dtype))
+  return base.JudgeScores(z(np.float32), z(bool), z(bool), z(np.float32), z(np.float32),
+                          jax.device_put(np.zeros(0, np.int32)))
+
+
+def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
+          responses: Sequence[str], settings: base.JudgeSettings, seed: int = 0, *,
+          progress: Any = True, where: Optional[Sequence[str]] = None,
+          truncate: bool = False) -> tuple[list, base.JudgeScores]:
+  """Returns (judgment texts [R][K], JudgeScores on the device) of settings.k judgments of
+  each (prompt, response) pair by `model` as judge `judge_` (a Judge or a registered name).
+
+  `where` names the pairs in context-length errors; `truncate` drops the middle of a judge
+  prompt too long for the context instead (counted in truncated_R).
+  """
+  judge_ = base.get(judge_) if isinstance(judge_, str) else judge_
+  tok, k = model.tokenizer, settings.k
+  forcing = settings.verdict != 'sampled'
+  prefix_text = (judge_.verdict_prefix if settings.verdict_prefix is None
+                 else settings.verdict_prefix)
+  prefix = tok.encode(prefix_text) if forcing else []
+  score_ids = (forced_lib.score_token_ids(tok, prefix_text, judge_.score_values)
+               if forcing else None)
+  requests = judge_.requests(prompts, responses, settings.template)
+  if not requests:
+    return [], _empty(k)
+  ids, dropped = rollout_lib.encode_prompts(model, requests,
+                                            max_new_tokens=settings.max_new_tokens,
+                                            where=where, truncate=truncate, reserve=len(prefix))
+  roll = rollout_lib.sample(model, ids, n=k, max_new_tokens=settings.max_new_tokens,
+                            temperature=settings.temperature, top_p=settings.top_p, seed=seed,
+                            progress=progress)
+  # Only the judge's own generated tokens are parsed: text quoted in the prompt never counts.
+  scores_R, valid_R = judge_.parser(tok)(roll.tokens)
+  num_rows = len(ids) * k
+  forced_R = jax.device_put(np.zeros(num_rows, bool))
+  argmax_R = mass_R = jax.device_put(np.full(num_rows, np.nan, np.float32))
+  if forcing:
+    body_R = _body_lengths(roll.lengths, roll.stop_reason)
+    if settings.verdict == 'forced_always':
+      # The sampled verdict line is cut; the reasons stay.
+      body_R = jnp.where(valid_R, forced_lib.reasons_length(roll.tokens, body_R,
+                                                            _features(tok)), body_R)
+      rows = np.arange(num_rows, dtype=np.int32)
+    else:  # host edge: which judgments have no verdict of their own
+      rows = np.flatnonzero(~np.asarray(jax.device_get(valid_R))).astype(np.int32)
+    forced_np = np.zeros(num_rows, bool)
+    forced_np[rows] = True
+    forced_R = jax.device_put(forced_np)
+    if len(rows):
+      got = forced_lib.forced_verdicts(model, roll, body_R, rows, prefix, score_ids,
+                                       judge_.score_values)
+      scores_R, valid_R, argmax_R, mass_R = _merge(scores_R, valid_R, forced_R,
+                                                   jax.device_put(rows), *got)
+  shape = (len(ids), k)
+  out = base.JudgeScores(
+      scores_RxK=scores_R.reshape(shape), valid_RxK=valid_R.reshape(shape),
+      forced_RxK=forced_R.reshape(shape), argmax_RxK=argmax_R.reshape(shape),
+      mass_RxK=mass_R.reshape(shape), truncated_R=jax.device_put(np.asarray(dropped, np.int32)))
+  return rollout_lib.texts(roll, tok), out
+
+
+@dataclasses.dataclass
+class Judgments:
+  """K judgments of each of R responses on the host: texts, parsed scores and their mean."""
+  texts: list  # [R][K] judge completions
+  scores_RxK: np.ndarray  # float32, NaN where invalid
+  valid_RxK: np.ndarray  # bool
+  mean_R: np.ndarray  # mean of the valid scores, NaN where none is valid
+  n_valid_R: np.ndarray  # int32
+  forced_RxK: Optional[np.ndarray] = None  # bool: the score is a forced verdict's expectation
+  argmax_RxK: Optional[np.ndarray] = None  # float32: a forced verdict's most likely score
+  mass_RxK: Optional[np.ndarray] = None  # float32: the probability the score tokens held
+  truncated_R: Optional[np.ndarray] = None  # int32: judge-prompt tokens dropped to fit
+
+
+def to_host(texts: list, scores: base.JudgeScores) -> Judgments:
+  """Returns the host Judgments of one `judge` call (an explicit device-to-host copy)."""
+  mean_R, count_R = base.mean_valid(scores.scores_RxK, scores.valid_RxK)
+  host = distributed.to_host(dict(scores.arrays(), mean_R=mean_R, count_R=count_R))
+  return Judgments(texts, host['scores_RxK'], host['valid_RxK'], host['mean_R'],
+                   host['count_R'], host['forced_RxK'], host['argmax_RxK'], host['mass_RxK'],
+                   host['truncated_R'])
+
+
+def judge_responses(model: Any, prompts: Sequence[str], responses: Sequence[str], *,
+                    settings: base.JudgeSettings = base.JudgeSettings(), seed: int = 0,
+                    progress: Any = True, where: Optional[Sequence[str]] = None,
+                    truncate: bool = False) -> Judgments:
+  """Returns the host Judgments of settings.k judgments of each (prompt, response) pair by the
+  judge settings.kind, parsed or forced per settings.verdict."""
+  texts, scores = judge(model, settings.kind, prompts, responses, settings, seed,
+                        progress=progress, where=where, truncate=truncate)
+  return to_host(texts, scores)
