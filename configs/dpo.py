@@ -35,7 +35,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.max_len = 512  # tokens per sequence (prompt + response); longer responses are truncated
   c.seed = 0  # root of all randomness: data order and the step rngs
 
-  c.loss = 'sigmoid'  # losses.get(name): sigmoid (DPO) | ipo | hinge | robust | rpo | simpo
+  # objectives.get(name): sigmoid (DPO) | ipo | hinge | robust | rpo | simpo | sft, or one you
+  # register (srlm_jax/objectives)
+  c.loss = 'sigmoid'
   c.beta = 0.1  # KL strength of the implicit reward
   c.loss_options = ml_collections.ConfigDict()  # extra keyword options of the loss
   c.loss_options.label_smoothing = 0.0  # conservative DPO: assumed label-flip probability

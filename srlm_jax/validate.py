@@ -90,9 +90,9 @@ def judge_template(v) -> Optional[str]:
 
 
 def loss_name(v) -> Optional[str]:
-  """Returns what a DPO loss name must be, or None when v is registered in srlm_jax.losses."""
-  from srlm_jax import losses  # pylint: disable=g-import-not-at-top
-  return None if v in losses.names() else f'one of {losses.names()}'
+  """Returns what a DPO loss name must be, or None when v is a registered objective."""
+  from srlm_jax import objectives  # pylint: disable=g-import-not-at-top
+  return None if v in objectives.names() else f'one of {objectives.names()}'
 
 
 def stage_list(v) -> Optional[str]:

@@ -1,6 +1,8 @@
-"""Each loss against its published formula in NumPy float64, finite differences, and TRL's code.
+"""Each objective against its published formula in NumPy float64, finite differences, and
+TRL's code; objectives on per-token features against the sequence-sum formulas.
 
-TRL comparisons call TRL's own loss code (`DPOTrainer._compute_loss` with a stand-in model that
+The DPO family's formulas (objectives.get(name).formula) take sequence sums; the registered
+objectives take per-token features (objectives.Features). TRL comparisons call TRL's own loss code (`DPOTrainer._compute_loss` with a stand-in model that
 returns fixed per-token log-probs, and `CPOTrainer.cpo_loss` for SimPO); they need `trl`
 installed and fail without it.
 """
@@ -14,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srlm_jax import losses
+from srlm_jax import objectives
+from srlm_jax.objectives import base, preference
+from srlm_jax.train import features
 
 B = 16
 BETA = 0.1
@@ -38,7 +42,7 @@ def _batch(seed=0):
 
 def _reference(name, pc, pr, rc, rr, *, beta, chosen_lengths, rejected_lengths,
                label_smoothing=0.0, nll_weight=1.0, gamma=0.5):
-  """Returns the per-sequence float64 loss of the paper's formula (see losses.py docstrings)."""
+  """Returns the per-sequence float64 loss of the paper's formula (see preference.py)."""
   eps, h = label_smoothing, (pc - rc) - (pr - rr)
   lc, lr = np.asarray(chosen_lengths, np.float64), np.asarray(rejected_lengths, np.float64)
   dpo = -(1 - eps) * _log_sigmoid(beta * h) - eps * _log_sigmoid(-beta * h)
@@ -72,8 +76,12 @@ def _options(label_smoothing, seed=0):
               label_smoothing=label_smoothing, nll_weight=0.7, gamma=0.3)
 
 
+def _formula(name):
+  return objectives.get(name).formula
+
+
 def _call(name, logps, options, jit):
-  fn = functools.partial(losses.get(name), beta=BETA)
+  fn = functools.partial(_formula(name), beta=BETA)
   fn = jax.jit(fn) if jit else fn
   return fn(*[jnp.asarray(x) for x in logps], **{k: jnp.asarray(v) for k, v in options.items()})
 
@@ -113,7 +121,7 @@ def test_gradients_match_finite_differences(name, jit):
   assert np.all(np.abs(1 - BETA * h) > 1e-3), 'a hinge kink this close breaks the check'
   with jax.enable_x64(True):
     jnp_options = {k: jnp.asarray(v) for k, v in options.items()}
-    loss_fn = lambda *x: losses.get(name)(*x, beta=BETA, **jnp_options)[0]
+    loss_fn = lambda *x: _formula(name)(*x, beta=BETA, **jnp_options)[0]
     grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2, 3))
     grads = (jax.jit(grad_fn) if jit else grad_fn)(*[jnp.asarray(x) for x in logps])
     # All 2 * 4B perturbed copies of the inputs go through one vmapped call.
@@ -131,7 +139,7 @@ def test_rpo_uses_given_chosen_nll():
   logps, _ = _batch()
   options = _options(0.0)
   nll = np.linspace(0.5, 2.0, B)
-  loss, metrics = losses.get('rpo')(*logps, beta=BETA, chosen_nll=nll, nll_weight=0.5)
+  loss, metrics = preference.rpo(*logps, beta=BETA, chosen_nll=nll, nll_weight=0.5)
   dpo = _reference('sigmoid', *logps, beta=BETA, **options).mean()
   np.testing.assert_allclose(loss, dpo + 0.5 * nll.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics['nll_loss'], nll.mean(), rtol=1e-6)
@@ -153,18 +161,18 @@ def _logits_batch(seed=0, shape=(3, 7, 11)):
 
 
 @pytest.mark.parametrize('jit', [False, True])
-def test_sequence_logps_matches_numpy(jit):
+def test_target_logp_sums_match_numpy(jit):
   logits, targets, mask = _logits_batch()
   expected = (_numpy_token_logps(logits, targets) * mask).sum(-1)
   padded_targets = np.where(mask, targets, -100)  # Padding ids must not reach the gather.
-  fn = jax.jit(losses.sequence_logps) if jit else losses.sequence_logps
+  fn = jax.jit(features.target_logp_sums) if jit else features.target_logp_sums
   logps, n_tokens = fn(jnp.asarray(logits), jnp.asarray(padded_targets), jnp.asarray(mask))
   assert logps.dtype == jnp.float32 and logps.shape == (3,)
   np.testing.assert_allclose(logps, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(n_tokens, mask.sum(-1))
   # bfloat16 logits (a bfloat16 model's output) still give float32 log-probs.
   bf16_logits = jnp.asarray(logits, jnp.bfloat16)
-  token_fn = jax.jit(losses.token_logps) if jit else losses.token_logps
+  token_fn = jax.jit(features.token_logps) if jit else features.token_logps
   token_logps = token_fn(bf16_logits, targets)
   assert token_logps.dtype == jnp.float32
   np.testing.assert_allclose(token_logps, _numpy_token_logps(np.float32(bf16_logits), targets),
@@ -172,66 +180,140 @@ def test_sequence_logps_matches_numpy(jit):
 
 
 @pytest.mark.parametrize('jit', [False, True])
-def test_sft_loss_is_token_mean_over_targets(jit):
+def test_nll_objective_is_token_mean_over_targets(jit):
   logits, targets, mask = _logits_batch(2)
-  fn = jax.jit(losses.sft_loss) if jit else losses.sft_loss
-  loss, metrics = fn(jnp.asarray(logits), jnp.asarray(np.where(mask, targets, -100)), mask)
   nll = -_numpy_token_logps(logits, targets)
+  top1 = logits.argmax(-1) == targets
+
+  def feats(m):  # S = 1 sequence per example
+    return objectives.Features(policy_logps=jnp.asarray(np.where(m, -nll, 0.0))[:, None],
+                               loss_mask=jnp.asarray(m)[:, None],
+                               is_top1=jnp.asarray(top1 & m)[:, None])
+  fn = jax.jit(objectives.get('nll')) if jit else objectives.get('nll')
+  loss, metrics = fn(feats(mask))
   np.testing.assert_allclose(loss, nll[mask].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics['loss'], loss)
   assert metrics['n_tokens'] == mask.sum()
-  np.testing.assert_allclose(metrics['accuracy'], (logits.argmax(-1) == targets)[mask].mean(),
-                             rtol=1e-6)
-  empty_loss, empty_metrics = fn(jnp.asarray(logits), jnp.asarray(targets), np.zeros_like(mask))
+  np.testing.assert_allclose(metrics['accuracy'], top1[mask].mean(), rtol=1e-6)
+  empty_loss, empty_metrics = fn(feats(np.zeros_like(mask)))
   assert empty_loss == 0 and empty_metrics['accuracy'] == 0
 
 
+def _pair_features(per_token, mask, ref_logps=None, ref_token_logps=None):
+  """Returns Features of B pairs from [2B, T] per-token rows (chosen rows, then rejected)."""
+  pairs = lambda x: None if x is None else jnp.asarray(np.stack([x[:B], x[B:]], 1))
+  ref = None if ref_logps is None else jnp.asarray(np.stack(ref_logps, 1))
+  return objectives.Features(policy_logps=pairs(np.where(mask, per_token, 0.0)),
+                             loss_mask=pairs(mask), ref_logps=ref,
+                             ref_token_logps=pairs(ref_token_logps))
+
+
+@pytest.mark.parametrize('name', PREFERENCE_LOSSES)
+def test_pair_objective_on_token_features_is_formula_on_sums(name):
+  """A registered preference objective given per-token features (with per-token or
+  per-sequence reference log-probs) gives the published formula on the sequence sums."""
+  per_token, mask = _token_batch(11)
+  ref_token = np.where(mask, -np.random.default_rng(12).uniform(0.05, 2.5, mask.shape), 0.0)
+  sums, ref_sums, lengths = (per_token * mask).sum(-1), ref_token.sum(-1), mask.sum(-1)
+  expected = _reference(name, sums[:B], sums[B:], ref_sums[:B], ref_sums[B:], beta=BETA,
+                        chosen_lengths=lengths[:B], rejected_lengths=lengths[B:],
+                        label_smoothing=0.1, nll_weight=0.7, gamma=0.3).mean()
+  options = dict(label_smoothing=0.1, nll_weight=0.7, gamma=0.3)
+  objective = jax.jit(functools.partial(objectives.get(name), beta=BETA, **options))
+  with jax.enable_x64(True):
+    by_token = objective(_pair_features(per_token, mask, ref_token_logps=ref_token))[0]
+    by_sequence = objective(_pair_features(per_token, mask, (ref_sums[:B], ref_sums[B:])))[0]
+  np.testing.assert_allclose(by_token, expected, rtol=1e-12)
+  np.testing.assert_allclose(by_sequence, expected, rtol=1e-12)
+
+
+def test_objective_written_on_token_features_equals_sequence_formula(monkeypatch):
+  """Sigmoid DPO written on per-token log-ratios (an objective as a researcher would add one)
+  equals the published sequence-sum formula and the registered 'sigmoid' objective."""
+  monkeypatch.setattr(base, '_REGISTRY', dict(base._REGISTRY))
+
+  @objectives.register('token_dpo')
+  def token_dpo(f: objectives.Features, *, beta, **options):
+    del options
+    ratio_BST = jnp.where(f.loss_mask, f.policy_logps - f.ref_token_logps, 0.0)
+    margin_B = ratio_BST[:, 0].sum(-1) - ratio_BST[:, 1].sum(-1)
+    loss = -jax.nn.log_sigmoid(beta * margin_B).mean()
+    return loss, {'loss': loss}
+
+  per_token, mask = _token_batch(13)
+  ref_token = np.where(mask, -np.random.default_rng(14).uniform(0.05, 2.5, mask.shape), 0.0)
+  sums, ref_sums = (per_token * mask).sum(-1), ref_token.sum(-1)
+  expected = _reference('sigmoid', sums[:B], sums[B:], ref_sums[:B], ref_sums[B:], beta=BETA,
+                        chosen_lengths=None, rejected_lengths=None).mean()
+  feats = _pair_features(per_token.astype(np.float32), mask,
+                         ref_token_logps=ref_token.astype(np.float32))
+  loss, _ = jax.jit(functools.partial(objectives.get('token_dpo'), beta=BETA))(feats)
+  registered, _ = objectives.get('sigmoid')(feats, beta=BETA)
+  assert 'token_dpo' in objectives.names()
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)  # float32 sums of ~50 tokens
+  np.testing.assert_allclose(loss, registered, rtol=1e-6)
+
+
+def test_pair_objective_needs_pairs():
+  per_token, mask = _token_batch(15)
+  single = objectives.Features(policy_logps=jnp.asarray(per_token)[:, None],
+                               loss_mask=jnp.asarray(mask)[:, None])
+  with pytest.raises(ValueError, match='S = 2'):
+    objectives.get('sigmoid')(single, beta=BETA)
+
+
 def test_registry():
-  assert set(PREFERENCE_LOSSES) <= set(losses.names())
-  assert losses.get('sigmoid') is losses.sigmoid
+  assert set(PREFERENCE_LOSSES + ['nll']) <= set(objectives.names())
+  assert objectives.get('sigmoid').formula is preference.sigmoid
   with pytest.raises(KeyError, match='sigmoid') as error:
-    losses.get('no_such_loss')
+    objectives.get('no_such_loss')
   assert 'no_such_loss' in str(error.value) and 'simpo' in str(error.value)
 
 
-def test_register_custom_loss(monkeypatch):
-  monkeypatch.setattr(losses, '_REGISTRY', dict(losses._REGISTRY))
+def test_register_custom_pair_loss(monkeypatch):
+  monkeypatch.setattr(base, '_REGISTRY', dict(base._REGISTRY))
 
-  @losses.register('my_loss')
+  @objectives.register_pair_loss('my_loss')
   def my_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
               *, beta, **options):
     del options
-    return losses.hinge(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                        ref_rejected_logps, beta=2 * beta)
+    return preference.hinge(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                            ref_rejected_logps, beta=2 * beta)
 
-  assert losses.get('my_loss') is my_loss and 'my_loss' in losses.names()
+  assert _formula('my_loss') is my_loss and 'my_loss' in objectives.names()
   logps, _ = _batch()
-  np.testing.assert_allclose(losses.get('my_loss')(*logps, beta=BETA)[0],
-                             losses.hinge(*logps, beta=2 * BETA)[0])
+  np.testing.assert_allclose(_formula('my_loss')(*logps, beta=BETA)[0],
+                             preference.hinge(*logps, beta=2 * BETA)[0])
+  per_token, mask = _token_batch(16)
+  sums = (per_token * mask).sum(-1)
+  refs = (sums[:B] - 1.0, sums[B:] + 1.0)
+  np.testing.assert_allclose(
+      objectives.get('my_loss')(_pair_features(per_token, mask, refs), beta=BETA)[0],
+      preference.hinge(sums[:B], sums[B:], *refs, beta=2 * BETA)[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize('name', ['ipo', 'rpo', 'simpo', 'sft'])
 def test_missing_required_option_raises(name):
   logps, (chosen_len, _) = _batch()
   with pytest.raises(ValueError, match=f"'{name}'.*'chosen_lengths'"):
-    losses.get(name)(*logps, beta=BETA, label_smoothing=0.1)
+    _formula(name)(*logps, beta=BETA, label_smoothing=0.1)
   if name in ('ipo', 'simpo'):
     with pytest.raises(ValueError, match="'rejected_lengths'"):
-      losses.get(name)(*logps, beta=BETA, chosen_lengths=chosen_len)
+      _formula(name)(*logps, beta=BETA, chosen_lengths=chosen_len)
 
 
 def test_robust_rejects_label_smoothing_of_one_half():
   logps, _ = _batch()
   with pytest.raises(ValueError, match='label_smoothing'):
-    losses.robust(*logps, beta=BETA, label_smoothing=0.5)
+    preference.robust(*logps, beta=BETA, label_smoothing=0.5)
 
 
 @pytest.mark.parametrize('name', PREFERENCE_LOSSES)
 def test_unknown_options_are_ignored(name):
   logps, _ = _batch()
   options = _options(0.1)
-  loss, _ = losses.get(name)(*logps, beta=BETA, **options)
-  loss_extra, _ = losses.get(name)(*logps, beta=BETA, **options, not_an_option=3, other=None)
+  loss, _ = _formula(name)(*logps, beta=BETA, **options)
+  loss_extra, _ = _formula(name)(*logps, beta=BETA, **options, not_an_option=3, other=None)
   np.testing.assert_array_equal(loss, loss_extra)
 
 
@@ -290,11 +372,10 @@ def _trl_dpo(trl, loss_type, per_token, mask, ref_logps, *, beta, label_smoothin
 
 
 def _ours(name, per_token, mask, ref_logps, *, beta, **options):
-  sums, lengths = (per_token * mask).sum(-1), mask.sum(-1)
-  logps = (sums[:B], sums[B:], *ref_logps)
+  """Returns the registered objective on the per-token features of TRL's inputs (float64)."""
   with jax.enable_x64(True):
-    return losses.get(name)(*[jnp.asarray(x) for x in logps], beta=beta,
-                            chosen_lengths=lengths[:B], rejected_lengths=lengths[B:], **options)
+    return objectives.get(name)(_pair_features(per_token, mask, ref_logps), beta=beta,
+                                **options)
 
 
 @pytest.mark.parametrize('loss_type', ['sigmoid', 'ipo', 'hinge', 'robust', 'sft'])
@@ -351,5 +432,5 @@ def test_token_logps_matches_trl(trl):
   logits, targets, _ = _logits_batch(9)
   from trl.trainer.utils import selective_log_softmax  # pylint: disable=g-import-not-at-top
   expected = selective_log_softmax(trl.torch.tensor(logits), trl.torch.tensor(targets)).numpy()
-  np.testing.assert_allclose(losses.token_logps(jnp.asarray(logits), targets), expected,
+  np.testing.assert_allclose(features.token_logps(jnp.asarray(logits), targets), expected,
                              rtol=1e-5, atol=1e-5)

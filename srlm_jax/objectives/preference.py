@@ -1,18 +1,22 @@
-"""Preference losses for DPO-style training, one small pure function each, in a registry.
+"""The DPO family: each published loss a formula on a pair's sequence sums, registered as an
+objective.
 
-Every preference loss has one signature, so one config can switch between them:
+A formula has one signature, so one config can switch between them:
 
-    fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-       *, beta, **options) -> (loss, metrics)
+    formula(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+            *, beta, **options) -> (loss, metrics)
 
 The log-probs are per-sequence sums over the response tokens, float32 [B]; `loss` is the mean
 over the batch; `metrics` holds float32 scalars named as TRL's DPOTrainer logs them.
+`register_pair_loss(name)` registers a formula as the objective `name` (`PairLoss`): the
+objective sums a pair's per-token features (S = 2: chosen, rejected) and passes the sums, with
+the token counts as `chosen_lengths` / `rejected_lengths`, to the formula.
 
 Notation in the docstrings: πc, πr the policy's log-probs of the chosen and rejected
 responses, rc, rr the reference model's, |yc|, |yr| their token counts, σ the logistic
 function, and h = (πc - rc) - (πr - rr) the DPO log-ratio margin.
 
-Options (keywords; a loss ignores those it does not use, and raises ValueError when one it
+Options (keywords; a formula ignores those it does not use, and raises ValueError when one it
 needs is missing):
   chosen_lengths, rejected_lengths  [B] response token counts (ipo, rpo, simpo, sft).
   label_smoothing                   ε, the assumed label-flip rate; default 0 (sigmoid, rpo,
@@ -21,64 +25,40 @@ needs is missing):
   chosen_nll                        [B] per-token NLL of each chosen response; default
                                     -πc / |yc| (rpo).
   gamma                             γ, SimPO's target reward margin; default 0.5, TRL's (simpo).
-
-Add a loss with `@losses.register('name')` on a function of the signature above.
 """
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
-_REGISTRY: dict[str, LossFn] = {}
+from srlm_jax.objectives import base
+
+Formula = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def register(name: str) -> Callable[[LossFn], LossFn]:
-  """Returns a decorator that registers a loss under `name` (registering again replaces it)."""
-  def add(fn: LossFn) -> LossFn:
-    _REGISTRY[name] = fn
-    return fn
+@dataclasses.dataclass(frozen=True)
+class PairLoss:
+  """The objective of a formula on sequence sums, applied to a pair's features (S = 2)."""
+  formula: Formula
+
+  def __call__(self, features: base.Features, *, beta, **options):
+    """Returns the formula's (loss, metrics) on the features' chosen and rejected sums."""
+    if features.loss_mask.shape[1] != 2:
+      raise ValueError(f'a preference objective needs pairs (S = 2 sequences per example); '
+                       f'got features of shape {features.loss_mask.shape}')
+    policy, ref, lengths = features.policy_sums(), features.ref_sums(), features.lengths()
+    options = {'chosen_lengths': lengths[:, 0], 'rejected_lengths': lengths[:, 1], **options}
+    return self.formula(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=beta, **options)
+
+
+def register_pair_loss(name: str) -> Callable[[Formula], Formula]:
+  """Returns a decorator that registers a sequence-sum formula as the objective `name`."""
+  def add(formula: Formula) -> Formula:
+    base.register(name)(PairLoss(formula))
+    return formula
   return add
-
-
-def get(name: str) -> LossFn:
-  """Returns the loss registered under `name`."""
-  if name not in _REGISTRY:
-    raise KeyError(f'unknown loss {name!r}; registered losses: {", ".join(names())}')
-  return _REGISTRY[name]
-
-
-def names() -> list[str]:
-  """Returns the registered loss names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def token_logps(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
-  """Returns float32 [B, T] log-probs of the targets; logits[:, t] predicts targets[:, t]."""
-  logits_BTV = logits_BTV.astype(jnp.float32)
-  # Gather-minus-logsumexp never materialises a second [B, T, V] array, unlike log_softmax.
-  target_logits_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  return target_logits_BT - jax.nn.logsumexp(logits_BTV, axis=-1)
-
-
-def sequence_logps(logits_BTV, targets_BT, mask_BT) -> tuple[jax.Array, jax.Array]:
-  """Returns float32 [B] sums of the masked target log-probs and float32 [B] token counts."""
-  mask_BT = mask_BT.astype(bool)
-  # Padding targets (often -100) are not valid ids: gather a real id there, then mask it out.
-  logps_BT = token_logps(logits_BTV, jnp.where(mask_BT, targets_BT, 0))
-  return jnp.where(mask_BT, logps_BT, 0.0).sum(-1), mask_BT.sum(-1).astype(jnp.float32)
-
-
-def sft_loss(logits_BTV, targets_BT, mask_BT) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Returns the token-mean NLL over the masked (target) tokens and its metrics."""
-  mask_BT = mask_BT.astype(bool)
-  logps_BT = token_logps(logits_BTV, jnp.where(mask_BT, targets_BT, 0))
-  n_tokens = mask_BT.sum().astype(jnp.float32)
-  denom = jnp.maximum(n_tokens, 1.0)  # An all-padding batch gives 0, not NaN.
-  loss = -jnp.where(mask_BT, logps_BT, 0.0).sum() / denom
-  correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT) & mask_BT
-  return loss, {'loss': loss, 'n_tokens': n_tokens, 'accuracy': correct_BT.sum() / denom}
 
 
 def _option(options: dict, key: str, loss_name: str):
@@ -98,15 +78,14 @@ def _result(losses_B, policy_chosen_logps, policy_rejected_logps,
             chosen_rewards_B, rejected_rewards_B) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Returns the batch-mean loss and its TRL-named float32 scalar metrics."""
   loss = losses_B.mean()
-  mean = lambda x: jnp.mean(x).astype(jnp.float32)
   return loss, {
-      'loss': mean(loss),
-      'rewards/chosen': mean(chosen_rewards_B),
-      'rewards/rejected': mean(rejected_rewards_B),
-      'rewards/margins': mean(chosen_rewards_B - rejected_rewards_B),
-      'rewards/accuracies': mean(chosen_rewards_B > rejected_rewards_B),
-      'logps/chosen': mean(policy_chosen_logps),
-      'logps/rejected': mean(policy_rejected_logps),
+      'loss': base.mean_f32(loss),
+      'rewards/chosen': base.mean_f32(chosen_rewards_B),
+      'rewards/rejected': base.mean_f32(rejected_rewards_B),
+      'rewards/margins': base.mean_f32(chosen_rewards_B - rejected_rewards_B),
+      'rewards/accuracies': base.mean_f32(chosen_rewards_B > rejected_rewards_B),
+      'logps/chosen': base.mean_f32(policy_chosen_logps),
+      'logps/rejected': base.mean_f32(policy_rejected_logps),
   }
 
 
@@ -115,7 +94,7 @@ def _dpo_result(losses_B, beta, pc, pr, rc, rr):
   return _result(losses_B, pc, pr, beta * (pc - rc), beta * (pr - rr))
 
 
-@register('sigmoid')
+@register_pair_loss('sigmoid')
 def sigmoid(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
             *, beta, label_smoothing=0.0, **options):
   """Returns the DPO loss (conservative DPO when label_smoothing > 0) and its metrics.
@@ -132,7 +111,7 @@ def sigmoid(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_re
   return _dpo_result(losses, beta, pc, pr, rc, rr)
 
 
-@register('ipo')
+@register_pair_loss('ipo')
 def ipo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
         *, beta, **options):
   """Returns the IPO loss on per-token log-ratios (TRL's default) and its metrics.
@@ -150,7 +129,7 @@ def ipo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reject
   return _dpo_result((margin - 1 / (2 * beta)) ** 2, beta, pc, pr, rc, rr)
 
 
-@register('hinge')
+@register_pair_loss('hinge')
 def hinge(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
           *, beta, **options):
   """Returns the SLiC hinge loss and its metrics.
@@ -163,7 +142,7 @@ def hinge(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reje
   return _dpo_result(jax.nn.relu(1 - beta * ((pc - rc) - (pr - rr))), beta, pc, pr, rc, rr)
 
 
-@register('robust')
+@register_pair_loss('robust')
 def robust(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
            *, beta, label_smoothing=0.0, **options):
   """Returns the robust DPO loss, unbiased under label-flip rate ε < 1/2, and its metrics.
@@ -182,7 +161,7 @@ def robust(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rej
   return _dpo_result(losses, beta, pc, pr, rc, rr)
 
 
-@register('rpo')
+@register_pair_loss('rpo')
 def rpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
         *, beta, nll_weight=1.0, **options):
   """Returns the iterative RPO loss (DPO plus the chosen response's NLL) and its metrics.
@@ -202,7 +181,7 @@ def rpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reject
   return loss, {**metrics, 'loss': f32(loss), 'nll_loss': f32(nll_loss)}
 
 
-@register('simpo')
+@register_pair_loss('simpo')
 def simpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
           *, beta, gamma=0.5, **options):
   """Returns the reference-free SimPO loss and its metrics (rewards are β π / |y|).
@@ -218,7 +197,7 @@ def simpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reje
                  rejected_rewards)
 
 
-@register('sft')
+@register_pair_loss('sft')
 def sft(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
         *, beta, **options):
   """Returns the batch mean of the chosen responses' per-token NLL and DPO's metrics.
