@@ -157,3 +157,22 @@ def test_dpo_step_holds_the_policy_its_moments_and_no_other_model(donate, tmp_pa
   copies = 3 if donate else 4  # trained params + mu + nu (+ the caller's starting params)
   assert copies <= ratio < copies + 0.05, ratio
   assert all(x.is_deleted() for x in jax.tree.leaves(params)) == donate
+
+
+def test_device_batches_and_the_dpo_step_make_no_implicit_transfers():
+  """Under jax.transfer_guard('disallow'): batches of a device dataset and a jitted DPO step
+  on them; the host edges are explicit (row indices in, counts and metrics out)."""
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  dataset = jax.tree.map(jnp.asarray, _preference_dataset(8, 6, 32))
+  params = jax.jit(llama.init_params, static_argnums=0)(CFG, jax.random.key(0))
+  cfg = _dpo_config(batch_size=4, num_steps=2)
+  optimizer = train.make_optimizer(cfg)
+  init_fn, shardings = train.make_init(params, optimizer, mesh)
+  step = train.jit_step(train.make_dpo_step(CFG, optimizer, 'sigmoid', 0.1), mesh, shardings)
+  state, rng = init_fn(), jax.random.key(0)
+  with jax.transfer_guard('disallow'):
+    batches = train.DeviceBatches(dataset, mesh, 4, seed=0)
+    for i in range(2):
+      state, metrics = step(state, train.put_batch(mesh, batches(i)), rng)
+      metrics = jax.device_get(metrics)
+  assert int(jax.device_get(state.step)) == 2 and np.isfinite(metrics['loss'])

@@ -86,9 +86,10 @@ class DeviceBatches:
     picked = {**{s: {k: dataset[s][k] for k in SEQ_KEYS} for s in SIDES},
               **{k: dataset[k] for k in keys if k in dataset}}
     replicated = NamedSharding(mesh, P())
-    # Device arrays stay where they are; host arrays go to the device once, whole.
-    self.data = jax.tree.map(
-        lambda x: x if isinstance(x, jax.Array) else sharding.put_global(x, replicated), picked)
+    # Device arrays stay where they are; host arrays go to the device once, whole (a host edge).
+    with jax.transfer_guard_host_to_device('allow'):
+      self.data = jax.tree.map(
+          lambda x: x if isinstance(x, jax.Array) else sharding.put_global(x, replicated), picked)
     counts = jax.jit(lambda d: jnp.stack(
         [jnp.stack([d[s][k].astype(bool).sum(-1) for s in SIDES], 1)
          for k in ('mask', 'loss_mask')]))(self.data)
@@ -116,6 +117,7 @@ class DeviceBatches:
     """Returns the device batch of update `step` (the rows data_io.batch_at would pick)."""
     index_B = data_io.batch_indices(self.n, step, self.batch_size, self.seed)
     t, slots = self.shapes(index_B)
-    index = sharding.put_global(index_B.astype(np.int32), NamedSharding(self.mesh, P()))
+    with jax.transfer_guard_host_to_device('allow'):  # a host edge: the batch's row indices
+      index = sharding.put_global(index_B.astype(np.int32), NamedSharding(self.mesh, P()))
     with jax.set_mesh(self.mesh):
       return _select(self.data, index, t=t, slots=slots, groups=self.groups, k=self.k)

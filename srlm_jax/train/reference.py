@@ -33,8 +33,8 @@ def _over_dataset(fn, seqs, batch_size: int, mesh: Optional[Mesh]):
   outs = []
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for batch, n in data_io.batches_in_order(seqs, batch_size):
-      outs.append(jax.tree.map(lambda x, n=n: x[:n], distributed.to_host(fn(put_batch(mesh,
-                                                                                    batch)))))
+      out = distributed.to_host(fn(put_batch(mesh, batch)))
+      outs.append(jax.tree.map(lambda x, n=n: x[:n], out))  # the last batch repeats rows
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
