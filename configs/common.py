@@ -82,6 +82,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.creation.top_p = 0.9  # nucleus of the candidate sampling
   c.creation.max_new_tokens = 256  # candidate length limit
   c.creation.judge = ml_collections.ConfigDict()
+  # Which judge (a registered srlm_jax.judges name): its rubrics, verdict line and score scale.
+  c.creation.judge.kind = 'additive'
   c.creation.judge.template = 'additive'  # 'additive', 'choice', or a rubric text
   c.creation.judge.k = 3  # judgments per candidate, averaged over the valid ones (paper: 3)
   c.creation.judge.temperature = 0.7  # judgment sampling (K samples must differ)
@@ -93,7 +95,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # next-token distribution over the score tokens 0..5 (renormalised), so every judgment is
   # valid. 'forced_always': every judgment's score is forced, right after its reasons.
   c.creation.judge.verdict = 'sampled'
-  c.creation.judge.verdict_prefix = '\nScore: '  # each score 0..5 must be one token after it
+  # Each score 0..5 must be one token after it; '' uses the judge's own ('\nScore: ' here).
+  c.creation.judge.verdict_prefix = '\nScore: '
   c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
   c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
   # Candidates stopped by the length limit (stop reason max_tokens) are cut off mid-answer:

@@ -33,7 +33,7 @@ def get_config(arg: str = ''):
   c.creation.prompt_max_new_tokens = 64
   c.creation.max_new_tokens = 96
   c.creation.judge.max_new_tokens = 32  # "Score: N" and the end of turn; a short buffer
-  # The additive rubric in brief (judge.COMPACT_RUBRIC): the full one makes ~430-token EFT
+  # The additive rubric in brief (judges/additive.py COMPACT_RUBRIC): the full one makes ~430-token EFT
   # prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
   c.creation.judge.template = 'compact'
 

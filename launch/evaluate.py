@@ -37,7 +37,7 @@ import numpy as np
 import srlm_jax
 from srlm_jax import data
 from srlm_jax import evaluate
-from srlm_jax import judge as judge_lib
+from srlm_jax import judges as judge_lib
 from srlm_jax import validate
 from srlm_jax.data_io import read_jsonl
 

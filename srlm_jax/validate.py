@@ -68,12 +68,19 @@ def mesh_shape(v) -> Optional[str]:
   return '(data, fsdp, tensor): three ints >= 1, one of them may be -1'
 
 
+def judge_kind(v) -> Optional[str]:
+  """Returns what a judge kind must be, or None when v names a registered judge."""
+  from srlm_jax import judges  # pylint: disable=g-import-not-at-top
+  return None if v in judges.names() else f'a registered judge, one of {judges.names()}'
+
+
 def judge_template(v) -> Optional[str]:
   """Returns what a judge template must be, or None when v (a name or a rubric text) is one."""
-  from srlm_jax import judge  # pylint: disable=g-import-not-at-top
+  from srlm_jax import judges  # pylint: disable=g-import-not-at-top
+  templates = {k: t for name in judges.names() for k, t in judges.get(name).templates.items()}
   if not isinstance(v, str):
     return 'a template name or a rubric text'
-  text = getattr(judge, 'TEMPLATES', {}).get(v, v)
+  text = templates.get(v, v)
   try:
     fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
   except ValueError as e:
@@ -84,7 +91,7 @@ def judge_template(v) -> Optional[str]:
     return (f'a rubric with only {{prompt}} and {{response}} as placeholders, but it has '
             f'{{{unknown[0]}}} (write a literal brace as {{{{ or }}}})')
   if 'response' not in fields:
-    return (f'one of {sorted(getattr(judge, "TEMPLATES", {}))} or a rubric text with '
+    return (f'one of {sorted(templates)} or a rubric text with '
             '{prompt} and {response}')
   return None
 
@@ -143,6 +150,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('creation.temperature', number(0)),
     ('creation.top_p', TOP_P),
     ('creation.max_new_tokens', integer(1)),
+    ('judge.kind', judge_kind),
     ('judge.template', judge_template),
     ('judge.k', integer(1)),
     ('judge.temperature', number(0)),

@@ -11,7 +11,7 @@ from scipy import stats
 
 from srlm_jax import data
 from srlm_jax import evaluate
-from srlm_jax import judge
+from srlm_jax import judges as judge
 
 NAN = float('nan')
 

@@ -10,9 +10,10 @@ import pytest
 
 import multihost
 import srlm_jax
-from srlm_jax import creation
-from srlm_jax import judge
+from srlm_jax import judges
 from srlm_jax import loop
+from srlm_jax.pipeline import settings as settings_lib
+from srlm_jax.pipeline.stages import judgments
 from srlm_jax import rollout
 from test_loop import ROOT, load_model, tiny_config
 
@@ -83,17 +84,18 @@ def test_token_limit_beyond_the_context_fails_before_any_compute(tmp_path):
 
 @pytest.mark.parametrize('truncate', [False, True])
 def test_judge_prompt_with_a_long_candidate(tiny, truncate):
-  settings = creation.CreationSettings(
+  settings = settings_lib.CreationSettings(
       n_candidates=2, truncate_prompts=truncate,
-      judge=judge.JudgeSettings(k=1, max_new_tokens=4, verdict='forced',
-                                template=judge.get_template('compact')))
+      judge=judges.JudgeSettings(k=1, max_new_tokens=4, verdict='forced',
+                                 template=judges.get_template('compact')))
   records = [{'id': 'p3', 'prompt': 'Write a list.', 'candidates': ['Short.', LONG]}]
   if not truncate:
     with pytest.raises(ValueError, match=r"judgment of p3 candidate 1: the prompt is \d+ "
                                          r"tokens; with max_new_tokens=4 \+ 4 appended"):
-      creation.judge_candidates(tiny, records, settings, progress=False)
+      judgments.judge_candidates(tiny, records, settings, progress=False)
     return
-  judged = creation.judge_candidates(tiny, records, settings, progress=False)
+  judged, scores = judgments.judge_candidates(tiny, records, settings, progress=False)
+  assert scores.truncated_R.tolist() == [r['judge_prompt_truncated'] for r in judged]
   assert [r['judge_prompt_truncated'] for r in judged][0] == 0
   assert judged[1]['judge_prompt_truncated'] > 900
   assert all(r['valid'] == [True] for r in judged)

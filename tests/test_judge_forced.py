@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 import srlm_jax
-from srlm_jax import creation
 from srlm_jax import judges
 from srlm_jax import rollout
 from srlm_jax import sampler
 from srlm_jax.judges import forced
+from srlm_jax.pipeline import settings as settings_lib
+from srlm_jax.pipeline.stages import judgments
 
 PROMPTS = ['What is 2 + 2?', 'Name a primary colour.']
 RESPONSES = ['4', 'Blue is one.']
@@ -59,14 +60,14 @@ def test_forced_score_is_the_expectation_of_a_full_forward(tiny, verdict):
 
 def test_sampled_verdicts_leave_invalid_judgments_invalid(tiny):
   got = judges.judge_responses(tiny, PROMPTS, RESPONSES, settings=_settings('sampled'),
-                              progress=False)
+                               progress=False)
   assert not got.valid_RxK.any() and not got.forced_RxK.any()
   assert np.isnan(got.scores_RxK).all() and np.isnan(got.mass_RxK).all()
 
 
 def test_judgment_records_carry_the_forced_verdicts(tiny):
-  settings = creation.CreationSettings(n_candidates=2, judge=_settings('forced'))
-  records = creation.judge_candidates(
+  settings = settings_lib.CreationSettings(n_candidates=2, judge=_settings('forced'))
+  records, scores = judgments.judge_candidates(
       tiny, [{'id': 'p0', 'prompt': PROMPTS[0], 'candidates': ['4', 'Four.']}], settings,
       progress=False)
   assert [r['candidate'] for r in records] == [0, 1]
@@ -74,7 +75,12 @@ def test_judgment_records_carry_the_forced_verdicts(tiny):
     assert r['verdicts'] == ['forced', 'forced'] and r['valid'] == [True, True]
     assert all(b in range(6) for b in r['forced_argmax'])
     assert all(0 < m < 1 for m in r['score_mass'])
-  assert creation.judgment_stats(records)['valid_fraction'] == 1.0
+  assert judges.judgment_stats(records)['valid_fraction'] == 1.0
+  # The device JudgeScores are what the records say (rows: the candidates, prompt-major).
+  host = judges.to_host([r['judgments'] for r in records], scores)
+  assert [r['scores'] for r in records] == [[judges.score_json(s) for s in row]
+                                            for row in host.scores_RxK]
+  assert host.forced_RxK.all() and scores.scores_RxK.shape == (2, 2)
 
 
 def test_reasons_tokens_cut_the_final_verdict_line():

@@ -155,3 +155,104 @@ def test_make_pairs_never_pairs_an_empty_response():
   assert [(p['id'], p['chosen'], p['rejected']) for p in pair_records] == [('p0', 'good', 'bad')]
   assert decisions[0]['scores'] == [5.0, 4.0, 1.0]
   assert decisions[1]['decision'] == pairs.REASONS[pairs.FEWER_THAN_TWO_VALID]
+
+
+def _mean_reference(scores, valid):
+  counted = valid & ~np.isnan(scores)
+  count = counted.sum(-1)
+  total = np.where(counted, scores, 0).sum(-1, dtype=np.float32)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32), count
+
+
+def test_choose_pairs_against_reference():
+  """choose_pairs = the mean over valid K, then the reference rules over usable candidates."""
+  rng = np.random.default_rng(1)
+  num_p, num_n, num_k = 300, 4, 3
+  scores = rng.integers(0, 6, (num_p, num_n, num_k)).astype(np.float32)
+  scores[rng.random(scores.shape) < 0.1] = NAN
+  valid = rng.random(scores.shape) < 0.7
+  usable = rng.random((num_p, num_n)) < 0.8
+  lengths = rng.integers(1, 9, (num_p, num_n)).astype(np.int32)
+  kwargs = dict(min_gap=0.5, length_margin=1.0)
+  out = jax.device_get(pairs.choose_pairs(scores, valid, lengths, usable, **kwargs))
+  mean, count = _mean_reference(scores, valid)
+  np.testing.assert_allclose(out['mean_PxN'], mean, rtol=1e-6)
+  np.testing.assert_array_equal(out['count_PxN'], count)
+  reasons = set()
+  for p in range(num_p):
+    chosen, rejected, reason = _reference(list(mean[p]), list((count[p] > 0) & usable[p]),
+                                          list(lengths[p]), **kwargs)
+    if reason == pairs.FEWER_THAN_TWO_VALID and (count[p] > 0).sum() >= 2:
+      reason = pairs.FEWER_THAN_TWO_USABLE
+    _check_row(out, p, (chosen, rejected, reason))
+    reasons.add(reason)
+  assert reasons == set(range(len(pairs.REASONS)))  # every rule was exercised
+
+
+def test_truncated_candidates_are_excluded_unless_asked():
+  from srlm_jax import sampler  # pylint: disable=g-import-not-at-top
+  eos, cut = int(sampler.StopReason.EOS), int(sampler.StopReason.MAX_TOKENS)
+  stop_reason = np.array([eos, cut, eos, eos, cut, cut], np.int32)  # P = 2, N = 3
+  nonempty = np.array([True, True, False, True, True, True])
+  np.testing.assert_array_equal(pairs.usable(stop_reason, nonempty, n=3),
+                                [[True, False, False], [True, False, False]])
+  np.testing.assert_array_equal(pairs.usable(stop_reason, nonempty, n=3, pair_truncated=True),
+                                [[True, True, False], [True, True, True]])
+  scores = np.array([[[5.0], [1.0], [3.0]], [[2.0], [4.0], [0.0]]], np.float32)
+  valid = np.ones(scores.shape, bool)
+  lengths = np.full((2, 3), 8, np.int32)
+  out = pairs.choose_pairs(scores, valid, lengths, pairs.usable(stop_reason, nonempty, n=3))
+  assert [pairs.REASONS[r] for r in out['reason']] == ['fewer_than_two_usable'] * 2
+  assert not out['has_pair'].any()
+  out = pairs.choose_pairs(scores, valid, lengths,
+                           pairs.usable(stop_reason, nonempty, n=3, pair_truncated=True))
+  np.testing.assert_array_equal(out['chosen'], [0, 1])
+  np.testing.assert_array_equal(out['rejected'], [1, 2])
+  assert out['has_pair'].all()
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  return srlm_jax.load('tiny')
+
+
+def test_preference_dataset_is_the_sampled_ids_with_the_rollouts_logps(tiny):
+  """Rows = prompt + sampled completion; loss on the completion only; the reference log-probs
+  equal a full forward of the policy that sampled them."""
+  from srlm_jax import llama, rollout  # pylint: disable=g-import-not-at-top
+  prompts = ['Hi.', 'Why is the sky blue?', 'Name a colour.', 'A short poem about rain, please.']
+  ids, _ = rollout.encode_prompts(tiny, prompts, max_new_tokens=10)
+  cand = rollout.sample(tiny, ids, n=3, max_new_tokens=10, temperature=0.7, top_p=0.9, seed=2,
+                        progress=False)
+  chosen, rejected = np.array([2, 0, 1, 1], np.int32), np.array([0, 1, 2, 0], np.int32)
+  rows = np.array([3, 0, 2], np.int32)  # prompt 1 has no pair
+  data = jax.device_get(pairs.preference_dataset(cand, chosen, rejected, rows,
+                                                 pad_id=tiny.tokenizer.pad_id))
+  host = rollout.to_host(cand)
+  for side, index in (('chosen', chosen), ('rejected', rejected)):
+    seq = data[side]
+    width = seq['inputs'].shape[1]
+    assert width == host['prompt_tokens'].shape[1] + host['tokens'].shape[1]
+    for q, p in enumerate(rows):
+      r = p * 3 + index[p]
+      completion = host['tokens'][r, :host['lengths'][r]]
+      full = np.concatenate([ids[p], completion])
+      k = len(full) - 1
+      np.testing.assert_array_equal(seq['inputs'][q, :k], full[:-1])
+      np.testing.assert_array_equal(seq['targets'][q, :k], full[1:])
+      assert (seq['inputs'][q, k:] == tiny.tokenizer.pad_id).all()
+      np.testing.assert_array_equal(seq['mask'][q], np.arange(width) < k)
+      # The loss covers exactly the targets that are completion tokens.
+      want = (np.arange(width) >= len(ids[p]) - 1) & (np.arange(width) < k)
+      np.testing.assert_array_equal(seq['loss_mask'][q], want)
+      np.testing.assert_array_equal(seq['targets'][q][want], completion)
+    logits = llama.forward(tiny.config, tiny.params, seq['inputs'], mask=seq['mask'])
+    logps = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    at_targets = np.take_along_axis(logps, seq['targets'][..., None], axis=-1)[..., 0]
+    at_targets = np.where(seq['loss_mask'], at_targets, 0.0)
+    np.testing.assert_allclose(data[f'ref_{side}_token_logps'], at_targets, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(data[f'ref_{side}_logps'], at_targets.sum(-1), atol=1e-4,
+                               rtol=0)
+    assert (data[f'ref_{side}_logps'] < 0).all()

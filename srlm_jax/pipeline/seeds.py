@@ -4,7 +4,7 @@ import os
 
 from srlm_jax import data as data_lib
 from srlm_jax import data_io
-from srlm_jax import judge
+from srlm_jax import judges
 
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'data')
 
@@ -20,12 +20,13 @@ def read_seed_data(config) -> dict:
   """Returns the validated seed records; any bad line raises naming its file and line."""
   ift = [(data_io.text_field(r, 'prompt'), data_io.text_field(r, 'response'))
          for r in data_lib.read_source(data_path(config.data.ift))]
-  eft = []
+  eft, judge = [], judges.get(config.creation.judge.kind)
   for r in data_lib.read_source(data_path(config.data.eft)):
     path, line, _ = r
     judgment = data_io.text_field(r, 'judgment')
-    if judge.parse_score_host(judgment) is None:
-      raise ValueError(f'{path}:{line}: EFT judgment has no final "Score: X" verdict')
+    if judge.parse_host(judgment) is None:
+      raise ValueError(f'{path}:{line}: EFT judgment has no final '
+                       f'"{judge.grammar.keyword}: X" verdict of judge {judge.name!r}')
     eft.append((data_io.text_field(r, 'prompt'), data_io.text_field(r, 'response'), judgment))
   if config.data.max_ift:
     ift = ift[:config.data.max_ift]

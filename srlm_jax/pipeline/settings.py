@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional
 
 from srlm_jax import instructions
-from srlm_jax import judge as judge_lib
+from srlm_jax import judges as judge_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,10 @@ def from_config(config) -> CreationSettings:
       n_candidates=c.n_candidates, temperature=c.temperature, top_p=c.top_p,
       max_new_tokens=c.max_new_tokens,
       judge=judge_lib.JudgeSettings(
-          k=c.judge.k, temperature=c.judge.temperature, top_p=c.judge.top_p,
-          max_new_tokens=c.judge.max_new_tokens,
-          template=judge_lib.get_template(c.judge.template), verdict=c.judge.verdict,
-          verdict_prefix=c.judge.verdict_prefix),
+          kind=c.judge.kind, k=c.judge.k, temperature=c.judge.temperature,
+          top_p=c.judge.top_p, max_new_tokens=c.judge.max_new_tokens,
+          template=judge_lib.get_template(c.judge.template, kind=c.judge.kind),
+          verdict=c.judge.verdict, verdict_prefix=c.judge.verdict_prefix or None),
       min_gap=c.min_gap, length_margin=c.length_margin or None,
       pair_truncated=c.pair_truncated, seed=config.seed,
       truncate_prompts=c.truncate_prompts)

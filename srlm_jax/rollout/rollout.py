@@ -112,8 +112,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-  put = lambda *xs: (sharding.shard_batch(mesh, *xs) if mesh is not None
-                     else tuple(jax.device_put(x) for x in xs))
+  put = lambda *xs: tuple(sharding.shard_batch(mesh, x) if mesh is not None
+                          else jax.device_put(x) for x in xs)
   # Host edges: the seed and the prompts go up explicitly; the rest runs on the device.
   with jax.transfer_guard('allow'):
     key = jax.random.key(seed)

@@ -6,27 +6,19 @@ line) and trains in train/ (Orbax checkpoints, metrics.jsonl, params/ = M1).
 
 import os
 
-from srlm_jax import judge
+from srlm_jax import judges
 from srlm_jax import train
 from srlm_jax.data_io import write_jsonl
 from srlm_jax.pipeline.stage import register
 from srlm_jax.pipeline.stage import Stage
 
 
-def eft_target(judgment: str, kind: str) -> str:
-  """Returns the SFT target of an EFT example: the whole judgment or only its verdict line."""
-  if kind == 'judgment':
-    return judgment
-  if kind == 'score_only':
-    return f'Score: {judge.parse_score_host(judgment):g}'
-  raise ValueError(f'data.eft_target={kind!r}: expected judgment or score_only')
-
-
 def run(ctx, out_dir: str) -> dict:
   """Returns the number of SFT examples after training M1 on them."""
+  judge = judges.get(ctx.settings.judge.kind)
   records = [{'prompt': p, 'response': r} for p, r in ctx.seeds['ift']]
-  records += [{'prompt': judge.judge_prompt(p, r, ctx.settings.judge.template),
-               'response': eft_target(j, ctx.config.data.eft_target)}
+  records += [{'prompt': judge.prompt_text(p, r, ctx.settings.judge.template),
+               'response': judge.eft_target(j, ctx.config.data.eft_target)}
               for p, r, j in ctx.seeds['eft']]
   data = write_jsonl(os.path.join(out_dir, 'data.jsonl'), records)
   train.run_sft(ctx.train_config('sft', train_data=data), os.path.join(out_dir, 'train'),
