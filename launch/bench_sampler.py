@@ -3,11 +3,13 @@ r"""Benchmarks the sampler's greedy tokens/s against transformers' `generate` (P
 Both sides get the same left-padded chat prompts (MT-Bench first turns), the same fp32 weights,
 greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens, and the same
 CPU threads. Times are whole calls (prefill + decode) measured after a warm-up call; the
-sampler's compile time (first call minus a timed call) is reported on its own. Beside each
-measurement, the floors and the fraction of them reached: compute (2 * params * generated tokens
-FLOPs at a measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt
-tokens) and memory (params + KV cache read once per decode step, at the better of a measured copy
-and matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
+sampler's compile time (first call minus a timed call) is reported on its own, and so are its
+decode loop alone (`decode_tok_s`: generated tokens over the time of `sampler.decode`, the best
+of two runs after its prefill) and its prefill (`prefill_s`). Beside each measurement, the
+floors and the fraction of them reached: compute (2 * params * generated tokens FLOPs at a
+measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt tokens) and
+memory (params + KV cache read once per decode step, at the better of a measured copy and
+matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
 at that peak, its prompts run without padding (2 * params * (generated + real prompt tokens)):
 a speed-up over transformers above `unpadded_floor_tok_s / transformers_tok_s` would need more
 than the device's matmul peak.
@@ -110,6 +112,24 @@ def left_pad(ids, pad_id):
   return tokens, mask
 
 
+def decode_times(config, params, tokens, mask, m: int) -> dict:
+  """Returns the sampler's greedy decode tokens/s (prefill excluded) and prefill seconds."""
+  pad = ((0, 0), (sampler.prompt_bucket(tokens.shape[1]) - tokens.shape[1], 0))
+  tokens, mask = jnp.asarray(np.pad(tokens, pad)), jnp.asarray(np.pad(mask, pad))
+  mode, knobs = sampler.make_mode(), sampler.make_knobs(max_new_tokens=m)
+  ids = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+  prefill = lambda: jax.block_until_ready(sampler.prefill(
+      config, params, tokens, mask, jax.random.key(0), ids, n=1,
+      max_new_bucket=sampler.bucket(m)))
+  decode = lambda state: jax.block_until_ready(sampler.decode(config, params, state, knobs, mode))
+  prefill_s, decode_s = [], []
+  for _ in range(2):  # the calls of `sample` above compiled both
+    state, t = timed(prefill)
+    prefill_s.append(t)
+    decode_s.append(timed(lambda: decode(state))[1])
+  return {'decode_tok_s': tokens.shape[0] * m / min(decode_s), 'prefill_s': min(prefill_s)}
+
+
 def main(argv):
   del argv
   if not FLAGS.no_reference:
@@ -141,6 +161,7 @@ def main(argv):
     assert out.shape == (b, m)
     row = {'batch': b, 'prompt_len': tokens.shape[1], 'new_tokens': m,
            'ours_tok_s': b * m / t_ours, 'compile_s': max(first - t_ours, 0.0)}
+    row.update(decode_times(config, model.params, tokens, mask, m))
     if reference is not None:
       ids, att = torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
       gen = lambda n: reference.generate(input_ids=ids, attention_mask=att, max_new_tokens=n,
@@ -165,9 +186,9 @@ def main(argv):
                / t_ours)
     rows.append(row)
     print(json.dumps(row))
-  cols = ['batch', 'prompt_len', 'ours_tok_s', 'transformers_tok_s', 'ratio', 'same_tokens',
-          'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s', 'unpadded_floor_tok_s',
-          'floor_fraction', 'floor_with_prefill_fraction']
+  cols = ['batch', 'prompt_len', 'ours_tok_s', 'decode_tok_s', 'prefill_s', 'transformers_tok_s',
+          'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s',
+          'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction']
   print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
   cell = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
   for row in rows:

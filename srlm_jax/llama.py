@@ -134,19 +134,6 @@ def apply_rope(x_BTNh: Array, positions_BT: Array, inv_freq: np.ndarray) -> Arra
   return x_BTNh * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-class RMSNorm(nn.Module):
-  eps: float
-  dtype: Any
-  param_dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return scale.astype(self.dtype)[None, None, :] * x32.astype(self.dtype)
-
-
 @jax.custom_vjp
 def matmul(x: Array, w: Array) -> Array:
   """Returns x [..., I] @ w [I, O]; its weight gradient is one 2-D matmul over all tokens.
@@ -217,64 +204,138 @@ def logits(config: 'LlamaConfig', params, x_ND: Array) -> Array:
   return head_matmul(x_ND, params['lm_head']['kernel'], False)
 
 
-def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-  """nn.Dense's product (last axis of lhs with the kernel's first) through `matmul`."""
-  if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or precision or kwargs:
-    raise ValueError(f'unexpected Dense product {dimension_numbers}, {precision}, {kwargs}')
-  return matmul(lhs, rhs)
+# --- The layer maths: pure functions of a param dict, shared by training, prefill and decode ---
+
+def rms_norm(x_ND: Array, scale_D: Array, eps: float, dtype) -> Array:
+  """Returns x normalised by its root mean square (in float32) times scale, in dtype."""
+  x32 = x_ND.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale_D.astype(dtype).reshape((1,) * (x_ND.ndim - 1) + (-1,)) * x32.astype(dtype)
 
 
-def _dense(features, name, cfg):
-  return nn.Dense(features, use_bias=False, name=name, dtype=cfg.dtype,
-                  param_dtype=cfg.param_dtype, kernel_init=nn.initializers.normal(0.02),
-                  dot_general=_dense_dot_general)
+def dense(x_NI: Array, kernel_IO: Array, dtype) -> Array:
+  """Returns x @ kernel in dtype (through `matmul`, whose weight gradient is one GEMM)."""
+  return matmul(x_NI.astype(dtype), kernel_IO.astype(dtype))
 
 
-class Attention(nn.Module):
-  config: LlamaConfig
+def embed(config: LlamaConfig, params, tokens_BT: Array) -> Array:
+  """Returns the [B, T, D] input embeddings of int tokens, in the compute dtype."""
+  return jnp.take(params['embed']['embedding'], tokens_BT, axis=0).astype(config.dtype)
 
-  @nn.compact
-  def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_index, layer_cache, segment_ids):
-    cfg = self.config
-    h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    b, t, _ = x_BTD.shape
-    q = _dense(h * dh, 'q_proj', cfg)(x_BTD).reshape(b, t, h, dh)
-    key = _dense(k * dh, 'k_proj', cfg)(x_BTD).reshape(b, t, k, dh)
-    val = _dense(k * dh, 'v_proj', cfg)(x_BTD).reshape(b, t, k, dh)
-    inv_freq = rope_frequencies(cfg)
-    q, key = apply_rope(q, positions_BT, inv_freq), apply_rope(key, positions_BT, inv_freq)
 
+def mlp(config: LlamaConfig, p, x_BTD: Array) -> Array:
+  """Returns the SwiGLU MLP's output, down(silu(gate(x)) * up(x))."""
+  dt = config.dtype
+  hidden = jax.nn.silu(dense(x_BTD, p['gate_proj']['kernel'], dt)) * dense(
+      x_BTD, p['up_proj']['kernel'], dt)
+  return dense(sharding.constrain(hidden, sharding.ACTIVATION_FFN), p['down_proj']['kernel'], dt)
+
+
+def _to_block(x_BKGTX: Array, n: int) -> Array:
+  """[B, K, G, ...] per row -> [B/N, K, N*G, ...]: the N consecutive rows of a shared block."""
+  if n == 1:
+    return x_BKGTX
+  b, k, g = x_BKGTX.shape[:3]
+  x = x_BKGTX.reshape((b // n, n, k, g) + x_BKGTX.shape[3:])
+  return jnp.swapaxes(x, 1, 2).reshape((b // n, k, n * g) + x_BKGTX.shape[3:])
+
+
+def _to_rows(x_bKXTX: Array, n: int) -> Array:
+  """The inverse of `_to_block`: [B/N, K, N*G, ...] -> [B, K, G, ...]."""
+  if n == 1:
+    return x_bKXTX
+  b, k, x = x_bKXTX.shape[:3]
+  y = x_bKXTX.reshape((b, k, n, x // n) + x_bKXTX.shape[3:])
+  return jnp.swapaxes(y, 1, 2).reshape((b * n, k, x // n) + x_bKXTX.shape[3:])
+
+
+def attend(q_BKGTd: Array, blocks, dtype) -> Array:
+  """Returns attention [B, K, G, T, Dh] of the queries over blocks of key slots, one softmax.
+
+  Each block is (key_bKSd, val_bKSd, allowed_bTS) with b = B, or b = B / N for a block shared
+  by N consecutive rows (a prompt's keys read once by its N samples: they act as N*G query
+  heads per kv head). Scores are float32. One block is plain softmax(q k^T / sqrt(Dh)) v;
+  several are merged through their running max and sum, with no concatenation.
+  """
+  b, dh = q_BKGTd.shape[0], q_BKGTd.shape[-1]
+  parts = []
+  for key_bKSd, val_bKSd, allowed_bTS in blocks:
+    n = b // key_bKSd.shape[0]
+    scores = jnp.einsum('bkxtd,bksd->bkxts', _to_block(q_BKGTd, n), key_bKSd,
+                        preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
+    parts.append((n, jnp.where(allowed_bTS[:, None, None], scores, _NEG_INF), val_bKSd))
+  if len(parts) == 1:
+    _, scores, val_bKSd = parts[0]
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum('bkxts,bksd->bkxtd', probs, val_bKSd)
+  max_BKGT1 = functools.reduce(jnp.maximum, [
+      _to_rows(jnp.max(s, axis=-1, keepdims=True), n) for n, s, _ in parts])
+  total, out = 0.0, 0.0
+  for n, scores, val_bKSd in parts:
+    e = jnp.exp(scores - _to_block(max_BKGT1, n))
+    total = total + _to_rows(jnp.sum(e, axis=-1, keepdims=True), n)
+    out = out + _to_rows(jnp.einsum('bkxts,bksd->bkxtd', e.astype(dtype), val_bKSd), n)
+  return out / total.astype(dtype)
+
+
+def layer(config: LlamaConfig, p, x_BTD: Array, positions_BT: Array, attend_kv):
+  """Returns (x after one decoder layer, what attend_kv returned beside its output).
+
+  `p` is one layer's params (the tree under layers/, without the L axis). attend_kv(q_BKGTd,
+  key_BKTd, val_BKTd) -> (out_BKGTd, cache) decides which key slots the queries see and keeps
+  the cache: `self_attention` for a sequence (training, prefill), the sampler's for decoding.
+  """
+  cfg, dt = config, config.dtype
+  h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  b, t, _ = x_BTD.shape
+  a_BTD = rms_norm(x_BTD, p['attn_norm']['scale'], cfg.norm_eps, dt)
+  att = p['attn']
+  proj = lambda name, heads: dense(a_BTD, att[name]['kernel'], dt).reshape(b, t, heads, dh)
+  inv_freq = rope_frequencies(cfg)
+  q = apply_rope(proj('q_proj', h), positions_BT, inv_freq)
+  key = apply_rope(proj('k_proj', k), positions_BT, inv_freq)
+  # Heads-major operands [B, K, G, T, Dh] and [B, K, T, Dh]: both products of `attend` are then
+  # plain batched matmuls, and the cache keeps this layout.
+  out, cache = attend_kv(q.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4),
+                         key.transpose(0, 2, 1, 3), proj('v_proj', k).transpose(0, 2, 1, 3))
+  out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
+  x_BTD = sharding.constrain(x_BTD + dense(out, att['o_proj']['kernel'], dt), sharding.ACTIVATION)
+  x_BTD = x_BTD + mlp(cfg, p['mlp'], rms_norm(x_BTD, p['mlp_norm']['scale'], cfg.norm_eps, dt))
+  return sharding.constrain(x_BTD, sharding.ACTIVATION), cache
+
+
+def self_attention(config: LlamaConfig, kv_mask_BS: Array, cache_index=0, layer_cache=None,
+                   segment_ids_BT: Optional[Array] = None):
+  """Returns the attend_kv of a sequence: causal over cache slots, the mask and segments applied.
+
+  With a layer cache ({'k', 'v'} [B, K, S, Dh]) the new keys and values are written at slots
+  [cache_index, cache_index + T) and the queries attend over all S slots; without one, S = T.
+  """
+  def attend_kv(q_BKGTd, key_BKTd, val_BKTd):
+    t = q_BKGTd.shape[3]
     new_cache = None
-    if layer_cache is not None:  # write this step's keys and values at slots [index, index+T)
-      key = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache['k'], key.astype(layer_cache['k'].dtype), cache_index, axis=1)
-      val = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache['v'], val.astype(layer_cache['v'].dtype), cache_index, axis=1)
-      new_cache = {'k': key, 'v': val}
-      key, val = key.astype(cfg.dtype), val.astype(cfg.dtype)
-    s = key.shape[1]
-
+    if layer_cache is not None:
+      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), cache_index,
+                                                               axis=2)
+      new_cache = {'k': write(layer_cache['k'], key_BKTd), 'v': write(layer_cache['v'], val_BKTd)}
+      key_BKTd, val_BKTd = (new_cache[n].astype(config.dtype) for n in ('k', 'v'))
+    s = key_BKTd.shape[2]
     q_slot = cache_index + jnp.arange(t)
     allowed_BTS = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & kv_mask_BS[:, None, :]
-    if segment_ids is not None:
-      allowed_BTS &= segment_ids[:, :, None] == segment_ids[:, None, :]
-
-    # Heads-major operands [B, K, G, T, Dh] and [B, K, S, Dh]: both products are then plain
-    # batched matmuls, and the mask is one additive [B, T, S] bias shared by all heads.
-    q_BKGTd = q.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4)
-    key_BKSd, val_BKSd = key.transpose(0, 2, 1, 3), val.transpose(0, 2, 1, 3)
-    bias_BTS = jnp.where(allowed_BTS, 0.0, _NEG_INF)
-    blocks = _query_blocks(t, s, cache_index, cfg.query_block)
+    if segment_ids_BT is not None:
+      allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    blocks = _query_blocks(t, s, cache_index, config.query_block)
     size = t // blocks
     # Query block i sees key slots up to its last query's, [0, (i + 1) * size); later ones are
     # masked for all its queries, so they are left out.
     ends = [s] if blocks == 1 else [(i + 1) * size for i in range(blocks)]
     out = jnp.concatenate([
-        _attend(q_BKGTd[:, :, :, i * size:(i + 1) * size], key_BKSd[:, :, :end],
-                val_BKSd[:, :, :end], bias_BTS[:, i * size:(i + 1) * size, :end], cfg.dtype)
+        attend(q_BKGTd[:, :, :, i * size:(i + 1) * size],
+               [(key_BKTd[:, :, :end], val_BKTd[:, :, :end],
+                 allowed_BTS[:, i * size:(i + 1) * size, :end])], config.dtype)
         for i, end in enumerate(ends)], axis=3)
-    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
-    return _dense(cfg.dim, 'o_proj', cfg)(out), new_cache
+    return out, new_cache
+  return attend_kv
 
 
 def _query_blocks(t: int, s: int, cache_index, query_block: int) -> int:
@@ -291,58 +352,79 @@ def _query_blocks(t: int, s: int, cache_index, query_block: int) -> int:
   return blocks
 
 
-def _attend(q_BKGTd, key_BKSd, val_BKSd, bias_BTS, dtype):
-  """Returns softmax(q k^T / sqrt(Dh) + bias) v: [B, K, G, T, Dh], scores in float32."""
-  scores = jnp.einsum('bkgtd,bksd->bkgts', q_BKGTd, key_BKSd, preferred_element_type=jnp.float32)
-  scores = scores / np.sqrt(q_BKGTd.shape[-1]).astype(np.float32) + bias_BTS[:, None, None]
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  return jnp.einsum('bkgts,bksd->bkgtd', probs, val_BKSd)
+def layer_params(params, l: int):
+  """Returns layer l's params (the layers/ subtree without its leading L axis)."""
+  return jax.tree.map(lambda w: w[l], params['layers'])
 
 
-class Mlp(nn.Module):
-  config: LlamaConfig
+def transformer(config: LlamaConfig, params, tokens_BT: Array, positions_BT: Array,
+                kv_mask_BS: Array, cache=None, cache_index=0,
+                segment_ids: Optional[Array] = None, hidden_only: bool = False):
+  """Returns (float32 logits [B, T, V] or with `hidden_only` final-norm hidden states [B, T, D],
+  the new cache or None): the model as a function of its params.
+
+  Without a cache the layers run in one `lax.scan` over the stacked params (unrolled with
+  config.unroll_layers, each recomputed in the backward pass with config.remat). With a cache
+  (`init_cache`) they run one by one, each writing its own cache arrays, the layout decoding
+  reads.
+  """
+  cfg = config
+  kv_mask_BS = kv_mask_BS.astype(bool)
+  x_BTD = sharding.constrain(embed(cfg, params, tokens_BT), sharding.ACTIVATION)
+  new_cache = None
+  if cache is None:
+    attend_kv = self_attention(cfg, kv_mask_BS, segment_ids_BT=segment_ids)
+    step = lambda x, p: (layer(cfg, p, x, positions_BT, attend_kv)[0], None)
+    if cfg.remat:
+      step = jax.checkpoint(step, prevent_cse=False)
+    x_BTD, _ = jax.lax.scan(step, x_BTD, params['layers'],
+                            unroll=cfg.n_layers if cfg.unroll_layers else 1)
+  else:
+    new_cache = []
+    for l in range(cfg.n_layers):
+      x_BTD, c = layer(cfg, layer_params(params, l), x_BTD, positions_BT,
+                       self_attention(cfg, kv_mask_BS, cache_index, cache[l], segment_ids))
+      new_cache.append(c)
+    new_cache = tuple(new_cache)
+  x_BTD = rms_norm(x_BTD, params['final_norm']['scale'], cfg.norm_eps, cfg.dtype)
+  return (x_BTD if hidden_only else logits(cfg, params, x_BTD)), new_cache
+
+
+# --- The param tree, declared with Flax Linen (names and initialisers fix its paths and values) ---
+
+def _layer_spec(cfg: LlamaConfig) -> dict:
+  """Returns one layer's params as {name: (initialiser, shape)}, nested like the param tree."""
+  d, f, dh = cfg.dim, cfg.ffn_dim, cfg.head_dim
+  w = lambda i, o: {'kernel': (nn.initializers.normal(0.02), (i, o))}
+  norm = {'scale': (nn.initializers.ones, (d,))}
+  return {'attn_norm': norm, 'mlp_norm': norm,
+          'attn': {'q_proj': w(d, cfg.n_heads * dh), 'k_proj': w(d, cfg.n_kv_heads * dh),
+                   'v_proj': w(d, cfg.n_kv_heads * dh), 'o_proj': w(cfg.n_heads * dh, d)},
+          'mlp': {'gate_proj': w(d, f), 'up_proj': w(d, f), 'down_proj': w(f, d)}}
+
+
+class _Params(nn.Module):
+  """Declares the params of `spec` ({name: (initialiser, shape) or a nested spec})."""
+  spec: Any
+  param_dtype: Any
 
   @nn.compact
-  def __call__(self, x_BTD):
-    cfg = self.config
-    gate = _dense(cfg.ffn_dim, 'gate_proj', cfg)(x_BTD)
-    up = _dense(cfg.ffn_dim, 'up_proj', cfg)(x_BTD)
-    hidden = sharding.constrain(nn.silu(gate) * up, sharding.ACTIVATION_FFN)
-    return _dense(cfg.dim, 'down_proj', cfg)(hidden)
-
-
-class Block(nn.Module):
-  """One decoder layer; scanned over L, so its params get a leading layer axis."""
-  config: LlamaConfig
-
-  @nn.compact
-  def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index, segment_ids):
-    cfg = self.config
-    norm = functools.partial(RMSNorm, cfg.norm_eps, cfg.dtype, cfg.param_dtype)
-    attn_out, new_cache = Attention(cfg, name='attn')(
-        norm(name='attn_norm')(x_BTD), positions_BT, kv_mask_BS, cache_index, layer_cache,
-        segment_ids)
-    x_BTD = sharding.constrain(x_BTD + attn_out, sharding.ACTIVATION)
-    x_BTD = x_BTD + Mlp(cfg, name='mlp')(norm(name='mlp_norm')(x_BTD))
-    return sharding.constrain(x_BTD, sharding.ACTIVATION), new_cache
-
-
-class LmHead(nn.Module):
-  """The untied output projection; returns its [D, V] kernel (logits are taken in float32)."""
-  config: LlamaConfig
-
-  @nn.compact
-  def __call__(self):
-    cfg = self.config
-    return self.param('kernel', nn.initializers.normal(0.02), (cfg.dim, cfg.vocab_size),
-                      cfg.param_dtype)
+  def __call__(self, carry=None, _=None):  # the arguments of an `nn.scan` body, passed through
+    for name, item in self.spec.items():
+      if isinstance(item, tuple):
+        self.param(name, item[0], item[1], self.param_dtype)
+      else:  # a nested spec (Linen has made it a FrozenDict)
+        _Params(item, self.param_dtype, name=name)()
+    return carry, None
 
 
 class Llama(nn.Module):
   """The decoder: (tokens, positions, kv_mask[, cache]) -> (float32 logits, new cache).
 
-  With `hidden_only`, it returns the final-norm hidden states [B, T, D] instead of the logits,
-  for callers that apply the head (`logits`) to some positions only.
+  It declares the param tree (the layers through `nn.scan`, so each layer's initialisation has
+  its own RNG) and runs `transformer` over it. With `hidden_only`, it returns the final-norm
+  hidden states [B, T, D] instead of the logits, for callers that apply the head (`logits`) to
+  some positions only.
   """
   config: LlamaConfig
 
@@ -350,21 +432,18 @@ class Llama(nn.Module):
   def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0,
                segment_ids=None, hidden_only: bool = False):
     cfg = self.config
-    embed = nn.Embed(cfg.vocab_size, cfg.dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                     embedding_init=nn.initializers.normal(0.02), name='embed')
-    x_BTD = sharding.constrain(embed(tokens_BT), sharding.ACTIVATION)
-    block = nn.remat(Block, prevent_cse=False) if cfg.remat else Block
-    layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                     length=cfg.n_layers, unroll=cfg.n_layers if cfg.unroll_layers else 1)
-    x_BTD, new_cache = layers(cfg, name='layers')(
-        x_BTD, cache, positions_BT, kv_mask_BS.astype(bool), cache_index, segment_ids)
-    x_BTD = RMSNorm(cfg.norm_eps, cfg.dtype, cfg.param_dtype, name='final_norm')(x_BTD)
-    if hidden_only:
-      return x_BTD, new_cache
-    if cfg.tie_embeddings:
-      return head_matmul(x_BTD, embed.embedding, True), new_cache
-    return head_matmul(x_BTD, LmHead(cfg, name='lm_head')(), False), new_cache
+    if self.is_initializing():
+      normal = nn.initializers.normal(0.02)
+      spec = {'embed': {'embedding': (normal, (cfg.vocab_size, cfg.dim))},
+              'final_norm': {'scale': (nn.initializers.ones, (cfg.dim,))}}
+      if not cfg.tie_embeddings:
+        spec['lm_head'] = {'kernel': (normal, (cfg.dim, cfg.vocab_size))}
+      for name, item in spec.items():
+        _Params(item, cfg.param_dtype, name=name)()
+      nn.scan(_Params, variable_axes={'params': 0}, split_rngs={'params': True},
+              length=cfg.n_layers)(_layer_spec(cfg), cfg.param_dtype, name='layers')(None)
+    return transformer(cfg, self.variables['params'], tokens_BT, positions_BT, kv_mask_BS,
+                       cache, cache_index, segment_ids, hidden_only)
 
 
 def default_positions(mask_BT: Array) -> Array:
@@ -385,19 +464,33 @@ def forward(config: LlamaConfig, params, tokens: Array, positions: Optional[Arra
   mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask).astype(bool)
   if positions is None:
     positions = default_positions(mask)
-  logits, _ = Llama(config).apply({'params': params}, tokens, positions, mask,
-                                  segment_ids=segment_ids)
-  return logits
+  return transformer(config, params, tokens, positions, mask, segment_ids=segment_ids)[0]
 
 
-def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> dict:
-  """Returns an empty KV cache {'k', 'v'} of shape [L, B, S, K, Dh]."""
-  shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
+def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> tuple:
+  """Returns an empty KV cache: per layer {'k', 'v'} [B, K, S, Dh] (S = length slots)."""
+  shape = (batch, config.n_kv_heads, length, config.head_dim)
   dtype = dtype or config.dtype
-  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+  return tuple({'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+               for _ in range(config.n_layers))
 
 
 def init_params(config: LlamaConfig, rng: Array):
   """Returns freshly initialised params (unsharded; see sharding.init_params for a mesh)."""
   tokens = jnp.zeros((1, 1), jnp.int32)
   return Llama(config).init(rng, tokens, tokens, tokens.astype(bool))['params']
+
+
+def for_compute(config: LlamaConfig, params, dtype: str = 'auto') -> tuple[LlamaConfig, Any]:
+  """Returns (config computing in dtype, params cast to it) for sampling and judging.
+
+  dtype is 'float32', 'bfloat16' or 'auto' (bfloat16 on a GPU or TPU, float32 on a CPU, where
+  bfloat16 matmuls are slower). Training keeps its float32 master weights: call this on a copy
+  used for inference only. Params already in dtype are returned as they are (no copy).
+  """
+  if dtype == 'auto':
+    dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f'compute dtype {dtype!r}: expected auto, float32 or bfloat16')
+  cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+  return config.replace(dtype=dtype), jax.tree.map(cast, params)

@@ -71,8 +71,8 @@ class SampleOutput:
 class DecodeState:
   """The decode loop's carry."""
   step: Array  # [] int32: tokens generated so far
-  cache: dict  # per layer: prompt 'pk' [B, K, Dh, Q], 'pv' [B, K, Q, Dh]; rows 'k' [R, K, Dh, M],
-  #             'v' [R, K, M, Dh] (keys with Dh before the slots: no transpose in the einsums)
+  cache: dict  # 'prompt': llama.init_cache's layout, per layer {'k', 'v'} [B, K, Q, Dh], as
+  #             prefill wrote it; 'rows': the same [R, K, M, Dh], the rows' generation slots
   prompt_mask_BQ: Array  # real (not padding) prompt cache slots
   token_R: Array  # the token fed at this step
   position_R: Array  # its RoPE position
@@ -111,41 +111,41 @@ def prompt_bucket(n: int) -> int:
   return data_io.length_bucket(n, max_len=sys.maxsize, minimum=MIN_BUCKET)
 
 
-CACHE_LAYER = P(sharding.BATCH, 'tensor', None, None)  # a decode cache layer
+CACHE = P(sharding.BATCH, 'tensor', None, None)  # a KV cache layer [B, K, S, Dh]
 
 
-def _constrain_cache(cache: dict) -> dict:
-  return jax.tree.map(lambda c: sharding.constrain(c, CACHE_LAYER), cache)
+def _constrain_cache(cache):
+  return jax.tree.map(lambda c: sharding.constrain(c, CACHE), cache)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'stop_width',
-                                             'pad_id'))
+                                             'pad_id', 'length'))
 def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_mask_BP: Array,
             key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int, stop_width: int = 1,
-            pad_id: int = 0) -> DecodeState:
-  """Returns the decode state after one pass over the prompts (all but their last token)."""
+            pad_id: int = 0, length: int = 0) -> DecodeState:
+  """Returns the decode state after one pass over the prompts (all but their last token).
+
+  The prompts are first left-padded to `length` tokens when it is longer than they are.
+  """
+  pad = ((0, 0), (max(length - prompt_tokens_BP.shape[1], 0), 0))
+  prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
+  mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
-  mask_BP = prompt_mask_BP.astype(bool)
   positions_BP = llama.default_positions(mask_BP)
-  cache = jax.tree.map(lambda c: sharding.constrain(c, sharding.CACHE),
-                       llama.init_cache(config, b, p - 1))
-  # The logits are unused, so XLA drops the [B, P, V] projection.
-  _, cache = llama.Llama(config).apply(
-      {'params': params}, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1],
-      cache=cache, cache_index=0)
+  # Only the cache is kept: no output head runs.
+  _, prompt_cache = llama.transformer(
+      config, params, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1],
+      cache=_constrain_cache(llama.init_cache(config, b, p - 1)), cache_index=0,
+      hidden_only=True)
   rep = lambda x: jnp.repeat(x, n, axis=0)
-  r, layers = b * n, range(config.n_layers)
-  rows = lambda shape: jnp.zeros((r, config.n_kv_heads) + shape, cache['k'].dtype)
-  cache = _constrain_cache({
-      'pk': tuple(cache['k'][l].transpose(0, 2, 3, 1) for l in layers),
-      'pv': tuple(cache['v'][l].transpose(0, 2, 1, 3) for l in layers),
-      'k': tuple(rows((config.head_dim, m)) for _ in layers),
-      'v': tuple(rows((m, config.head_dim)) for _ in layers)})
+  r = b * n
   row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
   return DecodeState(
-      step=jnp.zeros((), jnp.int32), cache=cache,
+      step=jnp.zeros((), jnp.int32),
+      cache={'prompt': _constrain_cache(prompt_cache),
+             'rows': _constrain_cache(llama.init_cache(config, r, m))},
       prompt_mask_BQ=sharding.constrain(mask_BP[:, :-1], P(sharding.BATCH)),
-      token_R=rep(prompt_tokens_BP[:, -1].astype(jnp.int32)), position_R=rep(positions_BP[:, -1]),
+      token_R=rep(prompt_tokens_BP[:, -1]), position_R=rep(positions_BP[:, -1]),
       key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
       tail_RW=jnp.full((r, stop_width), -1, jnp.int32),
       tokens_RM=jnp.full((r, m), pad_id, jnp.int32), logprobs_RM=jnp.zeros((r, m), jnp.float32),
@@ -156,78 +156,37 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
 def split_layers(params) -> dict:
   """Returns params with the stacked layers split into a tuple of per-layer trees (for decode)."""
   n_layers = jax.tree.leaves(params['layers'])[0].shape[0]
-  layers = tuple(jax.tree.map(lambda w, l=l: w[l], params['layers']) for l in range(n_layers))
-  return {**params, 'layers': layers}
+  return {**params, 'layers': tuple(llama.layer_params(params, l) for l in range(n_layers))}
 
 
-def _rms_norm(x, scale, eps):
-  x32 = x.astype(jnp.float32)
-  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return scale.astype(x.dtype)[None, :] * x32.astype(x.dtype)
+def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple[Array, dict]:
+  """Returns (float32 logits [R, V], updated cache) for the token each row is fed at this step.
 
-
-def decode_forward(config: llama.LlamaConfig, dparams, token_R: Array, position_R: Array,
-                   prompt_mask_BQ: Array, cache: dict, slot: Array) -> tuple[Array, dict]:
-  """Returns (float32 logits [R, V], updated cache) for one token per row at generation `slot`.
-
-  The maths of `llama.Llama` (tests hold it to `llama.forward`), unrolled over `split_layers`
-  params: on CPU this step is 1.5-2.5x faster than the scanned model, whose per-step dynamic
-  slices of the weights and transposes of the [S, K] cache cost more than its matmuls.
+  `llama.layer` over `split_layers` params, unrolled: on a CPU this is 1.5-2.5x faster than a
+  scan over the stacked layers, whose per-step slices of the weights cost more than the matmuls.
+  Its attention reads two blocks of slots in one softmax: the prompt's cache, shared by its N
+  rows, and the row's own generation slots up to this step, where this step's key is written.
   """
-  cfg, dt = config, jnp.dtype(config.dtype)
-  r, h, k, dh = token_R.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
-  (b, q), g = prompt_mask_BQ.shape, h // k
-  n, m = r // b, cache['k'][0].shape[-1]
-  dense = lambda x, w: jnp.dot(x, w.astype(dt))
-  inv_freq, pos_R1 = llama.rope_frequencies(cfg), position_R[:, None]
-  allowed_B11Q = prompt_mask_BQ[:, None, None, :]
-  allowed_11M = (jnp.arange(m) <= slot)[None, None, :]
-  # [R, K, G, X] (row-major, R = B*N) <-> [B, K, N*G, X] (the N rows of a prompt together)
-  to_prompt_major = lambda x: x.reshape(b, n, k, g, -1).transpose(0, 2, 1, 3, 4).reshape(
-      b, k, n * g, x.shape[-1])
-  to_row_major = lambda x: x.reshape(b, k, n, g, -1).transpose(0, 2, 1, 3, 4).reshape(
-      r, k, g, x.shape[-1])
-  x_RD = dparams['embed']['embedding'][token_R].astype(dt)
-  ks, vs = list(cache['k']), list(cache['v'])
-  scale = np.float32(1 / np.sqrt(dh))
+  slot, prompt, rows = state.step, state.cache['prompt'], state.cache['rows']
+  prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
+  own_allowed_11M = (jnp.arange(rows[0]['k'].shape[2]) <= slot)[None, None, :]
+  x_R1D = sharding.constrain(llama.embed(config, dparams, state.token_R[:, None]),
+                             sharding.ACTIVATION)
+  new_rows = []
   for l, lp in enumerate(dparams['layers']):
-    a_RD = _rms_norm(x_RD, lp['attn_norm']['scale'], cfg.norm_eps)
-    att = lp['attn']
-    rope = lambda x, heads: llama.apply_rope(x.reshape(r, 1, heads, dh), pos_R1, inv_freq)
-    q_RKGD = rope(dense(a_RD, att['q_proj']['kernel']), h).reshape(r, k, g, dh)
-    key_RKD1 = rope(dense(a_RD, att['k_proj']['kernel']), k).reshape(r, k, dh, 1)
-    val_RK1D = dense(a_RD, att['v_proj']['kernel']).reshape(r, k, 1, dh)
-    ks[l] = jax.lax.dynamic_update_slice(ks[l], key_RKD1.astype(ks[l].dtype), (0, 0, 0, slot))
-    vs[l] = jax.lax.dynamic_update_slice(vs[l], val_RK1D.astype(vs[l].dtype), (0, 0, slot, 0))
-    # One softmax over two blocks of slots: the shared prompt slots (the N rows of a prompt as
-    # one [N*G, Dh] query block) and the row's own generation slots; no concatenation.
-    q_BKXD = to_prompt_major(q_RKGD)
-    prompt_BKXQ = jnp.einsum('bkxd,bkdq->bkxq', q_BKXD, cache['pk'][l].astype(dt),
-                             preferred_element_type=jnp.float32) * scale
-    prompt_BKXQ = jnp.where(allowed_B11Q, prompt_BKXQ, _NEG_INF)
-    own_RKGM = jnp.einsum('rkgd,rkdm->rkgm', q_RKGD, ks[l].astype(dt),
-                          preferred_element_type=jnp.float32) * scale
-    own_RKGM = jnp.where(allowed_11M, own_RKGM, _NEG_INF)
-    max_RKG1 = jnp.maximum(to_row_major(jnp.max(prompt_BKXQ, -1, keepdims=True)),
-                           jnp.max(own_RKGM, -1, keepdims=True))
-    e_prompt = jnp.exp(prompt_BKXQ - to_prompt_major(max_RKG1))
-    e_own = jnp.exp(own_RKGM - max_RKG1)
-    total_RKG1 = to_row_major(jnp.sum(e_prompt, -1, keepdims=True)) + jnp.sum(e_own, -1,
-                                                                              keepdims=True)
-    out_RKGD = to_row_major(jnp.einsum('bkxq,bkqd->bkxd', e_prompt.astype(dt),
-                                       cache['pv'][l].astype(dt)))
-    out_RKGD = out_RKGD + jnp.einsum('rkgm,rkmd->rkgd', e_own.astype(dt), vs[l].astype(dt))
-    out = (out_RKGD / total_RKG1.astype(dt)).reshape(r, h * dh)
-    x_RD = x_RD + dense(out, att['o_proj']['kernel'])
-    m_RD = _rms_norm(x_RD, lp['mlp_norm']['scale'], cfg.norm_eps)
-    mlp = lp['mlp']
-    hidden_RF = jax.nn.silu(dense(m_RD, mlp['gate_proj']['kernel'])) * dense(
-        m_RD, mlp['up_proj']['kernel'])
-    x_RD = x_RD + dense(hidden_RF, mlp['down_proj']['kernel'])
-  x_RD = _rms_norm(x_RD, dparams['final_norm']['scale'], cfg.norm_eps)
-  w_VD = dparams['embed']['embedding'] if cfg.tie_embeddings else dparams['lm_head']['kernel'].T
-  logits = jnp.einsum('rd,vd->rv', x_RD, w_VD.astype(dt), preferred_element_type=jnp.float32)
-  return logits, _constrain_cache({**cache, 'k': tuple(ks), 'v': tuple(vs)})
+    def attend_kv(q_RKG1d, key_RK1d, val_RK1d, l=l):
+      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), slot, axis=2)
+      own = {'k': write(rows[l]['k'], key_RK1d), 'v': write(rows[l]['v'], val_RK1d)}
+      dt = config.dtype
+      blocks = [(prompt[l]['k'].astype(dt), prompt[l]['v'].astype(dt), prompt_allowed_B1Q),
+                (own['k'].astype(dt), own['v'].astype(dt), own_allowed_11M)]
+      return llama.attend(q_RKG1d, blocks, dt), own
+    x_R1D, own = llama.layer(config, lp, x_R1D, state.position_R[:, None], attend_kv)
+    new_rows.append(own)
+  x_RD = llama.rms_norm(x_R1D[:, 0], dparams['final_norm']['scale'], config.norm_eps,
+                        config.dtype)
+  cache = {'prompt': prompt, 'rows': _constrain_cache(tuple(new_rows))}
+  return llama.logits(config, dparams, x_RD), cache
 
 
 def _first_above(c_RX: Array, t_R: Array, w_RX: Array) -> Array:
@@ -317,8 +276,7 @@ def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: M
 def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: dict,
                 mode: Mode) -> tuple[DecodeState, Array]:
   """Returns (the state after one token per row, its float32 logits [R, V]) (split_layers)."""
-  logits_RV, cache = decode_forward(config, dparams, state.token_R, state.position_R,
-                                    state.prompt_mask_BQ, state.cache, state.step)
+  logits_RV, cache = step_logits(config, dparams, state)
   token_R, logprob_R = next_token(logits_RV, state.key_R, state.step, knobs, mode)
   done, step = state.done_R, state.step
   token_R = jnp.where(done, mode.pad_id, token_R)
@@ -367,9 +325,15 @@ def make_mode(*, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
 def make_knobs(*, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                min_p: float = 0.0) -> dict:
   """Returns the dynamic settings as device scalars (changing them does not recompile)."""
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
-  return {'max_new_tokens': jnp.asarray(max_new_tokens, jnp.int32), 'top_p': f32(top_p),
-          'temperature': f32(temperature or 1.0), 'min_p': f32(min_p)}
+  put = lambda x, dtype: jax.device_put(np.asarray(x, dtype))  # an explicit transfer
+  return {'max_new_tokens': put(max_new_tokens, np.int32), 'top_p': put(top_p, np.float32),
+          'temperature': put(temperature or 1.0, np.float32), 'min_p': put(min_p, np.float32)}
+
+
+@functools.partial(jax.jit, static_argnames='max_new_tokens')
+def _output(state: DecodeState, max_new_tokens: int) -> SampleOutput:
+  return SampleOutput(tokens=state.tokens_RM[:, :max_new_tokens], lengths=state.length_R,
+                      logprobs=state.logprobs_RM[:, :max_new_tokens], stop_reason=state.reason_R)
 
 
 def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, key, *,
@@ -390,16 +354,15 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
     raise ValueError('every prompt row must be left-padded with a real last token')
   mode = make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                    eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
-  pad = ((0, 0), (prompt_bucket(p) - p, 0))
-  tokens = jnp.pad(jnp.asarray(prompt_tokens_BP, jnp.int32), pad)
-  mask = jnp.pad(jnp.asarray(prompt_mask_BP, bool), pad)
-  key = jax.random.key(key) if isinstance(key, int) else key
+  # Host values reach the device by explicit transfers only (rollouts are sampled under
+  # jax.transfer_guard('disallow')); the prompts are padded to their bucket inside `prefill`.
+  put = lambda x, dtype: x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x, dtype))
+  if isinstance(key, int):
+    key = jax.random.key(put(key, np.int32))
   prompt_ids_B = np.arange(b) if prompt_ids_B is None else prompt_ids_B
-  state = prefill(config, params, tokens, mask, key, jnp.asarray(prompt_ids_B, jnp.int32), n=n,
-                  max_new_bucket=bucket(max_new_tokens), stop_width=mode.stop_width,
-                  pad_id=mode.pad_id)
+  state = prefill(config, params, put(prompt_tokens_BP, np.int32), put(prompt_mask_BP, bool), key,
+                  put(prompt_ids_B, np.int32), n=n, max_new_bucket=bucket(max_new_tokens),
+                  stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p))
   knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      min_p=min_p)
-  state = decode(config, params, state, knobs, mode)
-  return SampleOutput(tokens=state.tokens_RM[:, :max_new_tokens], lengths=state.length_R,
-                      logprobs=state.logprobs_RM[:, :max_new_tokens], stop_reason=state.reason_R)
+  return _output(decode(config, params, state, knobs, mode), max_new_tokens)
