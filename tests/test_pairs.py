@@ -142,19 +142,32 @@ def test_random_against_reference(wrap, use_lengths):
 
 def test_make_pairs_never_pairs_an_empty_response():
   """An empty candidate (eos first) keeps its judgments on record but cannot be chosen/rejected."""
-  from srlm_jax import creation  # pylint: disable=g-import-not-at-top
-  settings = creation.CreationSettings(n_candidates=3)
+  # pylint: disable=g-import-not-at-top
+  from srlm_jax import rollout, sampler
+  from srlm_jax.pipeline import settings as settings_lib
+  from srlm_jax.pipeline.stages import pairs as pairs_stage
+  settings = settings_lib.CreationSettings(n_candidates=3)
+  eos = sampler.StopReason.EOS.name.lower()
   candidates = [{'id': 'p0', 'prompt': 'Q?', 'candidates': ['  ', 'good', 'bad'],
-                 'lengths': [1, 5, 4]},
+                 'lengths': [1, 5, 4], 'stop_reasons': [eos] * 3},
                 {'id': 'p1', 'prompt': 'R?', 'candidates': ['', 'ok', 'fine'],
-                 'lengths': [1, 3, 3]}]
-  judged = [{'id': 'p0', 'candidate': 0, 'mean': 5.0}, {'id': 'p0', 'candidate': 1, 'mean': 4.0},
-            {'id': 'p0', 'candidate': 2, 'mean': 1.0}, {'id': 'p1', 'candidate': 0, 'mean': 0.0},
-            {'id': 'p1', 'candidate': 1, 'mean': 3.0}, {'id': 'p1', 'candidate': 2, 'mean': None}]
-  pair_records, decisions = creation.make_pairs(candidates, judged, settings)
+                 'lengths': [1, 3, 3], 'stop_reasons': [eos] * 3}]
+  cand = rollout.Rollout(
+      prompt_tokens=np.full((2, 2), 7, np.int32), prompt_mask=np.ones((2, 2), bool),
+      tokens=np.full((6, 5), 9, np.int32), logprobs=np.full((6, 5), -1.0, np.float32),
+      lengths=np.array([1, 5, 4, 1, 3, 3], np.int32),
+      stop_reason=np.full(6, int(sampler.StopReason.EOS), np.int32), n=3)
+  scores = np.array([[5.0], [4.0], [1.0], [0.0], [3.0], [NAN]], np.float32)
+  valid = ~np.isnan(scores)
+  pair_records, decisions, dataset = pairs_stage.make_pairs(candidates, cand, scores, valid,
+                                                            settings)
   assert [(p['id'], p['chosen'], p['rejected']) for p in pair_records] == [('p0', 'good', 'bad')]
   assert decisions[0]['scores'] == [5.0, 4.0, 1.0]
-  assert decisions[1]['decision'] == pairs.REASONS[pairs.FEWER_THAN_TWO_VALID]
+  assert decisions[0]['excluded'] == ['empty', None, None]
+  assert decisions[1]['decision'] == pairs.REASONS[pairs.FEWER_THAN_TWO_USABLE]
+  assert dataset['chosen']['inputs'].shape == (1, 7)
+  np.testing.assert_allclose(dataset['ref_chosen_logps'], [-5.0])
+  np.testing.assert_allclose(dataset['ref_rejected_logps'], [-4.0])
 
 
 def _mean_reference(scores, valid):
