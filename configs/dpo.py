@@ -29,7 +29,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.init_params = ''  # optional orbax params dir (e.g. the SFT stage's workdir/params)
   c.ref_model = ''  # reference model path; '' (and no ref_params) means the starting policy
   c.ref_params = ''  # reference as an orbax params dir (takes precedence over ref_model)
-  c.train_data = ''  # JSONL of preference pairs (required)
+  # JSONL of preference pairs (required, unless run_dpo is given a dataset: the loop's dpo stage)
+  c.train_data = ''
   c.eval_data = ''  # optional held-out pairs; reward accuracy logged every eval_every steps
   c.chat_template = True  # wrap prompts in the tokenizer's chat template (False: raw text)
   c.max_len = 512  # tokens per sequence (prompt + response); longer responses are truncated

@@ -28,8 +28,9 @@ _REGISTRY: dict[str, Objective] = {}
 class Features:
   """Per-token features of a batch of B examples of S sequences each (see the module legend).
 
-  Position t of a sequence scores its target t (the next token after input t); every [B, S, T]
-  array is 0 / False where loss_mask is False.
+  Position t of a sequence scores its target t (the next token after input t). policy_logps and
+  is_top1 are 0 / False where loss_mask is False; other per-token arrays come from the data as
+  they are, so an objective masks what it reads with loss_mask.
   """
   policy_logps: jax.Array  # [B, S, T] float32 log-prob of each target under the policy
   loss_mask: jax.Array  # [B, S, T] bool: the targets the loss covers (response tokens)
