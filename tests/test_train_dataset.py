@@ -119,6 +119,17 @@ MEM_CFG = llama.LlamaConfig(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv
                             ffn_dim=256)
 
 
+def _step_temp_bytes(step_fn, mesh, state, batch, rng, rows):
+  """Returns the temporary bytes XLA allocates for step_fn on a batch of `rows` pairs."""
+  def shape(path, x):
+    keep = getattr(path[-1], 'key', None) == 'loss_positions'  # per group, not per row
+    return jax.ShapeDtypeStruct(x.shape if keep else (rows,) + x.shape[1:], x.dtype)
+  shapes = jax.tree_util.tree_map_with_path(shape, batch)
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, shapes, rng).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
 @pytest.mark.parametrize('donate', [True, False])
 def test_dpo_step_holds_the_policy_its_moments_and_no_other_model(donate, tmp_path, monkeypatch):
   """Live device bytes at each DPO step of run_dpo(dataset=...), over the params' bytes: the
@@ -140,22 +151,26 @@ def test_dpo_step_holds_the_policy_its_moments_and_no_other_model(donate, tmp_pa
 
     def call(state, batch, rng):
       live.append(sum(x.nbytes for x in jax.live_arrays() if id(x) not in before))
-      if not temps:  # the compiled step's own temporaries (gradients, activations)
-        with jax.set_mesh(mesh):
-          compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng).compile()
-        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+      if not temps:  # the compiled step's temporaries (gradients, activations), full batch
+        temps.extend(_step_temp_bytes(step_fn, mesh, state, batch, rng, rows)
+                     for rows in (4, 2))
       return step(state, batch, rng)
     return call
   monkeypatch.setattr(host_loop, 'jit_step', measuring_jit_step)
   cfg = _dpo_config(batch_size=4, num_steps=3, mesh=(1, 1, 1), max_len=32)
   train.run_dpo(cfg, str(tmp_path / 'w'), model=model, dataset=dataset, donate=donate)
   ratio = max(live) / param_bytes
-  peak = (max(live) + temps[0]) / param_bytes
+  # Temporaries grow with the batch (activations) on top of a fixed part (the gradients):
+  # temp(B) = fixed + B * per_pair, so fixed = 2 temp(B / 2) - temp(B).
+  fixed = (2 * temps[1] - temps[0]) / param_bytes
   print(f'\nDPO step (donate={donate}): params {param_bytes / 2**20:.2f} MiB, dataset '
         f'{data_bytes / 2**10:.1f} KiB; live device bytes at the step = {ratio:.3f}x params; '
-        f'with the compiled step temporaries ({temps[0] / param_bytes:.3f}x) = {peak:.3f}x')
+        f'step temporaries {temps[0] / param_bytes:.3f}x = {fixed:.3f}x fixed (gradients) + '
+        f'{(temps[0] - temps[1]) / param_bytes / 2:.3f}x per pair (activations); peak without '
+        f'activations {ratio + fixed:.3f}x')
   copies = 3 if donate else 4  # trained params + mu + nu (+ the caller's starting params)
   assert copies <= ratio < copies + 0.05, ratio
+  assert 0.9 < fixed < 1.25, fixed  # one gradient tree in flight, no other copy
   assert all(x.is_deleted() for x in jax.tree.leaves(params)) == donate
 
 
