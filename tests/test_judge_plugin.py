@@ -154,3 +154,17 @@ def test_rating_eft_data_and_targets():
     RATING.eft_judgment(10)
   with pytest.raises(ValueError, match='no final "Rating: X" verdict'):
     RATING.eft_target('Score: 4', 'score_only')
+
+
+def test_forced_verdicts_need_each_score_to_be_one_token(tiny):
+  """A 1..10 scale cannot be forced with SmolLM2's tokenizer ('10' is two tokens): a clear
+  error before any sampling; its sampled verdicts are parsed (test above)."""
+  ten = judges.Judge('rating10', parser.Grammar('Rating', 1, 10), {'r': rating_judge.RUBRIC},
+                     'r', '\nRating: ')  # an unregistered Judge object works as well
+  settings = judges.JudgeSettings(kind='rating10', k=1, max_new_tokens=4, verdict='forced')
+  with pytest.raises(ValueError, match=r"'\\nRating: ' \+ '10' tokenises to"):
+    judges.judge(tiny, ten, PROMPTS, RESPONSES, settings, progress=False)
+  texts, scores = judges.judge(tiny, ten, PROMPTS, RESPONSES,
+                               judges.JudgeSettings(kind='rating10', k=1, max_new_tokens=4),
+                               progress=False)
+  assert len(texts) == 2 and scores.scores_RxK.shape == (2, 1)
