@@ -269,3 +269,30 @@ def test_preference_dataset_is_the_sampled_ids_with_the_rollouts_logps(tiny):
     np.testing.assert_allclose(data[f'ref_{side}_logps'], at_targets.sum(-1), atol=1e-4,
                                rtol=0)
     assert (data[f'ref_{side}_logps'] < 0).all()
+
+
+def test_bf16_sampled_candidates_get_a_float32_reference(tiny):
+  """Candidates sampled in bf16: the reference log-probs come from one float32 forward pass."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from srlm_jax import llama, rollout  # pylint: disable=g-import-not-at-top
+  from srlm_jax.pipeline.stages import pairs as pairs_stage  # pylint: disable=g-import-not-at-top
+  config, params = llama.for_compute(tiny.config, tiny.params, 'bfloat16')
+  low = dataclasses.replace(tiny, config=config, params=params)
+  ids, _ = rollout.encode_prompts(low, ['Hi.', 'Why is the sky blue?'], max_new_tokens=8)
+  cand = rollout.sample(low, ids, n=2, max_new_tokens=8, temperature=0.7, top_p=0.9, seed=3,
+                        progress=False)
+  data = pairs.preference_dataset(cand, np.array([0, 1], np.int32), np.array([1, 0], np.int32),
+                                  np.array([0, 1], np.int32), pad_id=tiny.tokenizer.pad_id)
+  assert pairs_stage.float32_reference(tiny, tiny, data) is data  # float32 sampler: kept
+  fixed = jax.device_get(pairs_stage.float32_reference(low, tiny, data))
+  data = jax.device_get(data)
+  for side in ('chosen', 'rejected'):
+    seq = fixed[side]
+    logits = llama.forward(tiny.config, tiny.params, seq['inputs'], mask=seq['mask'])
+    logps = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    want = np.take_along_axis(logps, seq['targets'][..., None], axis=-1)[..., 0]
+    want = np.where(seq['loss_mask'], want, 0.0)
+    np.testing.assert_allclose(fixed[f'ref_{side}_token_logps'], want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(fixed[f'ref_{side}_logps'], want.sum(-1), atol=1e-4, rtol=0)
+    # What bf16 sampling recorded is further off than float32 rounding.
+    assert np.abs(data[f'ref_{side}_logps'] - want.sum(-1)).max() > 1e-3

@@ -7,12 +7,17 @@ edge it writes pairs.jsonl ({id, prompt, chosen, rejected, chosen_index, rejecte
 chosen_score, rejected_score, chosen_length, rejected_length}) and decisions.jsonl (one line
 per prompt: {id, decision, scores[N] (mean valid judgment), excluded[N] (null, 'empty' or
 'truncated': candidates that are never chosen nor rejected)}).
+
+The reference log-probs are the Rollout's when M_t sampled in float32 (the policy DPO starts
+from); when it sampled in a lower compute dtype (bf16 on accelerators) they are recomputed by
+one forward pass of M_t's float32 master over the dataset's rows.
 """
 
 import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from srlm_jax import judges
@@ -22,6 +27,7 @@ from srlm_jax.data_io import write_jsonl
 from srlm_jax.pipeline.stage import register
 from srlm_jax.pipeline.stage import Stage
 from srlm_jax.rewards import pairs as pairs_lib
+from srlm_jax.train import reference as train_reference
 
 
 def excluded(candidate_records: Sequence[dict], pair_truncated: bool) -> list:
@@ -68,14 +74,31 @@ def make_pairs(candidate_records: Sequence[dict], cand: rollout.Rollout, scores_
   return pair_records, decisions, dataset
 
 
+def float32_reference(sampled_by, master, dataset: dict) -> dict:
+  """Returns the dataset with the reference log-probs of the float32 `master` (one forward
+  pass) when the candidates were sampled in a lower precision, else the dataset as it is."""
+  if jnp.dtype(sampled_by.config.dtype) == jnp.float32 or not dataset['chosen']['inputs'].size:
+    return dataset
+  out = dict(dataset)
+  for side in ('chosen', 'rejected'):
+    token_logps = train_reference.dataset_token_logps(
+        master.config, master.params, dataset[side], mesh=getattr(master, 'mesh', None))
+    out[f'ref_{side}_token_logps'] = jax.device_put(np.asarray(token_logps, np.float32))
+    out[f'ref_{side}_logps'] = jax.device_put(np.asarray(token_logps, np.float32).sum(-1))
+  return out
+
+
 def run(ctx, out_dir: str) -> dict:
   """Returns the number of pairs (and of excluded candidates) after writing and publishing."""
   cands = ctx.records('candidates', 'candidates.jsonl')
   cand = rollout.from_arrays(ctx.arrays('candidates'), n=ctx.settings.n_candidates)
   judged = ctx.arrays('judgments')
+  model = ctx.model()  # the one that sampled the candidates
   pair_records, decisions, dataset = make_pairs(
       cands, cand, judged['scores_RxK'], judged['valid_RxK'], ctx.settings,
-      pad_id=ctx.model().tokenizer.pad_id)
+      pad_id=model.tokenizer.pad_id)
+  if jnp.dtype(model.config.dtype) != jnp.float32:
+    dataset = float32_reference(model, ctx.model(training=True), dataset)
   write_jsonl(os.path.join(out_dir, 'pairs.jsonl'), pair_records)
   write_jsonl(os.path.join(out_dir, 'decisions.jsonl'), decisions)
   ctx.publish(out_dir, rollout.flatten(dataset))
