@@ -69,9 +69,15 @@ def mesh_shape(v) -> Optional[str]:
 
 
 def judge_kind(v) -> Optional[str]:
-  """Returns what a judge kind must be, or None when v names a registered judge."""
+  """Returns what a judge kind must be, or None when v names a judge (or its module)."""
   from srlm_jax import judges  # pylint: disable=g-import-not-at-top
-  return None if v in judges.names() else f'a registered judge, one of {judges.names()}'
+  if not isinstance(v, str):
+    return f'a registered judge, one of {judges.names()}, or a module path that registers one'
+  try:
+    judges.get(v)
+  except ValueError as e:
+    return f'a registered judge or a module path that registers one, but {e}'
+  return None
 
 
 def judge_template(v) -> Optional[str]:

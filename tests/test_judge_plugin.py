@@ -13,6 +13,7 @@ from srlm_jax import data
 from srlm_jax import evaluate
 from srlm_jax import judges
 from srlm_jax import report
+from srlm_jax import validate
 from srlm_jax.judges import parser
 from srlm_jax.rewards import pairs
 
@@ -35,6 +36,17 @@ def test_registry():
     judges.get('nope')
   with pytest.raises(ValueError, match='already registered'):
     judges.register(judges.Judge('rating', parser.SCORE, {}, 'x', '\n'))
+
+
+def test_a_judge_module_path_is_a_kind():
+  """creation.judge.kind may name the module that registers a judge (as config.stages does)."""
+  assert judges.get('rating_judge') is RATING
+  with pytest.raises(ValueError, match='importable module that registers one'):
+    judges.get('no_such_judge_module')
+  with pytest.raises(ValueError, match='holds 0 registered judges'):
+    judges.get('srlm_jax.judges.parser')
+  assert validate.judge_kind('rating_judge') is None
+  assert 'registered judge' in validate.judge_kind('nope')
 
 
 def _texts(grammar, seed, count):

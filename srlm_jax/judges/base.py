@@ -12,6 +12,7 @@ judged. Axis legend: R judged responses, K judgments per response.
 
 import dataclasses
 import functools
+import importlib
 import math
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -193,6 +194,7 @@ def score_json(x) -> Optional[float]:
 
 
 _REGISTRY: dict = {}
+_ENTRIES: dict = {}  # a module path given as a kind -> the name of the judge it registers
 
 
 def register(judge: Judge) -> Judge:
@@ -204,10 +206,27 @@ def register(judge: Judge) -> Judge:
 
 
 def get(name: str) -> Judge:
-  """Returns the registered judge of that name."""
-  if name not in _REGISTRY:
-    raise ValueError(f'unknown judge kind {name!r}: expected one of {names()}')
-  return _REGISTRY[name]
+  """Returns the judge a name or module path names (as creation.judge.kind does).
+
+  A name that is not registered is imported as a module ('my_package.my_judge'); the one
+  registered Judge that module holds at its top level is the judge, so a judge outside the
+  package needs no other import.
+  """
+  if name in _REGISTRY:
+    return _REGISTRY[name]
+  if name not in _ENTRIES:
+    try:
+      module = importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f'unknown judge kind {name!r}: expected one of {names()} or an '
+                       f'importable module that registers one ({e})') from None
+    found = [v for v in vars(module).values()
+             if isinstance(v, Judge) and _REGISTRY.get(v.name) is v]
+    if len(found) != 1:
+      raise ValueError(f'judge kind {name!r}: module {module.__name__} holds {len(found)} '
+                       'registered judges; expected exactly one (JUDGE = register(Judge(...)))')
+    _ENTRIES[name] = found[0].name
+  return _REGISTRY[_ENTRIES[name]]
 
 
 def names() -> list:
