@@ -51,7 +51,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The stages each iteration runs, in order, each in iter_<t>/<name>/ (one module each in
   # srlm_jax/pipeline/stages/; a stage elsewhere is named by its dotted module path). A stage
   # reads only stages before it; M1's SFT (the `sft` block) runs once before iteration 1.
-  c.stages = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
+  c.stages = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval')
   c.distributed = False  # call jax.distributed.initialize() first (multi-host runs)
   # resume a workdir whose recorded config.json differs in the fields listed in the error
   # (the change is recorded in workdir/history.jsonl); False refuses such a resume
@@ -106,6 +106,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # False is an error naming the record; True drops the middle of its tokens (recorded per
   # record as prompt_truncated / judge_prompt_truncated).
   c.creation.truncate_prompts = False
+  # dtype of the copy of M_t that samples and judges: 'auto' is bfloat16 on a GPU or TPU and
+  # float32 on a CPU (so the CPU demo stays float32); training keeps float32 master weights.
+  c.creation.compute_dtype = 'auto'
 
   c.eval = ml_collections.ConfigDict()  # each iteration's eval stage, run on M_{t+1}
   # Human-preference pairs JSONL {prompt, chosen, rejected} (launch/build_data.py writes

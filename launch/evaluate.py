@@ -8,8 +8,8 @@ with bootstrap 95% intervals over prompts; see srlm_jax/evaluate.py for the defi
       --pairs=/tmp/srlm_data/human_pairs.jsonl --out=/tmp/m0_judge.json
 
 --out gets the metrics at its top level (`pairwise_accuracy`, `pairwise_accuracy_ci`, ...);
-every judgment goes to <out>.judgments.jsonl (written as the run goes, so an interrupted run
-resumes). Each distinct response is judged k times once, however many pairs it is in. --pairs
+every judgment goes to <out>.judgments.jsonl, and as the run goes to shards under
+<out>.judgments/<judge key>/ (srlm_jax/store.py), so an interrupted run resumes. Each distinct response is judged k times once, however many pairs it is in. --pairs
 also takes eft_eval.jsonl (rankings).
 
 Iterations of a finished loop (`--mode=iterations`): give the models in order, e.g. the params
@@ -28,6 +28,7 @@ lengths, and head-to-head against the first model, judged by the fixed --judge. 
 import json
 import logging
 import os
+import shutil
 import time
 
 from absl import app
@@ -66,8 +67,8 @@ _RESPONSE_TOKENS = flags.DEFINE_integer('response_max_new_tokens', 256,
                                         'iterations: response length limit.')
 _METHOD = flags.DEFINE_enum('method', 'pointwise', ['pointwise', 'pairwise'],
                             'iterations: head-to-head judging method.')
-_RESUME = flags.DEFINE_bool('resume', True, 'judge: reuse <out>.judgments.jsonl of an '
-                             'interrupted run with the same settings.')
+_RESUME = flags.DEFINE_bool('resume', True, 'judge: reuse the shards in <out>.judgments/ of '
+                             'an interrupted run with the same judge and settings.')
 _MAX_RATIO = flags.DEFINE_float('max_ratio', 1.25, 'Length-controlled view: longest/shortest.')
 
 
@@ -93,10 +94,10 @@ def _dump(path: str, obj) -> None:
     json.dump(obj, f, indent=2)
 
 
-def _agreement(model, groups, cache_path=None, judge_id=None) -> tuple[dict, list]:
+def _agreement(model, groups, cache_dir=None, judge_id=None) -> tuple[dict, list]:
   start = time.perf_counter()
   metrics, records = evaluate.evaluate_judge(model, groups, _settings(), n_boot=_N_BOOT.value,
-                                             seed=_SEED.value, cache_path=cache_path,
+                                             seed=_SEED.value, cache_dir=cache_dir,
                                              judge_id=judge_id)
   metrics['seconds'] = round(time.perf_counter() - start, 1)
   return metrics, records
@@ -106,15 +107,15 @@ def run_judge() -> dict:
   """Judges the human pairs with --judge and writes the agreement metrics to --out."""
   groups = evaluate.load_judge_groups(_PAIRS.value, _MAX_PAIRS.value)
   model = srlm_jax.load(_JUDGE.value)
-  cache = _OUT.value + '.judgments.jsonl'
+  cache = _OUT.value + '.judgments'  # shards per judge key (srlm_jax/store.py), resumable
   if not _RESUME.value and os.path.exists(cache):
-    os.remove(cache)
+    shutil.rmtree(cache)
   metrics, records = _agreement(model, groups, cache, judge_id=_JUDGE.value)
   out = dict(metrics, judge=_JUDGE.value, pairs_file=os.path.abspath(_PAIRS.value),
              settings={'k': _K.value, 'temperature': _TEMPERATURE.value, 'top_p': _TOP_P.value,
                        'max_new_tokens': _MAX_NEW_TOKENS.value, 'template': _TEMPLATE.value,
                        'max_pairs': _MAX_PAIRS.value, 'seed': _SEED.value})
-  data.write_jsonl(cache, records)  # in group order, without the runs' leftovers
+  data.write_jsonl(cache + '.jsonl', records)  # in group order
   _dump(_OUT.value, out)
   return out
 

@@ -3,10 +3,14 @@ r"""One self-instruction creation run: new prompts, N candidates, K judgments ea
   python launch/self_instruct.py --model=smollm2-135m-instruct --num_seeds=16 \
       --out_dir=/tmp/creation
 
-Seed prompts come from --seeds (JSONL with a "prompt" field; default: the embedded IFT seed
-set). Every stage's records are written under --out_dir as JSONL, with summary.json.
+The pipeline's stages prompts, candidates, judgments and pairs on the model as it is (no SFT,
+no DPO), written under --out_dir/iter_1/<stage>/ as JSONL; --out_dir/iter_1/report.json holds
+the counts (printed at the end). Killed, the same command resumes at the first unfinished
+shard. Seed prompts come from --seeds (JSONL with a "prompt" field; default: the embedded IFT
+seed set); the other settings are configs/common.py's.
 """
 
+import importlib.util
 import json
 import os
 
@@ -15,12 +19,12 @@ from absl import flags
 
 import srlm_jax
 from srlm_jax import console
-from srlm_jax import creation
 from srlm_jax import data_io
-from srlm_jax import judge
 from srlm_jax import validate
+from srlm_jax.pipeline import runner
 
 SEED_IFT = os.path.join(os.path.dirname(srlm_jax.__file__), 'data', 'ift_seed.jsonl')
+STAGES = ('prompts', 'candidates', 'judgments', 'pairs')
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
 _SEEDS = flags.DEFINE_string('seeds', SEED_IFT, 'JSONL of seed prompts ("prompt" field).')
@@ -34,6 +38,23 @@ _JUDGE_MAX_NEW_TOKENS = flags.DEFINE_integer('judge_max_new_tokens', 128, 'Judgm
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 
+def creation_config():
+  """Returns configs/common.py's loop config set to this run's flags and stages."""
+  spec = importlib.util.spec_from_file_location('srlm_configs_common',
+                                                os.path.join(validate.CONFIGS, 'common.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.model, c.seed, c.iterations, c.stages = _MODEL.value, _SEED.value, 1, STAGES
+  c.sft.enabled = False  # the model as it is judges its own candidates
+  c.data.ift = _SEEDS.value  # recorded in config.json; the seeds are read here (prompts only)
+  c.creation.num_requests, c.creation.n_candidates = _NUM_REQUESTS.value, _N.value
+  c.creation.max_new_tokens = _MAX_NEW_TOKENS.value
+  c.creation.judge.k, c.creation.judge.max_new_tokens = _K.value, _JUDGE_MAX_NEW_TOKENS.value
+  c.logging.tensorboard = False
+  return c
+
+
 def main(argv):
   del argv
   console.quiet_third_party()  # absl/jax INFO logs only with --verbosity
@@ -44,12 +65,11 @@ def main(argv):
       'judge.max_new_tokens': ('--judge_max_new_tokens', _JUDGE_MAX_NEW_TOKENS.value)})
   seeds = [data_io.text_field(r, 'prompt') for r in data_io.read_jsonl(_SEEDS.value)]
   seeds = seeds[:_NUM_SEEDS.value]
-  settings = creation.CreationSettings(
-      num_requests=_NUM_REQUESTS.value, n_candidates=_N.value,
-      max_new_tokens=_MAX_NEW_TOKENS.value, seed=_SEED.value,
-      judge=judge.JudgeSettings(k=_K.value, max_new_tokens=_JUDGE_MAX_NEW_TOKENS.value))
-  model = srlm_jax.load(_MODEL.value)
-  print(json.dumps(creation.run(model, seeds, settings, _OUT_DIR.value), indent=2))
+  config = creation_config()
+  run = runner.Runner(config, _OUT_DIR.value, load_model=runner.default_loader(config),
+                      seeds={'ift': [], 'eft': [], 'seed_prompts': seeds})
+  [report] = run.run()
+  print(json.dumps(report, indent=2))
 
 
 if __name__ == '__main__':

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -51,6 +50,7 @@ from srlm_jax import judges as judge_lib
 from srlm_jax.judges import parser as judge_parser
 from srlm_jax import rollout
 from srlm_jax import sampler
+from srlm_jax import store
 from srlm_jax import workdir
 
 LENGTH_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048)  # histogram bin edges (tokens), then inf
@@ -268,57 +268,56 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
 
 
 def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings, *,
-                 seed: int = 0, progress: bool = True, cache_path: Optional[str] = None,
+                 seed: int = 0, progress: bool = True, cache_dir: Optional[str] = None,
                  chunk: Optional[int] = None,
                  judge_id: Optional[str] = None) -> tuple[list, list]:
   """Returns (per group its judge scores, per-response judgment records); each response once.
 
   Responses are judged longest first in chunks of `chunk` (default: the largest power of two
-  <= 64 / k, one unpadded device batch of the sampler); with `cache_path`, each chunk's
-  records are appended there as they finish, and records already there are reused, so an
-  interrupted run resumes. A record is reused only when everything that decides its content
-  is the same: the judge (`judge_id`, default model.path, and a digest of its weights), the
-  template, the sampling settings and the seed; any other record is ignored and judged again.
+  <= 64 / k, one unpadded device batch of the sampler). With `cache_dir`, each chunk is a
+  shard of the run's one resume mechanism (srlm_jax/store.py: written atomically with its
+  digests, read back on a rerun) under cache_dir/<key digest>/, so an interrupted run resumes.
+  The key (`cache_key`, in that folder's key.json) is everything that decides a judgment's
+  content: the judge (`judge_id`, default model.path, and a digest of its weights), the
+  template, the sampling settings and the seed; shards under any other key are never read.
   """
   tag = cache_key(model, settings, seed, judge_id)
-  done, stale = {}, 0
-  if cache_path and os.path.exists(cache_path):
-    with open(cache_path, 'rb') as f:
-      for line in f:
-        try:
-          r = json.loads(line.decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError):  # torn when a run was stopped
-          continue
-        if r.get('settings') == tag:
-          done[(r['prompt_id'], r['response_index'])] = r
-        else:
-          stale += 1
-  if stale:
-    logging.warning('%s: %d cached judgments come from another judge, weights, template, '
-                    'sampling or seed; not reused (judged again)', cache_path, stale)
   flat = [(gi, ri) for gi, g in enumerate(groups) for ri in range(len(g['responses']))]
-  todo = sorted((f for f in flat if (groups[f[0]]['id'], f[1]) not in done),
-                key=lambda f: -len(groups[f[0]]['prompt']) - len(groups[f[0]]['responses'][f[1]]))
+  order = sorted(flat, key=lambda f: -len(groups[f[0]]['prompt'])
+                 - len(groups[f[0]]['responses'][f[1]]))
   chunk = chunk or 1 << (max(1, 64 // settings.k).bit_length() - 1)
-  start_time = time.perf_counter()
-  for start in range(0, len(todo), chunk):
-    part = todo[start:start + chunk]
+
+  def judge_chunk(part, shard):
+    start = shard * chunk  # the chunk's seed offset: the same with or without a cache
     result = judge_lib.judge_responses(
         model, [groups[gi]['prompt'] for gi, _ in part],
         [groups[gi]['responses'][ri] for gi, ri in part], settings=settings,
         seed=seed + start, progress=progress)
-    new = [{'prompt_id': groups[gi]['id'], 'response_index': ri,
-            'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
-            'scores': [judge_lib.score_json(x) for x in result.scores_RxK[f]],
-            'mean': judge_lib.score_json(result.mean_R[f]),
-            'settings': tag} for f, (gi, ri) in enumerate(part)]
-    done.update({(r['prompt_id'], r['response_index']): r for r in new})
-    if cache_path and distributed.is_writer():
-      with open(cache_path, 'a', encoding='utf-8') as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in new)
-    elapsed, finished = time.perf_counter() - start_time, start + len(part)
-    logging.info('judged %d of %d responses (%.0f s; about %.0f s left)', finished, len(todo),
-                 elapsed, elapsed / finished * (len(todo) - finished))
+    logging.info('judged %d of %d responses', start + len(part), len(order))
+    return [{'prompt_id': groups[gi]['id'], 'response_index': ri,
+             'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
+             'scores': [judge_lib.score_json(x) for x in result.scores_RxK[f]],
+             'mean': judge_lib.score_json(result.mean_R[f]),
+             'settings': tag} for f, (gi, ri) in enumerate(part)], {}
+
+  if not order:
+    judged = []
+  elif cache_dir:
+    key_dir = os.path.join(cache_dir, hashlib.sha256(
+        json.dumps(tag, sort_keys=True).encode()).hexdigest()[:16])
+    others = [d for d in os.listdir(cache_dir) if d != os.path.basename(key_dir)
+              ] if os.path.isdir(cache_dir) else []
+    if others:
+      logging.warning('%s: judgments of %d other judges, weights, templates, sampling or seeds '
+                      'are there; not reused', cache_dir, len(others))
+    if distributed.is_writer():
+      os.makedirs(key_dir, exist_ok=True)
+      store.write_json(os.path.join(key_dir, 'key.json'), tag)
+    judged, _ = store.sharded(key_dir, order, chunk, judge_chunk, 'eval judgments')
+  else:
+    judged = [r for s in range(-(-len(order) // chunk))
+              for r in judge_chunk(order[s * chunk:(s + 1) * chunk], s)[0]]
+  done = {(r['prompt_id'], r['response_index']): r for r in judged}
   records = [done[(groups[gi]['id'], ri)] for gi, ri in flat]
   scores = [np.full(len(g['responses']), np.nan) for g in groups]
   for (gi, ri), r in zip(flat, records):
@@ -341,11 +340,11 @@ def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
 
 def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings,
                    *, n_boot: int = 1000, seed: int = 0, progress: bool = True,
-                   cache_path: Optional[str] = None,
+                   cache_dir: Optional[str] = None,
                    judge_id: Optional[str] = None) -> tuple[dict, list]:
   """Returns (the judge-agreement metrics, the per-response judgment records)."""
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
-                                 cache_path=cache_path, judge_id=judge_id)
+                                 cache_dir=cache_dir, judge_id=judge_id)
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
                             n_boot=n_boot, seed=seed,
                             top=judge_lib.get(settings.kind).score_values[-1])

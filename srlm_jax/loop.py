@@ -8,7 +8,7 @@ srlm_jax/pipeline/stages/ what each stage writes.
 from srlm_jax import train
 from srlm_jax.pipeline import runner
 from srlm_jax.pipeline import seeds
-from srlm_jax.pipeline import store
+from srlm_jax import store
 
 Loop = runner.Runner
 default_loader = runner.default_loader
@@ -22,4 +22,4 @@ read_records = store.read_records
 # '<training stage>:checkpoint' (inside training, its first checkpoint written).
 KILL_AT_ENV = train.KILL_AT_ENV
 # The built-in iteration stages in their default order (configs/common.py: config.stages).
-STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
+STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval')

@@ -1,7 +1,7 @@
 """An iteration's records summarised: report.json, report.md and PNG plots.
 
-Everything here reads the JSONL the stages wrote, so a report can be rebuilt from a work
-directory at any time (`write_report(iter_dir, t)`).
+Everything here reads what the stages left (their records and the info in their DONE), so
+a report can be rebuilt from a work directory at any time (`write_report(iter_dir, t)`).
 """
 
 import json
@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from srlm_jax import creation
 from srlm_jax import data_io
 from srlm_jax import distributed
 from srlm_jax import judges
@@ -56,6 +55,20 @@ def dpo_metrics(dpo_dir: str) -> dict:
   return last
 
 
+def stage_info(iter_dir: str) -> dict:
+  """Returns {stage: the info its DONE records (outputs left out)} of iteration's stages."""
+  out = {}
+  if not os.path.isdir(iter_dir):
+    return out
+  for name in sorted(os.listdir(iter_dir)):
+    done = os.path.join(iter_dir, name, 'DONE')
+    if name != 'timings' and os.path.exists(done):
+      info = workdir.read_json(done)
+      out[name] = {k: v for k, v in info.items() if k != 'outputs'} if isinstance(
+          info, dict) else {}
+  return out
+
+
 def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
   """Returns iteration t's counts, histograms, lengths, DPO metrics and stage timings."""
   prompts = _read(os.path.join(iter_dir, 'prompts', 'prompts.jsonl'))
@@ -72,6 +85,7 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
   decided = {}
   for d in decisions:
     decided[d['decision']] = decided.get(d['decision'], 0) + 1
+  info = stage_info(iter_dir)
   eval_path = os.path.join(iter_dir, 'eval', 'eval.json')
   evaluation = json.load(open(eval_path, encoding='utf-8')) if os.path.exists(eval_path) else {}
   return {
@@ -82,8 +96,9 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
       'candidates': sum(len(c['candidates']) for c in candidates),
       'judgments': {'total': n_judgments, 'valid': n_valid,
                     'valid_fraction': round(n_valid / n_judgments, 4) if n_judgments else None},
-      # forced fraction, tie rate, within- vs between-candidate variance (creation.py)
-      'judge_stats': creation.judgment_stats(judgments),
+      # forced fraction, tie rate, within- vs between-candidate variance: the judgments
+      # stage's DONE (its stage module computes them)
+      'judge_stats': info.get('judgments', {}),
       'score_histogram': score_histogram(judgments),
       'pairs': len(pairs),
       'no_pair': {k: v for k, v in decided.items() if k != 'pair'},
@@ -91,12 +106,13 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
       'dpo': dpo_metrics(os.path.join(iter_dir, 'dpo')),
       'evaluation': evaluation,
       'seconds': timings or {},
+      'stages': info,
   }
 
 
 def to_markdown(report: dict) -> str:
   """Returns the report as a short markdown page."""
-  j, lengths = report['judgments'], report['lengths']
+  j, lengths, stats = report['judgments'], report['lengths'], report['judge_stats']
   lines = [f"# Iteration {report['iteration']} ({report['model']})", '',
            '| what | value |', '|---|---|',
            f"| prompts generated / kept | {report['prompts']['generated']} / "
@@ -106,9 +122,8 @@ def to_markdown(report: dict) -> str:
            f"| judgments valid / total | {j['valid']} / {j['total']} |",
            f"| score histogram | {report['score_histogram']} |",
            "| judge: forced fraction / tie rate / within- vs between-candidate variance | "
-           f"{report['judge_stats']['forced_fraction']} / {report['judge_stats']['tie_rate']} / "
-           f"{report['judge_stats']['within_candidate_var']} vs "
-           f"{report['judge_stats']['between_candidate_var']} |",
+           f"{stats.get('forced_fraction')} / {stats.get('tie_rate')} / "
+           f"{stats.get('within_candidate_var')} vs {stats.get('between_candidate_var')} |",
            f"| pairs | {report['pairs']} |",
            f"| prompts without a pair | {report['no_pair']} |",
            f"| mean length chosen / rejected / all (tokens) | {lengths['chosen']['mean']} / "

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Callable, Optional
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from srlm_jax import data_io
@@ -111,8 +111,18 @@ def load_arrays(path: str, digest: Optional[dict] = None, recorded_in: str = '')
 
 
 def to_device(arrays: dict) -> dict:
-  """Returns {name: jax.Array} of host arrays (placed on the default device)."""
-  return {k: jnp.asarray(v) for k, v in arrays.items()}
+  """Returns {name: jax.Array} of host (or device) arrays, placed explicitly.
+
+  One process: on the default device. Several: replicated over every device of the run (each
+  process holds the same host value), so a jitted function over the global mesh can take it.
+  """
+  if not distributed.multi_process():
+    return {k: jax.device_put(v) for k, v in arrays.items()}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('all',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  host = distributed.to_host(dict(arrays))
+  return {k: jax.make_array_from_callback(v.shape, replicated, lambda i, v=v: v[i])
+          for k, v in host.items()}
 
 
 def concat_shards(parts: list) -> dict:

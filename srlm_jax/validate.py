@@ -163,6 +163,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('judge.top_p', TOP_P),
     ('judge.max_new_tokens', integer(1)),
     ('judge.verdict', choice('sampled', 'forced', 'forced_always')),
+    ('creation.compute_dtype', choice('auto', 'float32', 'bfloat16')),
     ('creation.min_gap', number(0)),
     ('creation.length_margin', number(0)),
     ('eval.max_pairs', integer(0, '0: all')),

@@ -232,15 +232,15 @@ def test_small_judge_accuracy_run_with_smollm2(shared_data, tmp_path):
   assert sum(len(g['pairs']) for g in groups) == 6
   model = srlm_jax.load('smollm2-135m-instruct')
   settings = judge.JudgeSettings(k=1, temperature=0.0, max_new_tokens=8)
-  cache = str(tmp_path / 'judgments.jsonl')
+  cache = str(tmp_path / 'judgments')
   metrics, records = evaluate.evaluate_judge(model, groups, settings, n_boot=100,
-                                             cache_path=cache, progress=False)
+                                             cache_dir=cache, progress=False)
   assert metrics['counts']['pairs'] == 6
   assert len(records) == sum(len(g['responses']) for g in groups)
   assert 0 <= metrics['pairwise_accuracy'] <= 1
   assert all(len(r['judgments']) == 1 and isinstance(r['judgments'][0], str) for r in records)
   # A second run finds every judgment in the cache and gives the same numbers.
-  again, _ = evaluate.evaluate_judge(model, groups, settings, n_boot=100, cache_path=cache)
+  again, _ = evaluate.evaluate_judge(model, groups, settings, n_boot=100, cache_dir=cache)
   assert again['pairwise_accuracy'] == metrics['pairwise_accuracy']
 
 

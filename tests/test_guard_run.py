@@ -14,7 +14,7 @@ import pytest
 
 from srlm_jax import data_io
 from srlm_jax import evaluate
-from srlm_jax import judge
+from srlm_jax import judges
 from srlm_jax import loop
 from srlm_jax import workdir as workdir_lib
 from test_loop import load_model, tiny_config
@@ -216,19 +216,19 @@ def _groups():
 def test_judgment_cache_is_keyed_by_judge_weights_and_seed(tmp_path, monkeypatch):
   import srlm_jax  # pylint: disable=g-import-not-at-top
   calls = []
-  real = judge.judge_responses
-  monkeypatch.setattr(judge, 'judge_responses',
+  real = judges.judge_responses  # evaluate calls it through the judges package
+  monkeypatch.setattr(judges, 'judge_responses',
                       lambda model, prompts, *a, **k: calls.append(len(prompts)) or real(
                           model, prompts, *a, **k))
-  settings = judge.JudgeSettings(k=1, max_new_tokens=4,
-                                 template=judge.get_template(tiny_config().creation.judge.template))
-  cache = str(tmp_path / 'judgments.jsonl')
+  settings = judges.JudgeSettings(
+      k=1, max_new_tokens=4, template=judges.get_template(tiny_config().creation.judge.template))
+  cache = str(tmp_path / 'judgments')  # shards per judge key below it
   tiny0, tiny1 = srlm_jax.load('tiny:0'), srlm_jax.load('tiny:1')
 
   def judged(model, judge_id, seed=0):
     calls.clear()
     _, records = evaluate.judge_groups(model, _groups(), settings, seed=seed, progress=False,
-                                       cache_path=cache, judge_id=judge_id)
+                                       cache_dir=cache, judge_id=judge_id)
     return sum(calls), records
 
   n, first = judged(tiny0, 'tiny:0')
@@ -242,6 +242,7 @@ def test_judgment_cache_is_keyed_by_judge_weights_and_seed(tmp_path, monkeypatch
   assert judged(changed, 'tiny:0')[0] == 2
   assert judged(tiny0, 'tiny:0', seed=1)[0] == 2
   assert judged(tiny0, 'tiny:0')[0] == 0  # each key's records are still there
+  assert len(os.listdir(cache)) == 4  # one folder of shards per key (and its key.json)
 
 
 def dataclasses_replace(model, params):

@@ -122,6 +122,59 @@ def test_eval_stage_measures_the_new_models_judge_agreement(two_iterations, tmp_
   assert result['lengths']['all']['mean'] > 0
 
 
+# The tiny config's stages with tests/token_count_stage.py after candidates: a stage from
+# outside the package, named by its module path (tests/ is importable under pytest).
+WITH_TOKEN_COUNT = ('prompts', 'candidates', 'token_count_stage', 'judgments', 'pairs', 'dpo',
+                    'eval')
+
+
+def assert_token_counts(workdir, t=1):
+  """Asserts token_count's records and arrays against transformers' own tokenizer."""
+  from srlm_jax import store  # pylint: disable=g-import-not-at-top
+  d = os.path.join(workdir, f'iter_{t}')
+  hf = load_model('tiny:0').tokenizer.hf  # the transformers tokenizer under ours
+  candidates = loop.read_records(os.path.join(d, 'candidates', 'candidates.jsonl'))
+  want = [[len(hf(c, add_special_tokens=False)['input_ids']) for c in r['candidates']]
+          for r in candidates]
+  counted = loop.read_records(os.path.join(d, 'token_count', 'token_counts.jsonl'))
+  assert [r['id'] for r in counted] == [r['id'] for r in candidates]
+  assert [r['tokens'] for r in counted] == want
+  arrays = store.load_arrays(os.path.join(d, 'token_count', 'arrays.npz'))  # digest checked
+  np.testing.assert_array_equal(arrays['tokens_PxN'], np.array(want, np.int32))
+  info = json.load(open(os.path.join(d, 'token_count', 'DONE')))
+  assert info['candidates'] == sum(map(len, want)) and info['tokens'] == sum(map(sum, want))
+  assert 'arrays.npz' in info['outputs'] and 'token_counts.jsonl' in info['outputs']
+  assert len(os.listdir(os.path.join(d, 'token_count', 'shards'))) == 3 * (-(-len(want) // 2))
+
+
+def test_a_new_stage_is_one_module_and_a_config_entry(two_iterations, tmp_path):
+  """tests/token_count_stage.py joins config.stages; only it runs on the finished workdir."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(two_iterations[0], workdir)
+  before = {p: os.path.getmtime(p) for p in _files(workdir)}
+  config = tiny_config(**{'iterations': 1, 'stages': WITH_TOKEN_COUNT,
+                          'allow_config_change': True})  # a stage added on resume: recorded
+  loop.Loop(config, workdir, load_model=load_model, progress=False).run()
+  assert_token_counts(workdir)
+  changed = [p for p in before if before[p] != os.path.getmtime(p) and 'report' not in p
+             and not p.endswith(('.png', 'config.json', 'history.jsonl', 'LOCK', 'DONE'))]
+  assert not changed  # the other stages were done: not one of their files was written again
+  assert 'token_count' in json.load(open(os.path.join(workdir, 'iter_1', 'timings', 'DONE')))
+
+
+def test_config_stages_are_checked_before_any_compute(tmp_path):
+  def no_model(name):
+    raise AssertionError('a model was loaded before config.stages was validated')
+
+  for stages, message in (
+      (('prompts', 'candidatez'), "stage 'candidatez': not a registered stage"),
+      (('candidates', 'prompts'), "'candidates' reads 'prompts', not listed before it"),
+      (('prompts', 'prompts'), "'prompts' is listed twice")):
+    with pytest.raises(ValueError, match=f'stages=.*{message}'):
+      loop.Loop(tiny_config(stages=stages), str(tmp_path / 'w'), load_model=no_model)
+
+
 def test_bad_eval_pairs_fail_before_any_compute(tmp_path):
   pairs = tmp_path / 'pairs.jsonl'
   pairs.write_text('{"prompt": "Hi", "chosen": "Hello"}\n')
@@ -202,8 +255,10 @@ def _assert_close(got, want, where):
     assert got == want, where
 
 
-KILL_POINTS = ('m1_sft', 'prompts:shard', 'candidates:shard', 'judgments:shard', 'pairs',
-               'ref_logps', 'dpo:checkpoint', 'dpo', 'eval')
+# One run is killed at each point in turn (in stage order), the next resumes: a shard of the
+# stage from outside the package, a shard of a sampling stage, a stage whose work is done but
+# not its DONE, and a training step with a checkpoint written (a fresh process each).
+KILL_POINTS = ('token_count:shard', 'judgments:shard', 'pairs', 'dpo:checkpoint')
 
 
 def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path,
@@ -211,12 +266,15 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   """Each run is SIGKILLed at the next point, the next run resumes; the end equals no kills."""
   reference, _ = two_iterations
   workdir = str(tmp_path / 'killed')
-  # One iteration (every kill point is in M1 or iteration 1) compared with the reference's first.
+  # One iteration (every kill point is in iteration 1) compared with the reference's first;
+  # the token_count stage writes records of its own and changes no other stage's.
   cmd = [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
          f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}',
-         '--config.iterations=1']
+         '--config.iterations=1', f'--config.stages={WITH_TOKEN_COUNT!r}']
   # The runs share a persistent compilation cache: each would otherwise compile everything.
   env = dict(os.environ, XLA_FLAGS=multihost.xla_flags(8),
+             PYTHONPATH=os.pathsep.join([os.path.join(ROOT, 'tests'), ROOT,
+                                         os.environ.get('PYTHONPATH', '')]),
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
@@ -225,6 +283,11 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
     proc = subprocess.run(cmd, env={**env, loop.KILL_AT_ENV: point}, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == -9, (point, proc.stderr[-3000:])
+    if point.endswith(':shard'):  # its first shard sealed, the stage unfinished
+      stage_dir = os.path.join(workdir, 'iter_1', point.split(':')[0])
+      assert os.path.exists(os.path.join(stage_dir, 'shards', '00000.json'))
+      assert not os.path.exists(os.path.join(stage_dir, 'shards', '00001.json'))
+      assert not os.path.exists(os.path.join(stage_dir, 'DONE'))
     if point == 'dpo:checkpoint':  # killed inside DPO's training loop, a checkpoint written
       assert os.listdir(os.path.join(dpo_dir, 'checkpoints'))
       assert not os.path.exists(os.path.join(dpo_dir, 'DONE'))
@@ -232,6 +295,7 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert_same_records(workdir, reference, exact=True)  # the same batches as the reference
+  assert_token_counts(workdir)
   assert loop.read_records(os.path.join(workdir, 'iter_1', 'pairs', 'pairs.jsonl'))
   assert json.load(open(os.path.join(dpo_dir, 'DONE')))['skipped'] is False
   # The DPO resumed from its checkpoint ends where the uninterrupted one did.

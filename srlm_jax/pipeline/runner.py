@@ -1,7 +1,7 @@
 """The self-rewarding loop as a runner over config.stages: M0 -SFT-> M1 -stages-> M2 ...
 
 Work directory layout (each stage writes under its own folder, then marks itself complete by
-atomically writing DONE; a stage with DONE is never run again; see store.py):
+atomically writing DONE; a stage with DONE is never run again; see srlm_jax/store.py):
 
   config.json, history.jsonl, LOCK    the run's config, its starts and resumes, the live run
   m1_sft/      stage `sft`: data.jsonl, train/ (orbax checkpoints, metrics.jsonl, params/), DONE
@@ -30,7 +30,7 @@ from srlm_jax import workdir as workdir_lib
 from srlm_jax.pipeline import seeds as seeds_lib
 from srlm_jax.pipeline import settings as settings_lib
 from srlm_jax.pipeline import stage as stage_lib
-from srlm_jax.pipeline import store
+from srlm_jax import store
 
 M1_DIR = 'm1_sft'
 
@@ -47,13 +47,16 @@ class Runner:
   """One self-rewarding run in a work directory: `run()` does (or resumes) everything."""
 
   def __init__(self, config, workdir: str, *, load_model: Callable[[str], Any],
-               progress: bool = True):
+               progress: bool = True, seeds: Optional[dict] = None):
+    """`seeds` replaces config.data's seed records ({'ift', 'eft', 'seed_prompts'})."""
     validate.check_loop_config(config)  # every field and stage, before anything is read
     self.config = config
     self.workdir = workdir
     self.stages = [stage_lib.get(entry) for entry in config.stages]
-    self.seeds = seeds_lib.read_seed_data(config)  # validated before any compute
+    # validated before any compute
+    self.seeds = seeds if seeds is not None else seeds_lib.read_seed_data(config)
     validate.check_few_shot(config, len(self.seeds['seed_prompts']),
+                            'the seed prompts' if seeds is not None else
                             seeds_lib.data_path(config.data.ift))
     self.eval_groups = (evaluate_lib.load_judge_groups(config.eval.pairs,
                                                        config.eval.max_pairs or None)

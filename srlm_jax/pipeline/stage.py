@@ -18,7 +18,7 @@ import signal
 from typing import Any, Callable, Optional
 
 from srlm_jax.pipeline import settings as settings_lib
-from srlm_jax.pipeline import store
+from srlm_jax import store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,30 +60,27 @@ def names() -> list[str]:
 def get(entry: str) -> Stage:
   """Returns the stage a config.stages entry names: a registered name, or a module path.
 
-  A dotted entry ('my_package.my_stage') is imported, and the one stage it registers is the
-  entry's stage. Anything else raises ValueError listing the known names.
+  Any other entry ('my_package.my_stage') is imported, and the one stage that module registers
+  is the entry's stage. Neither: ValueError listing the registered names.
   """
   _builtins()
   if entry in _REGISTRY:
     return _REGISTRY[entry]
   if entry in _ENTRIES:
     return _REGISTRY[_ENTRIES[entry]]
-  if '.' in entry:
-    before = dict(_REGISTRY)
-    try:
-      module = importlib.import_module(entry)
-    except ImportError as e:
-      raise ValueError(f'stage {entry!r}: cannot import it as a module ({e})') from None
-    added = [n for n in _REGISTRY if n not in before]
-    found = added or [s.name for s in _REGISTRY.values()
-                      if getattr(s.run, '__module__', None) == module.__name__]
-    if len(found) != 1:
-      raise ValueError(f'stage {entry!r}: its module registers {len(found)} stages '
-                       f'({found}); expected exactly one (register(Stage(...)))')
-    _ENTRIES[entry] = found[0]
-    return _REGISTRY[found[0]]
-  raise ValueError(f'stage {entry!r}: not a registered stage ({", ".join(sorted(_REGISTRY))}) '
-                   'nor a dotted module path that registers one')
+  try:
+    module = importlib.import_module(entry)
+  except ImportError as e:
+    raise ValueError(f'stage {entry!r}: not a registered stage '
+                     f'({", ".join(sorted(_REGISTRY))}) nor an importable module that '
+                     f'registers one ({e})') from None
+  found = [s.name for s in _REGISTRY.values()
+           if getattr(s.run, '__module__', None) == module.__name__]
+  if len(found) != 1:
+    raise ValueError(f'stage {entry!r}: module {module.__name__} registers {len(found)} stages '
+                     f'({found}); expected exactly one (register(Stage(...)))')
+  _ENTRIES[entry] = found[0]
+  return _REGISTRY[found[0]]
 
 
 def crash_point(name: str) -> None:
@@ -96,7 +93,12 @@ def crash_point(name: str) -> None:
 
 
 class Models:
-  """The run's models, loaded on first use and kept until `release` (one per name)."""
+  """The run's models, loaded on first use and kept until `release` (one per name and use).
+
+  Training takes the float32 master weights; sampling and judging take a copy in
+  config.creation.compute_dtype (llama.for_compute: bf16 on accelerators, float32 on a CPU,
+  where the copy is the master itself).
+  """
 
   def __init__(self, config, load_model: Callable[[str], Any],
                settings: settings_lib.CreationSettings):
@@ -105,31 +107,40 @@ class Models:
     self.settings = settings
     self._cache = {}
 
-  def load(self, name: str):
-    """Returns the model `name` (config, tokenizer, params), loaded once."""
-    if name not in self._cache:
-      self._cache[name] = self.load_model(name)
-    return self._cache[name]
+  def _compute(self, key, model):
+    if ('compute',) + key not in self._cache:
+      from srlm_jax import llama  # pylint: disable=g-import-not-at-top
+      config, params = llama.for_compute(model.config, model.params,
+                                         self.config.creation.compute_dtype)
+      self._cache[('compute',) + key] = _replace(model, config=config, params=params)
+    return self._cache[('compute',) + key]
 
-  def base(self):
+  def load(self, name: str, training: bool = False):
+    """Returns the model `name` (config, tokenizer, params), loaded once."""
+    if ('name', name) not in self._cache:
+      self._cache[('name', name)] = self.load_model(name)
+    model = self._cache[('name', name)]
+    return model if training else self._compute(('name', name), model)
+
+  def base(self, training: bool = False):
     """Returns M0 (config.model), its context checked against every token limit."""
-    first = self.config.model not in self._cache
-    model = self.load(self.config.model)
+    first = ('name', self.config.model) not in self._cache
+    model = self.load(self.config.model, training)
     if first:  # the context is known only now; every limit must leave room for a prompt
       settings_lib.check_context(self.settings, model.config.max_seq_len)
     return model
 
-  def at(self, params_dir: Optional[str]):
+  def at(self, params_dir: Optional[str], training: bool = False):
     """Returns M0 with the params saved in params_dir (None: M0 itself), loaded once."""
     if params_dir is None:
-      return self.base()
+      return self.base(training)
     key = ('params', params_dir)
     if key not in self._cache:
       from srlm_jax import checkpoint  # pylint: disable=g-import-not-at-top
-      base = self.base()
-      self._cache[key] = _with_params(base, checkpoint.load_params(
+      base = self.base(training=True)
+      self._cache[key] = _replace(base, params=checkpoint.load_params(
           params_dir, getattr(base, 'mesh', None)))
-    return self._cache[key]
+    return self._cache[key] if training else self._compute(key, self._cache[key])
 
   def release(self) -> None:
     """Drops every cached model; its device arrays go once no caller holds them."""
@@ -150,17 +161,17 @@ class Context:
   eval_groups: list = dataclasses.field(default_factory=list)  # human pairs (config.eval)
   published: dict = dataclasses.field(default_factory=dict)  # stage -> arrays, this process
 
-  def model(self):
-    """Returns M_t (cached)."""
-    return self.models.at(self.params_dir)
+  def model(self, training: bool = False):
+    """Returns M_t (cached): in the compute dtype, or its float32 master when training."""
+    return self.models.at(self.params_dir, training)
 
-  def load_model(self, name: str):
-    """Returns the model `name` (a path or registered name; cached)."""
-    return self.models.load(name)
+  def load_model(self, name: str, training: bool = False):
+    """Returns the model `name` (a path or registered name; cached), as `model` does."""
+    return self.models.load(name, training)
 
-  def model_at(self, params_dir: Optional[str]):
-    """Returns M0 with the params in params_dir (None: M0 itself; cached)."""
-    return self.models.at(params_dir)
+  def model_at(self, params_dir: Optional[str], training: bool = False):
+    """Returns M0 with the params in params_dir (None: M0 itself; cached), as `model` does."""
+    return self.models.at(params_dir, training)
 
   def release_models(self) -> None:
     """Drops every cached model (a training stage calls it first: only its policy stays)."""
@@ -175,6 +186,12 @@ class Context:
       if info and not info.get('skipped'):
         params_dir = os.path.join(self.iter_dir, stage.name, stage.params)
     return params_dir
+
+  def release_arrays(self, keep: tuple[str, ...] = ()) -> None:
+    """Drops the published arrays held in memory but those of the stages in keep (a later
+    `arrays` call reads them back from their arrays.npz)."""
+    for name in [n for n in self.published if n not in keep]:
+      del self.published[name]
 
   def path(self, stage: str, filename: str) -> str:
     """Returns the path of a file an earlier stage of this iteration wrote."""
@@ -215,8 +232,8 @@ class Context:
   crash_point = staticmethod(crash_point)
 
 
-def _with_params(model, params):
+def _replace(model, **fields):
   if dataclasses.is_dataclass(model):
-    return dataclasses.replace(model, params=params)
+    return dataclasses.replace(model, **fields)
   import types  # pylint: disable=g-import-not-at-top
-  return types.SimpleNamespace(**{**vars(model), 'params': params})
+  return types.SimpleNamespace(**{**vars(model), **fields})

@@ -1,31 +1,37 @@
-"""Stage `dpo`: M_t -> M_{t+1} by DPO on the iteration's pairs, M_t the reference.
+"""Stage `dpo`: M_t -> M_{t+1} by DPO on the iteration's preference dataset.
 
-Trains in out_dir (Orbax checkpoints, metrics.jsonl) and saves M_{t+1} in out_dir/params. No
-pairs: skipped, and M_{t+1} = M_t.
+Trains on the token ids M_t sampled (the pairs stage's published arrays: chosen and rejected
+rows, and M_t's log-probs of them from the candidate Rollout as the reference), in out_dir
+(Orbax checkpoints, metrics.jsonl), and saves M_{t+1} in out_dir/params. No pairs: skipped,
+and M_{t+1} = M_t.
 """
 
 import logging
 
+from srlm_jax import rollout
 from srlm_jax import train
 from srlm_jax.pipeline.stage import register
 from srlm_jax.pipeline.stage import Stage
 
 
 def run(ctx, out_dir: str) -> dict:
-  """Returns {'skipped': whether there was nothing to train on}."""
-  if ctx.info('ref_logps').get('skipped'):
+  """Returns {'skipped': whether there was nothing to train on, 'pairs'}."""
+  pairs = ctx.info('pairs').get('pairs', 0)
+  if not pairs:
     logging.warning('iteration %d made no preference pairs: M_%d = M_%d', ctx.t, ctx.t + 1,
                     ctx.t)
-    return {'skipped': True}
-  ref = ctx.arrays('ref_logps')
-  model = ctx.model()
-  # Only the policy (and what training adds) stays on the device: M0 and the other cached
-  # models are dropped; the runner loads what the later stages need again.
+    return {'skipped': True, 'pairs': 0}
+  dataset = rollout.unflatten(ctx.arrays('pairs'))
+  model = ctx.model(training=True)  # float32 master weights
+  # Only the policy, its gradients and optimizer state and the dataset (with its reference
+  # log-probs) stay on the device: every cached model and the other stages' arrays are
+  # dropped, and the policy's params are donated to the trained state.
   ctx.release_models()
-  cfg = ctx.train_config('dpo', train_data=ctx.path('pairs', 'pairs.jsonl'))
-  state = train.run_dpo(cfg, out_dir, model=model, ref_logps=ref, progress=ctx.progress)
+  ctx.release_arrays(keep=('pairs',))
+  state = train.run_dpo(ctx.train_config('dpo'), out_dir, model=model, dataset=dataset,
+                        progress=ctx.progress, donate=True)
   del state
-  return {'skipped': False}
+  return {'skipped': False, 'pairs': int(pairs)}
 
 
-STAGE = register(Stage('dpo', run, inputs=('pairs', 'ref_logps'), params='params'))
+STAGE = register(Stage('dpo', run, inputs=('pairs',), params='params'))

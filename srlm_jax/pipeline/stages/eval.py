@@ -2,7 +2,7 @@
 
 Response lengths of the chosen, rejected and all candidates; with config.eval.pairs, M_{t+1}
 judges those human-ranked responses and eval.json holds its agreement with the people
-(judgments.jsonl holds its judgments).
+(judgments.jsonl holds its judgments; <judge key>/shards/ the same, chunk by chunk).
 """
 
 import dataclasses
@@ -12,6 +12,7 @@ import os
 from srlm_jax import distributed
 from srlm_jax import evaluate as evaluate_lib
 from srlm_jax import report as report_lib
+from srlm_jax.data_io import write_jsonl
 from srlm_jax.pipeline.stage import register
 from srlm_jax.pipeline.stage import Stage
 
@@ -23,10 +24,11 @@ def run(ctx, out_dir: str) -> None:
                                                    ctx.records('candidates', 'candidates.jsonl'))}
   if ctx.eval_groups:  # M_{t+1} judges the human pairs
     judged = ctx.model_at(ctx.params_after())
-    metrics, _ = evaluate_lib.evaluate_judge(
+    # Judged in shards under out_dir/<judge key>/ (resumable), then all in judgments.jsonl.
+    metrics, records = evaluate_lib.evaluate_judge(
         judged, ctx.eval_groups, dataclasses.replace(ctx.settings.judge, k=cfg.eval.k),
-        seed=ctx.settings.seed, progress=ctx.progress,
-        cache_path=os.path.join(out_dir, 'judgments.jsonl'))
+        seed=ctx.settings.seed, progress=ctx.progress, cache_dir=out_dir)
+    write_jsonl(os.path.join(out_dir, 'judgments.jsonl'), records)
     result['judge_agreement'] = {'model': f'M{ctx.t + 1}', 'pairs_file': cfg.eval.pairs,
                                  **metrics}
   if distributed.is_writer():

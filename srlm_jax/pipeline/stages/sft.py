@@ -22,7 +22,7 @@ def run(ctx, out_dir: str) -> dict:
               for p, r, j in ctx.seeds['eft']]
   data = write_jsonl(os.path.join(out_dir, 'data.jsonl'), records)
   train.run_sft(ctx.train_config('sft', train_data=data), os.path.join(out_dir, 'train'),
-                model=ctx.model(), progress=ctx.progress)
+                model=ctx.model(training=True), progress=ctx.progress)
   return {'examples': len(records)}
 
 
