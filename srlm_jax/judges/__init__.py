@@ -8,8 +8,9 @@
   records.py   judgment records (JSONL), their stats and score histogram (the host edge)
   additive.py  the paper's additive 0-5 rubric (registered as 'additive')
 
-A new judge is one module that builds a `Judge` and `register`s it; import it before use
-(a config names it in `creation.judge.kind`).
+A new judge is one module that builds a `Judge` and `register`s it (tests/rating_judge.py is
+one); a config names it in `creation.judge.kind`, by its name once imported or by the module's
+path (imported on first use).
 """
 
 from srlm_jax.judges import additive  # registers 'additive'

@@ -50,7 +50,7 @@ class JudgeTemplate:
 @dataclasses.dataclass(frozen=True)
 class JudgeSettings:
   """How each candidate is judged: by which judge, k sampled judgments, parsed and averaged."""
-  kind: str = 'additive'  # a registered judge (see `names()`)
+  kind: str = 'additive'  # a registered judge (see `names()`) or its module's path
   k: int = 3  # judgments per candidate (the paper: 3)
   temperature: float = 0.7
   top_p: float = 0.9
