@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 # Each iteration's stages when a config names none (config.stages): today's built-in order.
-ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'ref_logps', 'dpo', 'eval')
+ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval')
 # Relative cost of one work unit of each kind, used for the run's ETA only until a stage of
 # that kind has been timed: a training token (forward + backward, about 3 forwards), a scored
 # token (one forward) and a sampled token (a decode step: memory-bound, a few forwards' worth
@@ -41,7 +41,7 @@ def plan_run(config, n_sft_examples: int) -> list:
   """Returns the StagePlans of a whole run, sized from the config.
 
   Work units are tokens: trained (steps x batch x max_len, a pair counting twice), scored
-  (the reference log-probs) or sampled (rows x max_new_tokens, an upper bound: rows may stop
+  (a forward pass) or sampled (rows x max_new_tokens, an upper bound: rows may stop
   early). Counts that depend on earlier stages assume every request keeps its prompt and every
   prompt makes a pair; `refine` corrects them from the records as stages finish.
   """
@@ -65,7 +65,6 @@ def iteration_plan(config, t: int, prompts: int, pairs: int) -> list:
            'candidates': ('sample', responses * c.max_new_tokens),
            'judgments': ('sample', responses * c.judge.k * c.judge.max_new_tokens),
            'pairs': ('score', 0),
-           'ref_logps': ('score', pairs * 2 * dpo.max_len),
            'dpo': ('train', (_train_steps(dpo, pairs) if pairs else 0) * dpo.batch_size * 2
                    * dpo.max_len),
            'eval': ('sample', eval_units)}

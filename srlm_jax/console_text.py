@@ -88,8 +88,6 @@ def stage_result(stage_dir: str, name: str, info: Optional[dict] = None) -> str:
     if name == 'sft' and 'examples' in info:
       text = f'{info["examples"]} examples, ' + text
     return text
-  if name == 'ref_logps':
-    return 'no pairs' if info.get('skipped') else f'{info.get("pairs", 0)} pairs scored'
   if name == 'eval':
     result = _read_json(os.path.join(stage_dir, 'eval.json'))
     agreement = result.get('judge_agreement')
