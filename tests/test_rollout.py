@@ -156,3 +156,20 @@ def test_save_load_concat_and_flatten(tiny, tmp_path):
   (tmp_path / 'bad.npz').write_text('not an npz')
   with pytest.raises(ValueError, match='bad.npz: not a readable .npz'):
     rollout.load(str(tmp_path / 'bad.npz'))
+
+
+def test_sharded_rollout_equals_the_single_device_one(tiny):
+  """On a 4-device mesh (batches padded to a multiple of the data-parallel size) the Rollout
+  holds the same samples as on one device."""
+  from srlm_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
+  sharded = srlm_jax.load('tiny', mesh=mesh)
+  _, one = _sample(tiny, batch_size=2)
+  _, four = _sample(sharded, batch_size=2)
+  a, b = rollout.to_host(one), rollout.to_host(four)
+  for k in rollout.FIELDS:
+    if k == 'logprobs':
+      np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0)
+    else:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert rollout.texts(four, tiny.tokenizer) == rollout.texts(one, tiny.tokenizer)
