@@ -156,7 +156,7 @@ def test_pairwise_comparison_cancels_position_bias(monkeypatch):
       else:
         out.append(['Verdict: 1' if 'good' in first else 'Verdict: 2'] * n)
     return out
-  monkeypatch.setattr(evaluate.sampler, 'generate', fake_generate)
+  monkeypatch.setattr(evaluate.rollout, 'generate', fake_generate)
   settings = judge.JudgeSettings(k=2)
   prompts = ['q1', 'q2', 'q3 always first']
   outcomes, position = evaluate.compare_pairwise(None, prompts, ['good', 'bad', 'good'],

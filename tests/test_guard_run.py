@@ -51,8 +51,11 @@ def test_done_records_the_count_and_digest_of_each_output(finished):
   assert info['outputs']['candidates.jsonl']['records'] == len(loop.read_records(path)) > 0
   for shard in os.listdir(os.path.join(finished, 'iter_1', 'candidates', 'shards')):
     if shard.endswith('.jsonl'):
-      sidecar = os.path.join(finished, 'iter_1', 'candidates', 'shards', shard[:-6] + '.json')
-      assert json.load(open(sidecar))['records'] > 0
+      path = os.path.join(finished, 'iter_1', 'candidates', 'shards', shard)
+      digests = workdir_lib.shard_digests(workdir_lib.shard_sidecar(path))
+      assert digests[path]['records'] > 0  # and the arrays beside it
+      assert digests[path[:-len('.jsonl')] + '.npz'] == workdir_lib.file_digest(
+          path[:-len('.jsonl')] + '.npz')
   history = loop.read_records(os.path.join(finished, 'history.jsonl'))
   assert [h['event'] for h in history] == ['start']
 
