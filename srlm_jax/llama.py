@@ -1,4 +1,4 @@
-"""A Llama-family decoder as a Flax Linen module: the params are a pytree, the model a function.
+"""A Llama-family decoder: pure functions of a param pytree, which a Flax Linen module declares.
 
 Covers Llama 2, Llama 3.x and the many models that share their architecture (SmolLM2, ...):
 RMSNorm, rotary embeddings (plain, linear or Llama 3.x frequency scaling), grouped-query
@@ -7,6 +7,13 @@ attention, a SwiGLU MLP, tied or untied input and output embeddings.
 Axis legend used in names: B batch, T query tokens, S key slots (T without a cache, the cache
 length with one), D model dim, H query heads, K kv heads, G = H // K queries per kv head,
 Dh head dim, F MLP hidden dim, V vocabulary, L layers.
+
+One implementation of the layers serves training, prefill and decoding: `layer` (norms, RoPE,
+projections, SwiGLU MLP) takes an `attend_kv` that decides which key slots its queries see and
+keeps the KV cache, and `attend` is the attention over one or more blocks of slots.
+`transformer` runs the layers over a sequence (a scan without a cache; one by one with one);
+the sampler runs the same `layer` for one token per row. The cache (`init_cache`) is, per
+layer, {'k', 'v'} [B, K, S, Dh]: prefill writes the arrays decoding reads.
 
 The param tree (layers are stacked on a leading L axis by `nn.scan`; kernels are [in, out]):
 
@@ -36,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from srlm_jax import sharding
+# head_matmul is part of this module's API (train and judge take logits at chosen positions).
+from srlm_jax.gemm import head_matmul, matmul
 
 Array = jax.Array
 _NEG_INF = float(np.finfo(np.float32).min)
@@ -132,69 +141,6 @@ def apply_rope(x_BTNh: Array, positions_BT: Array, inv_freq: np.ndarray) -> Arra
   cos, sin = jnp.cos(angles).astype(x_BTNh.dtype), jnp.sin(angles).astype(x_BTNh.dtype)
   x1, x2 = jnp.split(x_BTNh, 2, axis=-1)
   return x_BTNh * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
-
-
-@jax.custom_vjp
-def matmul(x: Array, w: Array) -> Array:
-  """Returns x [..., I] @ w [I, O]; its weight gradient is one 2-D matmul over all tokens.
-
-  Autodiff of the same product contracts the [B, T] axes of activations and output gradients,
-  which XLA:CPU lowers by transposing the activations first (strided copies fused with the
-  elementwise backward, slower than the matmuls themselves). Flattening the tokens to one
-  [B*T] axis contracts the leading axis of two row-major operands, a plain GEMM on every
-  backend; under a mesh the flattened axis keeps the batch sharding.
-  """
-  return x @ w
-
-
-def _matmul_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _matmul_bwd(residuals, dy):
-  x, w = residuals
-  dx = jax.lax.dot_general(dy, w, (((dy.ndim - 1,), (1,)), ((), ())))
-  dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]),
-                           (((0,), (0,)), ((), ())))
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def head_matmul(x: Array, w: Array, tied: bool) -> Array:
-  """Returns float32 logits x [..., D] @ w: w is the [D, V] head, or the [V, D] embedding if tied.
-
-  Like `matmul`, its weight gradient is one GEMM over all tokens; a tied embedding's comes out
-  as [V, D] directly, with no [D, V] gradient to transpose.
-  """
-  return _head_product(x, w, tied)
-
-
-def _head_product(x, w, tied):
-  contract = ((x.ndim - 1,), (1 if tied else 0,))
-  return jax.lax.dot_general(x, w.astype(x.dtype), (contract, ((), ())),
-                             preferred_element_type=jnp.float32)
-
-
-def _head_fwd(x, w, tied):
-  return _head_product(x, w, tied), (x, w)
-
-
-def _head_bwd(tied, residuals, dy):
-  x, w = residuals
-  dy = dy.astype(x.dtype)  # what autodiff of the mixed-precision product does too
-  f32 = jnp.float32
-  contract = ((dy.ndim - 1,), (0 if tied else 1,))
-  dx = jax.lax.dot_general(dy, w.astype(x.dtype), (contract, ((), ())), preferred_element_type=f32)
-  x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-  operands = (dy2, x2) if tied else (x2, dy2)
-  dw = jax.lax.dot_general(*operands, (((0,), (0,)), ((), ())), preferred_element_type=f32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-head_matmul.defvjp(_head_fwd, _head_bwd)
 
 
 def logits(config: 'LlamaConfig', params, x_ND: Array) -> Array:
@@ -492,5 +438,6 @@ def for_compute(config: LlamaConfig, params, dtype: str = 'auto') -> tuple[Llama
     dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
   if dtype not in ('float32', 'bfloat16'):
     raise ValueError(f'compute dtype {dtype!r}: expected auto, float32 or bfloat16')
-  cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+  cast = lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) and p.dtype != dtype \
+      else p
   return config.replace(dtype=dtype), jax.tree.map(cast, params)

@@ -4,17 +4,19 @@ Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, Q =
 cache slots, M new-token bucket, C candidate tokens, W longest stop sequence; V, K, G, Dh, D as in
 llama.py.
 
-Two jitted functions (the tunix layout): `prefill` runs the left-padded prompts, minus their last
-token, through `llama.Llama` once and keeps their keys and values as the prompt cache, one per
-prompt ([B, ...]: the N samples of a prompt share its prefill and read its cache, never a copy),
-returning a `DecodeState` pytree. `decode` (the state donated, so the cache is updated in place)
-runs `decode_step` in a `lax.while_loop`, one token per row per step, the prompt's last token
-first, until every row is done or max_new_tokens are made. Each row also has a generation cache
-of M slots ([R, ...]): step t writes the token it feeds (the last prompt token, then generated
-token t-1) at slot t. A row attends to its prompt's real (unpadded) prompt slots and to its own
-generation slots up to the current one; RoPE positions count real tokens only. Sharing the prompt
-cache makes N samples read the prompt's keys and values once per step, not N times: judging
-(N = 3, prompts of a rubric plus a response) is bound by these reads on a CPU.
+Two jitted functions (the tunix layout): `prefill` runs the left-padded prompts, minus their
+last token, through `llama.transformer` once and keeps the KV cache it writes (`llama.init_cache`'s
+layout) as the prompt cache, one per prompt ([B, ...]: the N samples of a prompt share its
+prefill and read its cache, never a copy), returning a `DecodeState` pytree. `decode` (the state
+donated, so the cache is updated in place) runs `decode_step` in a `lax.while_loop`, one token per
+row per step, the prompt's last token first, until every row is done or max_new_tokens are made.
+Each row also has a generation cache of M slots ([R, ...], the same layout): step t writes the
+token it feeds (the last prompt token, then generated token t-1) at slot t. A step runs
+`llama.layer`, the layers of training and prefill; its attention (`llama.attend`) is one softmax
+over two blocks, the prompt's real (unpadded) slots and the row's own generation slots up to the
+current one. RoPE positions count real tokens only. Sharing the prompt cache makes N samples read
+the prompt's keys and values once per step, not N times: judging (N = 3, prompts of a rubric plus
+a response) is bound by these reads on a CPU.
 
 Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5} * 2^i (at most a
 third of a prompt batch is padding: prefill and every decode step scale with P), and buffers to

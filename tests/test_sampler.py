@@ -76,6 +76,86 @@ def test_decode_step_logits_equal_full_forward(tiny_params):
     np.testing.assert_allclose(out.logprobs[i], want, atol=1e-4)
 
 
+def test_decode_logits_equal_forward_over_the_growing_sequence(tiny_params):
+  """One decoder: each decode step's logits (shared prompt block, N = 3 sampled rows per prompt,
+  `llama.layer` per token) equal `llama.forward` over the row's sequence so far, and prefill
+  hands decode the cache layout of `llama.init_cache`."""
+  n, steps, p = 3, 6, 32
+  rows = _prompts([9, 20], seed=11)
+  tokens, mask = _left_pad(rows, p=p)
+  state = sampler.prefill(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
+                          jax.random.key(2), jnp.arange(2), n=n, max_new_bucket=32)
+  for name, batch, slots in (('prompt', 2, p - 1), ('rows', 2 * n, 32)):
+    want = llama.init_cache(TINY, batch, slots)
+    assert jax.tree.structure(state.cache[name]) == jax.tree.structure(want)
+    assert [x.shape for x in jax.tree.leaves(state.cache[name])] == [
+        x.shape for x in jax.tree.leaves(want)]
+  mode = sampler.make_mode(temperature=1.0)
+  knobs = sampler.make_knobs(max_new_tokens=steps, temperature=1.0)
+  step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
+  dparams = sampler.split_layers(tiny_params)
+  forward = jax.jit(llama.forward, static_argnums=0)
+  seqs = [list(rows[r // n]) for r in range(2 * n)]
+  for t in range(steps):
+    # The rows' sequences so far (prompt, then the tokens fed at steps 0..t-1, the last prompt
+    # token first), left-padded to one width so that one forward compiles for all steps.
+    seq_tokens, seq_mask = _left_pad(seqs, p=p + steps)
+    want = forward(TINY, tiny_params, jnp.asarray(seq_tokens), mask=jnp.asarray(seq_mask))[:, -1]
+    state, logits = step_fn(TINY, dparams, state, knobs, mode)
+    np.testing.assert_allclose(logits, want, atol=1e-4, rtol=1e-4)
+    for r, seq in enumerate(seqs):
+      seq.append(int(state.token_R[r]))
+  assert len({tuple(s) for s in seqs}) > 2  # the sampled rows went their own ways
+
+
+def test_bfloat16_compute_samples_close_to_float32(tiny_params):
+  """llama.for_compute: bfloat16 params and compute run the sampler, its step logits stay close
+  to the float32 model's on the same tokens, and 'auto' on a CPU is float32 (params untouched)."""
+  config, params = llama.for_compute(TINY, tiny_params, 'bfloat16')
+  assert config.dtype == 'bfloat16' and TINY.dtype == 'float32'
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tiny_params))  # masters kept
+  rows = _prompts([5, 17, 30], seed=13)
+  tokens, mask = _left_pad(rows, p=32)
+  out = sampler.sample(config, params, tokens, mask, 0, max_new_tokens=8, temperature=1.0, n=2)
+  assert out.logprobs.dtype == jnp.float32 and (np.asarray(out.logprobs) <= 0).all()
+  # The bfloat16 decode step against the float32 forward over the same sequences (the bfloat16
+  # greedy tokens). bfloat16 keeps 8 significant bits (rounding error 2^-9 = 0.2%); every
+  # projection, norm and residual add of the two layers rounds again, so the logits (scaled
+  # x40 here, about +-30) move by about 1% of their norm, within the 3e-2 allowed.
+  state = sampler.prefill(config, params, jnp.asarray(tokens), jnp.asarray(mask),
+                          jax.random.key(0), jnp.arange(3), n=1, max_new_bucket=32)
+  knobs, mode = sampler.make_knobs(max_new_tokens=8), sampler.make_mode()
+  seqs, dparams = [list(r) for r in rows], sampler.split_layers(params)
+  step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
+  for _ in range(4):
+    seq_tokens, seq_mask = _left_pad(seqs, p=36)
+    want = llama.forward(TINY, tiny_params, seq_tokens, mask=seq_mask)[:, -1]
+    state, logits = step_fn(config, dparams, state, knobs, mode)
+    assert state.cache['rows'][0]['k'].dtype == jnp.bfloat16
+    err = np.linalg.norm(np.asarray(logits) - want) / np.linalg.norm(want)
+    assert err < 3e-2, err
+    for r, seq in enumerate(seqs):
+      seq.append(int(state.token_R[r]))
+  auto_config, auto_params = llama.for_compute(TINY, tiny_params, 'auto')
+  assert auto_config.dtype == 'float32'
+  assert all(a is b for a, b in zip(jax.tree.leaves(auto_params), jax.tree.leaves(tiny_params)))
+  with pytest.raises(ValueError, match='compute dtype'):
+    llama.for_compute(TINY, tiny_params, 'float16')
+
+
+def test_sample_makes_no_implicit_transfers(tiny_params):
+  """sample() from device arrays runs under jax.transfer_guard('disallow') (the rollout path):
+  its own host values go to the device by explicit transfers only."""
+  tokens, mask = _left_pad(_prompts([4, 11], seed=17))  # 11 wide: padded to 32 in prefill
+  want = sampler.sample(TINY, tiny_params, tokens, mask, 3, max_new_tokens=5, temperature=1.0)
+  tokens, mask, params = jax.device_put((tokens, mask, tiny_params))
+  with jax.transfer_guard('disallow'):
+    got = sampler.sample(TINY, params, tokens, mask, 3, max_new_tokens=5, temperature=1.0)
+    got = jax.block_until_ready(got)
+  np.testing.assert_array_equal(jax.device_get(got.tokens), want.tokens)
+
+
 def _reference_filter(logits, temperature, top_k, top_p, min_p):
   """Hugging Face's warpers, written with a sort: returns the filtered distribution [V]."""
   x = np.asarray(logits, np.float64) / temperature
