@@ -6,14 +6,13 @@ npz files hold what a later stage needs to resume (token ids, log-probs, scores)
 """
 
 import functools
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import distributed, sampler
+from srlm_jax import distributed, sampler, store
 from srlm_jax.rollout import rollout as rollout_lib
 
 
@@ -74,23 +73,17 @@ def unflatten(flat: dict) -> dict:
 
 def save(path: str, arrays: dict) -> str:
   """Writes a flat dict of arrays to an .npz file atomically (process 0); returns the path."""
-  host = distributed.to_host(dict(arrays))  # every process joins a multi-host gather
-  if distributed.is_writer():
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = f'{path}.tmp.{os.getpid()}.npz'  # np.savez appends .npz to other names
-    with open(tmp, 'wb') as f:
-      np.savez(f, **host)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+  if not path.endswith('.npz'):
+    raise ValueError(f'{path}: an arrays file must end with .npz')
+  store.save_arrays(path, arrays)  # the one npz writer (stage shards use it too)
   return path
 
 
 def load(path: str) -> dict:
-  """Returns the arrays of an .npz file written by `save` as host NumPy arrays."""
+  """Returns the arrays of an .npz file written by `save` as host NumPy arrays (checked
+  against its stage's DONE when one records it)."""
   try:
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
+    return store.load_arrays(path)
   except (OSError, ValueError) as e:
     raise ValueError(f'{path}: not a readable .npz of arrays ({e})') from e
 
