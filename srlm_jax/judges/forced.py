@@ -21,7 +21,7 @@ tokens, W row width, F forced rows, S score values, V vocabulary.
 
 import contextlib
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -137,6 +137,16 @@ def verdict_rows(prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.Array,
   return sharding.constrain(tokens_FxW, spec), sharding.constrain(mask_FxW, spec)
 
 
+def replicate(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
+  """Returns host arrays uploaded explicitly: whole on every device of `mesh` (global arrays,
+  so a multi-host run's jitted calls can mix them with sharded ones), else to the default
+  device."""
+  if mesh is None:
+    return jax.device_put(tree)
+  whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: sharding.put_global(x, whole), tree)
+
+
 def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarray,
                     prefix: Sequence[int], score_ids: np.ndarray, values: Sequence[int],
                     batch_rows: int = 16) -> tuple:
@@ -152,16 +162,16 @@ def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarra
   batch_rows = -(-batch_rows // multiple) * multiple
   p, m = rollout.prompt_tokens.shape[1], rollout.tokens.shape[1]
   width = data_io.length_bucket(p + m + len(prefix), max_len=1 << 62)
-  prefix_X, score_ids_S, values_S = jax.device_put(
-      (np.asarray(prefix, np.int32), np.asarray(score_ids, np.int32),
-       np.asarray(values, np.int32)))
+  prefix_X, score_ids_S, values_S = replicate(
+      mesh, (np.asarray(prefix, np.int32), np.asarray(score_ids, np.int32),
+             np.asarray(values, np.int32)))
   outs = []
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for start in range(0, len(rows), batch_rows):
       chunk = np.asarray(rows[start:start + batch_rows], np.int32)
       chunk = np.concatenate([chunk, np.full(batch_rows - len(chunk), chunk[0], np.int32)])
       tokens, mask = verdict_rows(rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens,
-                                  body_R, jax.device_put(chunk), prefix_X, n=rollout.n,
+                                  body_R, replicate(mesh, chunk), prefix_X, n=rollout.n,
                                   width=width, pad_id=model.tokenizer.pad_id)
       outs.append(verdict_distribution(model.config, model.params, tokens, mask, score_ids_S,
                                        values_S))

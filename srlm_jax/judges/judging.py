@@ -24,12 +24,12 @@ from srlm_jax import sampler
 from srlm_jax.judges import base
 from srlm_jax.judges import forced as forced_lib
 
-_FEATURES: dict = {}  # tokenizer -> device text features (forced_always), built once
+_FEATURES: dict = {}  # tokenizer -> its text features (forced_always), built once
 
 
-def _features(tokenizer: Any) -> jax.Array:
+def _features(tokenizer: Any) -> np.ndarray:
   if tokenizer not in _FEATURES:
-    _FEATURES[tokenizer] = jax.device_put(forced_lib.text_features(tokenizer.vocab_texts()))
+    _FEATURES[tokenizer] = forced_lib.text_features(tokenizer.vocab_texts())
   return _FEATURES[tokenizer]
 
 
@@ -47,10 +47,10 @@ def _merge(scores_R, valid_R, forced_R, rows_F, expected_F, argmax_F, mass_F):
           nan.at[rows_F].set(argmax_F), nan.at[rows_F].set(mass_F))
 
 
-def _empty(k: int) -> base.JudgeScores:
-  z = lambda dtype: jax.device_put(np.zeros((0, k), dtype))
-  return base.JudgeScores(z(np.float32), z(bool), z(bool), z(np.float32), z(np.float32),
-                          jax.device_put(np.zeros(0, np.int32)))
+def _empty(mesh, k: int) -> base.JudgeScores:
+  z = lambda dtype: np.zeros((0, k), dtype)
+  return base.JudgeScores(*forced_lib.replicate(mesh, (
+      z(np.float32), z(bool), z(bool), z(np.float32), z(np.float32), np.zeros(0, np.int32))))
 
 
 def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
@@ -65,6 +65,8 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   """
   judge_ = base.get(judge_) if isinstance(judge_, str) else judge_
   tok, k = model.tokenizer, settings.k
+  mesh = getattr(model, 'mesh', None)
+  put = lambda tree: forced_lib.replicate(mesh, tree)  # explicit uploads (host edges)
   forcing = settings.verdict != 'sampled'
   prefix_text = (judge_.verdict_prefix if settings.verdict_prefix is None
                  else settings.verdict_prefix)
@@ -73,7 +75,7 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
                if forcing else None)
   requests = judge_.requests(prompts, responses, settings.template)
   if not requests:
-    return [], _empty(k)
+    return [], _empty(mesh, k)
   ids, dropped = rollout_lib.encode_prompts(model, requests,
                                             max_new_tokens=settings.max_new_tokens,
                                             where=where, truncate=truncate, reserve=len(prefix))
@@ -83,30 +85,30 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   # Only the judge's own generated tokens are parsed: text quoted in the prompt never counts.
   scores_R, valid_R = judge_.parser(tok)(roll.tokens)
   num_rows = len(ids) * k
-  forced_R = jax.device_put(np.zeros(num_rows, bool))
-  argmax_R = mass_R = jax.device_put(np.full(num_rows, np.nan, np.float32))
+  forced_R = put(np.zeros(num_rows, bool))
+  argmax_R = mass_R = put(np.full(num_rows, np.nan, np.float32))
   if forcing:
     body_R = _body_lengths(roll.lengths, roll.stop_reason)
     if settings.verdict == 'forced_always':
       # The sampled verdict line is cut; the reasons stay.
       body_R = jnp.where(valid_R, forced_lib.reasons_length(roll.tokens, body_R,
-                                                            _features(tok)), body_R)
+                                                            put(_features(tok))), body_R)
       rows = np.arange(num_rows, dtype=np.int32)
     else:  # host edge: which judgments have no verdict of their own
-      rows = np.flatnonzero(~np.asarray(jax.device_get(valid_R))).astype(np.int32)
+      rows = np.flatnonzero(~distributed.to_host(valid_R)).astype(np.int32)
     forced_np = np.zeros(num_rows, bool)
     forced_np[rows] = True
-    forced_R = jax.device_put(forced_np)
+    forced_R = put(forced_np)
     if len(rows):
       got = forced_lib.forced_verdicts(model, roll, body_R, rows, prefix, score_ids,
                                        judge_.score_values)
       scores_R, valid_R, argmax_R, mass_R = _merge(scores_R, valid_R, forced_R,
-                                                   jax.device_put(rows), *got)
+                                                   put(rows), *got)
   shape = (len(ids), k)
   out = base.JudgeScores(
       scores_RxK=scores_R.reshape(shape), valid_RxK=valid_R.reshape(shape),
       forced_RxK=forced_R.reshape(shape), argmax_RxK=argmax_R.reshape(shape),
-      mass_RxK=mass_R.reshape(shape), truncated_R=jax.device_put(np.asarray(dropped, np.int32)))
+      mass_RxK=mass_R.reshape(shape), truncated_R=put(np.asarray(dropped, np.int32)))
   return rollout_lib.texts(roll, tok), out
 
 
