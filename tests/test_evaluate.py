@@ -12,6 +12,7 @@ from scipy import stats
 from srlm_jax import data
 from srlm_jax import evaluate
 from srlm_jax import judges as judge
+from srlm_jax import rollout
 
 NAN = float('nan')
 
@@ -156,7 +157,7 @@ def test_pairwise_comparison_cancels_position_bias(monkeypatch):
       else:
         out.append(['Verdict: 1' if 'good' in first else 'Verdict: 2'] * n)
     return out
-  monkeypatch.setattr(evaluate.rollout, 'generate', fake_generate)
+  monkeypatch.setattr(rollout, 'generate', fake_generate)  # what head_to_head calls
   settings = judge.JudgeSettings(k=2)
   prompts = ['q1', 'q2', 'q3 always first']
   outcomes, position = evaluate.compare_pairwise(None, prompts, ['good', 'bad', 'good'],
@@ -171,7 +172,7 @@ def test_pointwise_comparison_and_head_to_head(monkeypatch):
     mean = np.array([{'a': 4.0, 'b': 2.0, 'x': NAN}[r[0]] for r in responses], np.float32)
     return judge.Judgments([], mean[:, None], ~np.isnan(mean)[:, None], mean,
                            (~np.isnan(mean)).astype(np.int32))
-  monkeypatch.setattr(evaluate.judge_lib, 'judge_responses', fake_judge)
+  monkeypatch.setattr(judge, 'judge_responses', fake_judge)  # the judges package
   out = evaluate.head_to_head(None, ['p'] * 4, ['a', 'b', 'a', 'x'], ['b', 'a', 'a', 'a'],
                               [10, 10, 10, 10], [10, 30, 11, 10], judge.JudgeSettings(k=1),
                               n_boot=50)

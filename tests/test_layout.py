@@ -56,7 +56,6 @@ KNOWN_UPWARD = {
 MAX_LINES = 450
 # Modules over MAX_LINES today: who shrinks each.
 OVER_LINES = {
-    'srlm_jax/evaluate.py': 'D/C2: judge-calling parts to judges/, the cache to the shard store',
 }
 
 
