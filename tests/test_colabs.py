@@ -38,15 +38,14 @@ SMALL = {
 MAX_NEW_TOKENS = 32
 JUDGE_K = 2
 JUDGE_MAX_NEW_TOKENS = 32''',
-    # A random 2-layer model that a short SFT on score-only EFT targets teaches to write
-    # "Score: N", so that its judgments parse, its candidates get scores and DPO has pairs.
+    # The tiny config: its forced verdicts score every judgment of the random model (no SFT has
+    # to teach it "Score: N"), so candidates get scores, the iteration makes pairs and DPO
+    # trains. One shard per stage and a checkpoint only at the end of training: fewer compiles
+    # and saves. Metrics every step, so the plots have lines.
     'one_iteration': '''\
 CONFIG = 'tiny'
-OVERRIDES = {
-    'shard_size': 8, 'creation.num_requests': 6, 'creation.n_candidates': 4,
-    'creation.judge.k': 5, 'creation.few_shot': 2, 'data.max_ift': 2, 'data.max_eft': 120,
-    'sft.num_steps': 24, 'sft.batch_size': 8, 'sft.lr': 1e-2, 'sft.end_lr': 1e-3,
-    'sft.max_len': 128, 'sft.log_every': 2, 'dpo.num_steps': 8, 'dpo.log_every': 1}''',
+OVERRIDES = {'shard_size': 8, 'creation.judge.verdict': 'forced', 'sft.checkpoint_every': 100,
+             'dpo.checkpoint_every': 100, 'sft.log_every': 1, 'dpo.log_every': 1}''',
     'custom_loss': '''\
 MODEL = 'tiny:0'
 N_TRAIN, N_EVAL = 64, 16
@@ -55,13 +54,17 @@ BATCH_SIZE = 8
 LR = 1e-3
 MAX_LEN = 64
 EVAL_EVERY = 5''',
+    # SmolLM2 judging every rubric: 3 replies, k up to 2 (1 per rubric), 8-token judgments; the
+    # cost is SmolLM2's forward over rows x (rubric + reply) tokens, so rows and tokens are
+    # what is cut. Forced verdicts score each judgment, so agreement is measured on all of them.
     'judge_study': '''\
 OASST1 = os.path.join(os.environ['SRLM_JAX_SHARED_DATA'], 'oasst1', 'en-validation.jsonl')
-MAX_PAIRS = 3
-KS = (1, 3)
-RUBRIC_K = 3
-MAX_NEW_TOKENS = 32
-N_BOOT = 200''',
+MAX_PAIRS = 2
+KS = (1, 2)
+RUBRIC_K = 1
+MAX_NEW_TOKENS = 8
+VERDICT = 'forced'
+N_BOOT = 100''',
 }
 
 # Per notebook, the sizes of the committed outputs: SmolLM2-135M-Instruct, sized to mean
