@@ -120,9 +120,10 @@ def test_bfloat16_compute_samples_close_to_float32(tiny_params):
   out = sampler.sample(config, params, tokens, mask, 0, max_new_tokens=8, temperature=1.0, n=2)
   assert out.logprobs.dtype == jnp.float32 and (np.asarray(out.logprobs) <= 0).all()
   # The bfloat16 decode step against the float32 forward over the same sequences (the bfloat16
-  # greedy tokens). bfloat16 keeps 8 significant bits (rounding error 2^-9 = 0.2%); every
-  # projection, norm and residual add of the two layers rounds again, so the logits (scaled
-  # x40 here, about +-30) move by about 1% of their norm, within the 3e-2 allowed.
+  # greedy tokens). bfloat16 keeps 8 significant bits (rounding error up to 2^-9 = 0.2%);
+  # every projection, norm and residual add of the two layers rounds again, so the logits (up
+  # to about +-14 here) move by about 0.5% of their norm (measured 0.43-0.50%); 3e-2 is the
+  # bound test_llama holds a bfloat16 forward to, with room for other seeds.
   state = sampler.prefill(config, params, jnp.asarray(tokens), jnp.asarray(mask),
                           jax.random.key(0), jnp.arange(3), n=1, max_new_bucket=32)
   knobs, mode = sampler.make_knobs(max_new_tokens=8), sampler.make_mode()
