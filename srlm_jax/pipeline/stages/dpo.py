@@ -30,7 +30,8 @@ def run(ctx, out_dir: str) -> dict:
   ctx.release_arrays(keep=('pairs',))
   state = train.run_dpo(ctx.train_config('dpo'), out_dir, model=model, dataset=dataset,
                         progress=ctx.progress, donate=True)
-  del state
+  del state, dataset
+  ctx.release_arrays()  # the dataset too: the stages after this one read it from its file
   return {'skipped': False, 'pairs': int(pairs)}
 
 
