@@ -18,6 +18,7 @@ import pytest
 import multihost
 import srlm_jax
 from srlm_jax import checkpoint, data_io, hf_io, llama, loop, sharding, train, validate
+from srlm_jax.pipeline import stage as stage_lib
 from test_checkpoint import flip_bytes, largest_file
 from test_loop import tiny_config
 
@@ -147,7 +148,7 @@ def test_corrupt_m1_checkpoint_resume_falls_back_and_prunes_when_done(tmp_path, 
     if name == 'm1_sft':
       raise Killed(name)
   with monkeypatch.context() as m:
-    m.setattr(loop, '_crash_point', crash)
+    m.setattr(stage_lib, 'crash_point', crash)
     with pytest.raises(Killed):
       run.sft_m1()
   train_dir = os.path.join(workdir, 'm1_sft', 'train')
@@ -171,7 +172,7 @@ def test_corrupt_m1_checkpoint_resume_falls_back_and_prunes_when_done(tmp_path, 
   exported = largest_file(params_dir)
   flip_bytes(exported)
   with pytest.raises(checkpoint.IntegrityError, match=exported):
-    run.model_at(params_dir)
+    run.models.at(params_dir)
 
 
 def test_keep_after_done_one_keeps_the_final_checkpoint(tmp_path):

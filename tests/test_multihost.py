@@ -50,5 +50,11 @@ def test_dpo_on_two_processes_equals_one_device(tmp_path):
   assert any('process_1' in name for name in manifest['files']), sorted(manifest['files'])
   got = checkpoint.load_params(str(tmp_path / 'two' / 'params'))
   want = checkpoint.load_params(str(tmp_path / 'one' / 'params'))
-  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), got, want))
-  assert max(diffs) < 1e-5
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).ravel(), got, want))
+  diffs = np.concatenate(diffs)
+  # Adam divides each gradient by its running RMS, so a weight whose gradient is at rounding
+  # level moves by up to lr whichever way it rounds, and two processes sum gradients in another
+  # order than one device: on this CPU the largest weight differs by 2.9e-5 after 3 steps at
+  # lr 1e-3 (as at 9fc7f30). The bulk of the weights agree to float32 rounding.
+  assert diffs.max() < 1e-4, diffs.max()  # a tenth of one step's learning rate
+  assert np.quantile(diffs, 0.99) < 1e-6, np.quantile(diffs, 0.99)
