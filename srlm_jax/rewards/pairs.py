@@ -24,29 +24,19 @@ width.
 """
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from srlm_jax import sampler
+from srlm_jax.judges.base import mean_valid
 from srlm_jax.rollout import rollout as rollout_lib
 
 # `reason` codes of select_pairs / choose_pairs, by index.
 REASONS = ('pair', 'fewer_than_two_valid', 'tie', 'gap_below_min', 'fewer_than_two_usable')
 PAIR, FEWER_THAN_TWO_VALID, TIE, GAP_BELOW_MIN, FEWER_THAN_TWO_USABLE = range(5)
-
-
-def mean_valid(scores_PxNxK: jax.Array, valid_PxNxK: jax.Array
-               ) -> Tuple[jax.Array, jax.Array]:
-  """Returns (mean_PxN of the valid judgments, NaN where none; count_PxN int32 of them)."""
-  scores_PxNxK = jnp.asarray(scores_PxNxK, jnp.float32)
-  counted_PxNxK = jnp.asarray(valid_PxNxK, bool) & ~jnp.isnan(scores_PxNxK)
-  count_PxN = counted_PxNxK.sum(axis=-1, dtype=jnp.int32)
-  total_PxN = jnp.where(counted_PxNxK, scores_PxNxK, 0.0).sum(axis=-1)
-  mean_PxN = jnp.where(count_PxN > 0, total_PxN / jnp.maximum(count_PxN, 1), jnp.nan)
-  return mean_PxN, count_PxN
 
 
 def _first(mask_PxN: jax.Array) -> jax.Array:
