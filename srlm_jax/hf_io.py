@@ -93,17 +93,6 @@ def _flat(tree) -> dict:
   return {sharding.path_str(p): leaf for p, leaf in leaves}
 
 
-def _unflat(flat: dict) -> dict:
-  tree = {}
-  for path, leaf in flat.items():
-    *parents, name = path.split('/')
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[name] = leaf
-  return tree
-
-
 def param_shapes(config: llama.LlamaConfig) -> dict:
   """Returns the flat {path: ShapeDtypeStruct} of the params llama.init_params makes for config."""
   return _flat(jax.eval_shape(functools.partial(llama.init_params, config), jax.random.key(0)))
@@ -135,7 +124,7 @@ def _load(config, mesh, expected, read, where):
   if mesh is None:
     shardings = {k: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for k in shapes}
   else:
-    shardings = _flat(sharding.param_shardings(mesh, _unflat(shapes)))
+    shardings = _flat(sharding.param_shardings(mesh, sharding.unflatten_paths(shapes)))
   dtype = np.dtype(jnp.dtype(config.param_dtype))
   names = list(_param_names(config))
   for path, hf_names, _ in names:  # check every tensor before reading any
@@ -167,7 +156,7 @@ def _load(config, mesh, expected, read, where):
       return shard(tuple(s.indices(d)[:2] for s, d in zip(index, shape)))
 
     params[path] = jax.make_array_from_callback(shape, shardings[path], callback, dtype=dtype)
-  return _unflat(params)
+  return sharding.unflatten_paths(params)
 
 
 def load_hf_dir(path: str, *, mesh=None, dtype=None):

@@ -70,6 +70,18 @@ def path_str(path) -> str:
   return '/'.join(parts)
 
 
+def unflatten_paths(flat: dict) -> dict:
+  """Returns the nested dict of a flat dict whose keys are '/'-joined paths (as path_str)."""
+  tree: dict = {}
+  for path, leaf in flat.items():
+    *parents, name = path.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = leaf
+  return tree
+
+
 def _axis_size(mesh, axes) -> int:
   if axes is None:
     return 1

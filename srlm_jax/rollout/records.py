@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import distributed, sampler, store
+from srlm_jax import distributed, sampler, sharding, store
 from srlm_jax.rollout import rollout as rollout_lib
 
 
@@ -61,14 +61,7 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 def unflatten(flat: dict) -> dict:
   """Returns the nested dict of a flat dict with '/'-joined keys (inverse of flatten)."""
-  out: dict = {}
-  for key, v in flat.items():
-    *path, leaf = key.split('/')
-    node = out
-    for p in path:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  return sharding.unflatten_paths(flat)
 
 
 def save(path: str, arrays: dict) -> str:
