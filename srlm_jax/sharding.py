@@ -36,7 +36,6 @@ PARAM_RULES = (
 ACTIVATION = P(BATCH, None, None)  # [B, T, D]
 ACTIVATION_FFN = P(BATCH, None, 'tensor')  # [B, T, F]
 LOGITS = P(BATCH, None, 'tensor')  # [B, T, V]
-CACHE = P(None, BATCH, None, 'tensor', None)  # [L, B, S, K, Dh]
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
