@@ -42,6 +42,9 @@ class Features:
   rewards: Optional[jax.Array] = None  # [B, S] float32 scalar reward of each sequence
   advantages: Optional[jax.Array] = None  # [B, S] or [B, S, T] float32
   is_top1: Optional[jax.Array] = None  # [B, S, T] bool: the target is the policy's argmax
+  # [B, S, T] float32 log-probs of the targets under the policy that sampled them (the
+  # importance ratio's denominator in policy-gradient objectives such as grpo)
+  old_logps: Optional[jax.Array] = None
 
   def policy_sums(self) -> jax.Array:
     """Returns float32 [B, S]: each sequence's summed policy log-probs over loss_mask."""
