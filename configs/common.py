@@ -64,6 +64,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.eft_target = 'judgment'  # EFT SFT target: 'judgment' (reasons + score), 'score_only'
   c.data.max_ift = 0  # use only the first N IFT records (0: all)
   c.data.max_eft = 0  # use only the first N EFT records (0: all)
+  # Model-written EFT (E, #17): where M1's EFT targets come from. 'given': data.eft's own
+  # judgments. 'model': a judge model writes creation.judge-style judgments of data.eft's
+  # human-scored responses ({prompt, response, score[, rank]}) once, before M1's SFT
+  # (workdir/m1_eft), and only those agreeing with the human labels are kept (srlm_jax/eft.py).
+  c.data.eft_source = 'given'
+  c.data.eft_judge_model = ''  # the model that writes them; '' is M0 (config.model)
+  c.data.eft_k = 0  # judgments written per response; 0 uses creation.judge.k
+  # a lone response (no other response to its prompt) agrees when |model score - human
+  # score| <= this; responses sharing a prompt must be ordered as people ranked them
+  c.data.eft_tolerance = 0.5
 
   c.creation = ml_collections.ConfigDict()
   c.creation.num_requests = 64  # few-shot requests for new prompts per iteration

@@ -108,6 +108,10 @@ class Runner:
     ctx, stage = self.context(0, None), stage_lib.get('sft')
     ctx.settings = self.settings
     out_dir = os.path.join(self.workdir, M1_DIR)
+    if self.config.data.get('eft_source', 'given') == 'model':  # the judge writes M1's EFT
+      eft_dir = os.path.join(self.workdir, seeds_lib.EFT_DIR)
+      self.run_stage(ctx, seeds_lib.EFT_STAGE, eft_dir, {})
+      self.seeds['eft'] = seeds_lib.model_eft(eft_dir)
     self.run_stage(ctx, stage, out_dir, {})
     return os.path.join(out_dir, stage.params)
 
