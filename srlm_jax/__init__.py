@@ -1,8 +1,9 @@
 """srlm_jax: Self-Rewarding Language Models in JAX.
 
 Public entry points:
-  load(path, *, mesh=None, dtype=None) -> Model     a Hugging Face directory, a .gguf file or
-                                                    the name 'smollm2-135m-instruct'
+  load(path, *, mesh=None, dtype=None) -> Model     a Hugging Face directory, a model directory
+                                                    the loop wrote (srlm_jax/model_dir.py), a
+                                                    .gguf file or 'smollm2-135m-instruct'
   forward(config, params, tokens, positions=None, mask=None) -> float32 logits [B, T, V]
   generate(model, prompts, *, n=1, max_new_tokens, ...) -> per prompt, n completion strings
 """
@@ -37,7 +38,7 @@ def resolve_model_path(path: str) -> str:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'model {path!r}: no such file or directory (expected a Hugging Face directory with '
-        f'config.json, a .gguf file, or the name {SMOLLM2!r})')
+        f'config.json, a model directory the loop wrote, a .gguf file, or the name {SMOLLM2!r})')
   return path
 
 
@@ -93,13 +94,19 @@ def _tiny(name: str, mesh, dtype) -> Model:
 def load(path: str, *, mesh=None, dtype=None) -> Model:
   """Returns the Model at path, its params placed on mesh's devices when a mesh is given.
 
-  `path` is a Hugging Face directory, a .gguf file, 'smollm2-135m-instruct', or 'tiny[:seed]'
-  (a random 2-layer Llama with SmolLM2's tokenizer, for tests and quick experiments).
+  `path` is a Hugging Face directory, a model directory the loop wrote (Orbax params with
+  config.json and tokenizer: srlm_jax/model_dir.py), a .gguf file, 'smollm2-135m-instruct', or
+  'tiny[:seed]' (a random 2-layer Llama with SmolLM2's tokenizer, for tests and quick
+  experiments).
   """
-  from srlm_jax import hf_io, tokenizer  # pylint: disable=g-import-not-at-top
+  from srlm_jax import hf_io, model_dir, tokenizer  # pylint: disable=g-import-not-at-top
   if path == 'tiny' or path.startswith('tiny:'):
     return _tiny(path, mesh, dtype)
   path = resolve_model_path(path)
+  if os.path.isdir(path) and (model_dir.is_model_dir(path) or not os.path.exists(
+      os.path.join(path, 'config.json')) and os.path.exists(os.path.join(path, 'srlm_digests.json'))):
+    config, params, tok = model_dir.load(path, mesh=mesh, dtype=dtype)  # errors say what lacks
+    return Model(config, params, tok, mesh, path)
   if os.path.abspath(path) == os.path.abspath(_smollm2_path_or_none() or ''):
     path = _converted_smollm2(path)
   if path.endswith('.gguf'):

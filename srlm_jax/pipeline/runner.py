@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from srlm_jax import console as console_lib
 from srlm_jax import evaluate as evaluate_lib
+from srlm_jax import model_dir
 from srlm_jax import report as report_lib
 from srlm_jax import validate
 from srlm_jax import workdir as workdir_lib
@@ -107,11 +108,11 @@ class Runner:
       return None
     ctx, stage = self.context(0, None), stage_lib.get('sft')
     ctx.settings = self.settings
-    out_dir = os.path.join(self.workdir, M1_DIR)
     if self.config.data.get('eft_source', 'given') == 'model':  # the judge writes M1's EFT
       eft_dir = os.path.join(self.workdir, seeds_lib.EFT_DIR)
       self.run_stage(ctx, seeds_lib.EFT_STAGE, eft_dir, {})
       self.seeds['eft'] = seeds_lib.model_eft(eft_dir)
+    out_dir = os.path.join(self.workdir, M1_DIR)
     self.run_stage(ctx, stage, out_dir, {})
     return os.path.join(out_dir, stage.params)
 
@@ -133,6 +134,10 @@ class Runner:
       self.console.stage_start(ctx.t, stage.name, out_dir)
       start = time.perf_counter()
       info = stage.run(ctx, out_dir) or {}
+      if stage.params and os.path.isdir(os.path.join(out_dir, stage.params)):
+        # M_{t+1} usable on its own: config and tokenizer beside its params (model_dir.py)
+        base = self.models.specs.get(self.config.model) or self.models.base(training=True)
+        model_dir.write(os.path.join(out_dir, stage.params), base, base=self.config.model)
       stage_lib.crash_point(os.path.basename(out_dir))  # its work done, DONE not yet written
       seconds = round(time.perf_counter() - start, 2)
       store.mark_done(out_dir, info)

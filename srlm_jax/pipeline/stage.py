@@ -106,6 +106,9 @@ class Models:
     self.load_model = load_model
     self.settings = settings
     self._cache = {}
+    # name -> its architecture and tokenizer (no params; kept by release): what a model
+    # directory written beside trained params needs (srlm_jax/model_dir.py)
+    self.specs = {}
 
   def _compute(self, key, model):
     if ('compute',) + key not in self._cache:
@@ -120,6 +123,7 @@ class Models:
     if ('name', name) not in self._cache:
       self._cache[('name', name)] = self.load_model(name)
     model = self._cache[('name', name)]
+    self.specs.setdefault(name, _spec(model, name))
     return model if training else self._compute(('name', name), model)
 
   def base(self, training: bool = False):
@@ -230,6 +234,11 @@ class Context:
     return cfg
 
   crash_point = staticmethod(crash_point)
+
+
+def _spec(model, name: str):
+  import types  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(config=model.config, tokenizer=model.tokenizer, path=name)
 
 
 def _replace(model, **fields):
