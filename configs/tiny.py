@@ -63,4 +63,13 @@ def get_config(arg: str = ''):
   c.dpo.end_lr = 1e-4
   c.dpo.dtype = 'float32'
   c.dpo.checkpoint_every = 1  # 4 pairs make 2 steps: a checkpoint between them to resume from
+
+  # The eval stage at test size: 2 held-out prompts (4 human pairs), 2 IFEval prompts, 1
+  # judgment each, 8-token responses; every part runs (srlm_jax/pipeline/stages/eval.py).
+  c.eval.max_pairs = 4
+  c.eval.k = 1
+  c.eval.max_prompts = 2
+  c.eval.max_new_tokens = 8
+  c.eval.max_ifeval = 2
+  c.eval.n_boot = 100
   return c

@@ -132,6 +132,23 @@ def stage_list(v) -> Optional[str]:
   return None
 
 
+def grpo_reward(v) -> Optional[str]:
+  """Returns what grpo.reward must be, or None when v is a reward kind of srlm_jax.rl."""
+  from srlm_jax.rl import rewards  # pylint: disable=g-import-not-at-top
+  return None if v in rewards.names() else f'one of {rewards.names()}'
+
+
+def grpo_prompts(v) -> Optional[str]:
+  """Returns what grpo.prompts must be, or None for 'seed', 'tasks:<kind>' or a .jsonl path."""
+  if v == 'seed' or str(v).endswith('.jsonl'):
+    return None
+  if str(v).startswith('tasks:'):
+    from srlm_jax import tasks  # pylint: disable=g-import-not-at-top
+    kind = v[len('tasks:'):]
+    return None if kind in tasks.KINDS else f"'tasks:<kind>' with a kind of {sorted(tasks.KINDS)}"
+  return "'seed', 'tasks:<kind>' or a .jsonl path"
+
+
 TOP_P = number(0, 1, lo_open=True)
 # (field, check). The loop config's own fields first, then those of the training blocks.
 RULES: tuple[tuple[str, Check], ...] = (
@@ -166,11 +183,51 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('judge.top_p', TOP_P),
     ('judge.max_new_tokens', integer(1)),
     ('judge.verdict', choice('sampled', 'forced', 'forced_always')),
+    ('judge.aggregate', choice('mean', 'sum')),
+    ('judge.meta_filter', integer(0, '0: off')),
+    ('judge.meta_kind', judge_kind),
     ('creation.compute_dtype', choice('auto', 'float32', 'bfloat16')),
     ('creation.min_gap', number(0)),
     ('creation.length_margin', number(0)),
     ('eval.max_pairs', integer(0, '0: all')),
     ('eval.k', integer(1)),
+    ('eval.max_prompts', integer(0, '0: all')),
+    ('eval.max_new_tokens', integer(1)),
+    ('eval.method', choice('pairwise', 'pointwise')),
+    ('eval.max_ratio', number(1)),
+    ('eval.max_ifeval', integer(0, '0: all')),
+    ('eval.n_boot', integer(1)),
+    # guard.* and review.* (srlm_jax/guards.py, pipeline/stages/{guard,review}.py)
+    ('guard.reference', choice('m1', 'm0')),
+    ('guard.k', integer(1)),
+    ('guard.verdict', choice('sampled', 'forced', 'forced_always')),
+    ('guard.max_new_tokens', integer(1)),
+    ('guard.max_human_drop', number(0)),
+    ('guard.max_disagreement', number(0, 1)),
+    ('guard.max_length_growth', number(0)),
+    ('guard.on_human_drop', choice('off', 'warn', 'rollback', 'stop')),
+    ('guard.on_disagreement', choice('off', 'warn', 'rollback', 'stop')),
+    ('guard.on_length_growth', choice('off', 'warn', 'rollback', 'stop')),
+    ('review.sample', integer(1)),
+    ('review.min_labels', integer(0, '0: the whole sample')),
+    ('review.port', integer(0, '0: any free port')),
+    ('review.poll_seconds', number(0, lo_open=True)),
+    ('review.timeout_seconds', number(0)),
+    # grpo.* (stage `grpo`, srlm_jax/rl/); its optimizer fields use the training rules below
+    ('grpo.prompts', grpo_prompts),
+    ('grpo.num_tasks', integer(1)),
+    ('grpo.task_difficulty', integer(0, '0: every level')),
+    ('grpo.reward', grpo_reward),
+    ('grpo.num_steps', integer(1)),
+    ('grpo.num_generations', integer(2, 'a group needs two samples')),
+    ('grpo.mu', integer(1)),
+    ('grpo.max_new_tokens', integer(1)),
+    ('grpo.temperature', number(0, lo_open=True)),
+    ('grpo.top_p', TOP_P),
+    ('grpo.old_logps', choice('recompute', 'sampler')),
+    ('grpo.beta', number(0)),
+    ('grpo.clip_eps', number(0, lo_open=True)),
+    ('grpo.adv_eps', number(0)),
     # training: sft.*, dpo.*, or configs/sft.py and configs/dpo.py themselves
     ('max_len', integer(2)),
     ('batch_size', integer(1)),

@@ -59,7 +59,7 @@ class Runner:
     validate.check_few_shot(config, len(self.seeds['seed_prompts']),
                             'the seed prompts' if seeds is not None else
                             seeds_lib.data_path(config.data.ift))
-    self.eval_groups = (evaluate_lib.load_judge_groups(config.eval.pairs,
+    self.eval_groups = (evaluate_lib.load_judge_groups(seeds_lib.data_path(config.eval.pairs),
                                                        config.eval.max_pairs or None)
                         if config.eval.pairs else [])
     self.settings = settings_lib.from_config(config)
@@ -86,6 +86,12 @@ class Runner:
         ctx = self.context(t, params_dir)
         reports.append(self.iteration(ctx))
         params_dir = ctx.params_after()
+        decision = ctx.info('guard')  # the guard stage's (stages/guard.py), if it ran
+        if decision.get('stop'):
+          break
+        if 'rollback_to' in decision:  # the best model kept so far ('' is M0)
+          params_dir = (os.path.join(self.workdir, decision['rollback_to'])
+                        if decision['rollback_to'] else None)
       self.console.finish(reports)
       return reports
     finally:
@@ -99,7 +105,8 @@ class Runner:
         config=self.config, t=t,
         iter_dir=os.path.join(self.workdir, f'iter_{t}') if t else self.workdir,
         settings=dataclasses.replace(self.settings, seed=self.settings.seed + 1000 * t),
-        seeds=self.seeds, progress=self.progress, models=self.models, params_dir=params_dir,
+        seeds=seeds_lib.with_human_eft(self.seeds, self.config, self.workdir, t),
+        progress=self.progress, models=self.models, params_dir=params_dir,
         eval_groups=self.eval_groups)
 
   def sft_m1(self) -> Optional[str]:
