@@ -12,11 +12,18 @@ every judgment goes to <out>.judgments.jsonl, and as the run goes to shards unde
 <out>.judgments/<judge key>/ (srlm_jax/store.py), so an interrupted run resumes. Each distinct response is judged k times once, however many pairs it is in. --pairs
 also takes eft_eval.jsonl (rankings).
 
-Iterations of a finished loop (`--mode=iterations`): give the models in order, e.g. the params
-exported per iteration under workdir/iter_<t>/:
+The run table of a finished loop (`--workdir`): one row per model M0, M1, M2, ... from what
+each iteration's eval stage measured (srlm_jax/evaluate/run_table.py), as JSON (`rows`),
+markdown (<out>.md) and plots (<out>.png):
 
-  python launch/evaluate.py --mode=iterations --models=/w/iter_0/params,/w/iter_1/params \
-      --names=M0,M1 --judge=smollm2-135m-instruct --pairs=/tmp/srlm_data/human_pairs.jsonl \
+  python launch/evaluate.py --workdir=/w --out=/tmp/run_table.json
+
+Iterations of a finished loop (`--mode=iterations`): give the models in order; every model the
+loop wrote is a model directory (M1: /w/m1_sft/train/params, M_{t+1}: /w/iter_<t>/dpo/params):
+
+  python launch/evaluate.py --mode=iterations --models=smollm2-135m-instruct,\
+/w/m1_sft/train/params,/w/iter_1/dpo/params \
+      --names=M0,M1,M2 --judge=smollm2-135m-instruct --pairs=/tmp/srlm_data/human_pairs.jsonl \
       --prompts=alpaca_eval --max_prompts=64 --out=/tmp/loop_eval.json
 
 For each model: its judge agreement on --pairs (the model judges, as in self-rewarding), its
@@ -38,6 +45,7 @@ import numpy as np
 import srlm_jax
 from srlm_jax import data
 from srlm_jax import evaluate
+from srlm_jax.evaluate import run_table
 from srlm_jax import judges as judge_lib
 from srlm_jax import validate
 from srlm_jax.data_io import read_jsonl
@@ -49,6 +57,8 @@ _MODE = flags.DEFINE_enum('mode', 'judge', ['judge', 'iterations'], 'What to eva
 _JUDGE = flags.DEFINE_string('judge', 'smollm2-135m-instruct', 'Judge model path or name.')
 _PAIRS = flags.DEFINE_string('pairs', None, 'Human pairs (or rankings) JSONL.')
 _OUT = flags.DEFINE_string('out', None, 'Output JSON file.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A finished loop\'s work directory: write its '
+                               'run table (one row per model) to --out and ignore --mode.')
 _MAX_PAIRS = flags.DEFINE_integer('max_pairs', None,
                                   'Evaluate whole prompts up to this many pairs in all.')
 _K = flags.DEFINE_integer('k', 3, 'Judgments per response (their valid scores are averaged).')
@@ -227,6 +237,9 @@ def run_iterations() -> dict:
 
 def main(argv):
   del argv
+  if _WORKDIR.value:  # no model loads: the table is read from the eval stages' files
+    print(run_table.markdown(run_table.build(_WORKDIR.value, _OUT.value)['rows']))
+    return
   _check_flags()
   if _MODE.value == 'judge':
     if not _PAIRS.value:
