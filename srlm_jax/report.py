@@ -128,20 +128,58 @@ def to_markdown(report: dict) -> str:
            f"| prompts without a pair | {report['no_pair']} |",
            f"| mean length chosen / rejected / all (tokens) | {lengths['chosen']['mean']} / "
            f"{lengths['rejected']['mean']} / {lengths['all']['mean']} |"]
+  after = report['evaluation'].get('dpo_after') or {}
   for key in ('loss', 'rewards/accuracies', 'rewards/margins'):
-    if key in report['dpo']:
-      lines.append(f"| DPO final {key} | {report['dpo'][key]:.4f} |")
-  agreement = report['evaluation'].get('judge_agreement')
-  if agreement:
-    n = agreement['counts']
-    lines.append(f"| {agreement['model']} judge vs humans | {n['pairs']} pairs, {n['prompts']} "
-                 f"prompts, valid judgments {n['valid_judgment_fraction']:.2f} |")
-    for key in ('pairwise_accuracy', 'five_best', 'exact_match', 'spearman', 'kendall_tau'):
-      lo, hi = agreement[f'{key}_ci']
-      lines.append(f'| {key} (95% CI) | {agreement[key]:.3f} ({lo:.3f}, {hi:.3f}) |')
+    if key in report['dpo'] or key in after:
+      logged = f"{report['dpo'][key]:.4f}" if key in report['dpo'] else '-'
+      final = f'{after[key]:.4f}' if key in after else '-'
+      lines.append(f'| DPO {key}: last logged step (before its update) / after the last update, '
+                   f'all pairs | {logged} / {final} |')
+  lines += eval_lines(report['evaluation'])
   for stage, seconds in report['seconds'].items():
     lines.append(f'| seconds: {stage} | {seconds} |')
   return '\n'.join(lines) + '\n'
+
+
+def _ci(block: dict, key: str) -> str:
+  value, ci = block.get(key), block.get(f'{key}_ci')
+  if value is None or (isinstance(value, float) and np.isnan(value)):
+    return '-'
+  return f'{value:.3f}' + (f' ({ci[0]:.3f}, {ci[1]:.3f})' if ci else '')
+
+
+def eval_lines(evaluation: dict) -> list:
+  """Returns the report.md rows of eval.json: M_{t+1}'s (and baselines') measurements."""
+  lines = []
+  for result in [evaluation] + list((evaluation.get('baselines') or {}).values()):
+    if not result:
+      continue
+    name = result.get('model', 'M_{t+1}')
+    agreement = result.get('judge_agreement')
+    if agreement:
+      n = agreement['counts']
+      valid = agreement.get('valid_fraction', n['valid_judgment_fraction'])
+      lines.append(f"| {name} judge vs humans | {n['pairs']} pairs, {n['prompts']} prompts, "
+                   f'valid judgments {valid:.2f} |')
+      for key in ('pairwise_accuracy', 'five_best', 'exact_match', 'spearman', 'kendall_tau'):
+        lines.append(f'| {name} {key} (95% CI) | {_ci(agreement, key)} |')
+    h2h = result.get('head_to_head')
+    if h2h:
+      lc = h2h.get('length_controlled', {})
+      lines.append(f"| {name} vs {h2h['b']} win rate ({h2h['method']}, judge {h2h['judge']}, "
+                   f"{h2h.get('n', 0)} prompts; length-controlled: {lc.get('n', 0)}) | "
+                   f"{_ci(h2h, 'win_rate')}; {_ci(lc, 'win_rate')} |")
+    responses = (result.get('lengths') or {}).get('responses') or {}
+    if responses.get('n'):
+      lines.append(f"| {name} held-out response length mean / median (tokens) | "
+                   f"{responses['mean']:.1f} / {responses['median']:.1f} |")
+    follow = result.get('instruction_following')
+    if follow:
+      lines.append(f"| {name} instruction following, {follow['n_prompts']} prompts: prompt strict "
+                   f"/ loose, instruction strict / loose | {_ci(follow, 'prompt_strict')} / "
+                   f"{_ci(follow, 'prompt_loose')}, {follow['instruction_strict']:.3f} / "
+                   f"{follow['instruction_loose']:.3f} |")
+  return lines
 
 
 def plot(report: dict, iter_dir: str) -> list:
@@ -167,10 +205,11 @@ def plot(report: dict, iter_dir: str) -> list:
     fig = Figure(figsize=(8, 3))
     axes = fig.subplots(1, 2)
     steps = [m['step'] for m in curves]
-    axes[0].plot(steps, [m['loss'] for m in curves])
+    # markers: a one-step run's single point is drawn (a line needs two)
+    axes[0].plot(steps, [m['loss'] for m in curves], 'o-')
     axes[0].set_title('DPO loss')
     if 'rewards/accuracies' in curves[0]:
-      axes[1].plot(steps, [m['rewards/accuracies'] for m in curves])
+      axes[1].plot(steps, [m['rewards/accuracies'] for m in curves], 'o-')
     axes[1].set_title('reward accuracy')
     for ax in axes:
       ax.set_xlabel('step')
