@@ -65,7 +65,23 @@ _K = flags.DEFINE_integer('k', 3, 'Judgments per response (their valid scores ar
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.7, 'Judge sampling temperature (0: greedy).')
 _TOP_P = flags.DEFINE_float('top_p', 0.9, 'Judge nucleus sampling.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 128, 'Tokens per judgment at most.')
-_TEMPLATE = flags.DEFINE_string('template', 'additive', "Judge rubric: 'additive', 'choice'.")
+_TEMPLATE = flags.DEFINE_string('template', '', "Judge rubric: a template of --judge_kind "
+                                 "('additive', 'choice', ...) or a rubric text; '' its default.")
+_JUDGE_KIND = flags.DEFINE_string('judge_kind', 'additive',
+                                  'Judge: a registered name (additive, spct, ...) or a module '
+                                  'path that registers one.')
+_VOTES = flags.DEFINE_integer('votes', None, 'Judgments per response (k); overrides --k.')
+_AGGREGATE = flags.DEFINE_enum('aggregate', None, ['mean', 'sum'],
+                               "How a response's valid judgments reduce (default: 'sum' for "
+                               "spct, the vote; 'mean' otherwise).")
+_META_FILTER = flags.DEFINE_integer('meta_filter', 0, 'k_meta: vote only the top k_meta '
+                                    'judgments by the meta RM (judges/meta_rm.py); 0: off.')
+_VERDICT = flags.DEFINE_enum('verdict', 'sampled', list(judge_lib.VERDICTS),
+                             'sampled: parse the judge\'s verdict line; forced: read the score '
+                             'from the next-token distribution where it has none; '
+                             'forced_always: for every judgment.')
+_MAX_PAIRS_SEED = flags.DEFINE_integer('subset_seed', None, 'With --max_pairs: keep a random '
+                                       'subset of prompts (this seed) instead of the first.')
 _N_BOOT = flags.DEFINE_integer('n_boot', 1000, 'Bootstrap resamples for the intervals.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed (sampling and bootstrap).')
 _MODELS = flags.DEFINE_list('models', [], 'iterations: model paths in iteration order.')
@@ -88,14 +104,35 @@ def _check_flags() -> None:
       'judge.k': ('--k', _K.value), 'judge.temperature': ('--temperature', _TEMPERATURE.value),
       'judge.top_p': ('--top_p', _TOP_P.value),
       'judge.max_new_tokens': ('--max_new_tokens', _MAX_NEW_TOKENS.value),
-      'judge.template': ('--template', _TEMPLATE.value),
-      'eval.max_pairs': ('--max_pairs', _MAX_PAIRS.value)})
+      'judge.kind': ('--judge_kind', _JUDGE_KIND.value),
+      'eval.max_pairs': ('--max_pairs', _MAX_PAIRS.value),
+      **({'judge.template': ('--template', _TEMPLATE.value)} if _TEMPLATE.value else {}),
+      **({'judge.k': ('--votes', _VOTES.value)} if _VOTES.value is not None else {}),
+      'judge.meta_filter': ('--meta_filter', _META_FILTER.value)})
+  k = _k()
+  if _META_FILTER.value > k:
+    raise validate.ConfigError(f'launch/evaluate.py: --meta_filter={_META_FILTER.value}: '
+                               f'expected at most the votes per response (k={k})')
+
+
+def _k() -> int:
+  return _K.value if _VOTES.value is None else _VOTES.value
+
+
+def _aggregate() -> str:
+  if _AGGREGATE.value:
+    return _AGGREGATE.value
+  return 'sum' if judge_lib.get(_JUDGE_KIND.value).name == 'spct' else 'mean'
 
 
 def _settings() -> judge_lib.JudgeSettings:
-  return judge_lib.JudgeSettings(k=_K.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-                                 max_new_tokens=_MAX_NEW_TOKENS.value,
-                                 template=judge_lib.get_template(_TEMPLATE.value))
+  """Returns the judge settings the flags describe."""
+  kind = _JUDGE_KIND.value
+  return judge_lib.JudgeSettings(
+      kind=kind, k=_k(), temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value,
+      template=judge_lib.get_template(_TEMPLATE.value, kind=kind) if _TEMPLATE.value else None,
+      verdict=_VERDICT.value, aggregate=_aggregate(), meta_filter=_META_FILTER.value)
 
 
 def _dump(path: str, obj) -> None:
@@ -115,16 +152,24 @@ def _agreement(model, groups, cache_dir=None, judge_id=None) -> tuple[dict, list
 
 def run_judge() -> dict:
   """Judges the human pairs with --judge and writes the agreement metrics to --out."""
-  groups = evaluate.load_judge_groups(_PAIRS.value, _MAX_PAIRS.value)
+  start = time.perf_counter()
+  groups = evaluate.load_judge_groups(_PAIRS.value, _MAX_PAIRS.value,
+                                      subset_seed=_MAX_PAIRS_SEED.value)
   model = srlm_jax.load(_JUDGE.value)
   cache = _OUT.value + '.judgments'  # shards per judge key (srlm_jax/store.py), resumable
   if not _RESUME.value and os.path.exists(cache):
     shutil.rmtree(cache)
   metrics, records = _agreement(model, groups, cache, judge_id=_JUDGE.value)
+  settings = _settings()
   out = dict(metrics, judge=_JUDGE.value, pairs_file=os.path.abspath(_PAIRS.value),
-             settings={'k': _K.value, 'temperature': _TEMPERATURE.value, 'top_p': _TOP_P.value,
-                       'max_new_tokens': _MAX_NEW_TOKENS.value, 'template': _TEMPLATE.value,
-                       'max_pairs': _MAX_PAIRS.value, 'seed': _SEED.value})
+             valid_fraction=metrics['counts']['valid_judgment_fraction'],
+             settings={'judge_kind': settings.kind, 'k': settings.k,
+                       'verdict': settings.verdict, 'aggregate': settings.aggregate,
+                       'meta_filter': settings.meta_filter, 'temperature': _TEMPERATURE.value,
+                       'top_p': _TOP_P.value, 'max_new_tokens': _MAX_NEW_TOKENS.value,
+                       'template': _TEMPLATE.value or None, 'max_pairs': _MAX_PAIRS.value,
+                       'subset_seed': _MAX_PAIRS_SEED.value, 'seed': _SEED.value})
+  out['wall_seconds'] = round(time.perf_counter() - start, 1)  # model load included
   data.write_jsonl(cache + '.jsonl', records)  # in group order
   _dump(_OUT.value, out)
   return out
@@ -246,7 +291,8 @@ def main(argv):
       raise app.UsageError('--mode=judge needs --pairs')
     out = run_judge()
     print(json.dumps({k: v for k, v in out.items() if k in evaluate.AGREEMENT_KEYS
-                      or k.endswith('_ci') or k == 'counts'}, indent=2))
+                      or k.endswith('_ci') or k in ('counts', 'valid_fraction', 'wall_seconds')},
+                     indent=2))
   else:
     print(markdown_table(run_iterations()['iterations']))
 

@@ -22,7 +22,8 @@ from srlm_jax import workdir
 from srlm_jax.evaluate.metrics import all_pairs
 from srlm_jax.evaluate.metrics import judge_agreement
 
-def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
+def load_judge_groups(path: str, max_pairs: Optional[int] = None,
+                      subset_seed: Optional[int] = None) -> list[dict]:
   """Returns per prompt {'id', 'prompt', 'responses', 'ranks', 'pairs'} of a pairs/rankings file.
 
   A line is a human pair {"prompt", "chosen", "rejected"} (optional "prompt_id", "chosen_rank",
@@ -30,7 +31,9 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
   grouped by prompt_id (else prompt text), responses told apart by chosen_id / rejected_id (else
   text); responses without ranks are ranked by how many of
   their prompt's pairs they lose. `max_pairs` keeps whole prompts in file order, skipping any
-  that would take the total past max_pairs (the first prompt is always kept).
+  that would take the total past max_pairs (the first prompt is always kept); with
+  `subset_seed` the prompts are taken in a random order of that seed instead (a random subset),
+  and the kept ones are returned in file order.
   """
   groups = collections.OrderedDict()
   for where, n, obj in data_lib.read_source(path):  # JSONL or tfds:<config>/<split>@<dir>
@@ -63,7 +66,10 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
       index.append(g['keys'].index(key))
     g['pairs'].append(index)
   out, total = [], 0
-  for g in groups.values():
+  ordered = list(groups.values())
+  if subset_seed is not None:
+    ordered = [ordered[i] for i in np.random.default_rng(subset_seed).permutation(len(ordered))]
+  for g in ordered:
     del g['keys']
     if any(rank is None for rank in g['ranks']):
       lost = collections.Counter(j for _, j in g['pairs'])
@@ -74,6 +80,9 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None) -> list[dict]:
       continue
     total += len(g['pairs'])
     out.append(g)
+  if subset_seed is not None:
+    position = {id(g): i for i, g in enumerate(groups.values())}
+    out.sort(key=lambda g: position[id(g)])
   return out
 
 
@@ -104,10 +113,18 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
         [groups[gi]['responses'][ri] for gi, ri in part], settings=settings,
         seed=seed + start, progress=progress)
     logging.info('judged %d of %d responses', start + len(part), len(order))
+    # The response's score: its valid judgments' mean or sum (settings.aggregate), on the device.
+    value_R, _ = distributed.to_host(judge_lib.aggregate(result.scores_RxK, result.valid_RxK,
+                                                         settings.aggregate))
+    optional = lambda name, f, conv: ({name: [conv(x) for x in getattr(result, name)[f]]}
+                                      if getattr(result, name, None) is not None else {})
     return [{'prompt_id': groups[gi]['id'], 'response_index': ri,
              'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
              'scores': [judge_lib.score_json(x) for x in result.scores_RxK[f]],
+             'valid': [bool(x) for x in result.valid_RxK[f]],
+             **optional('kept_RxK', f, bool), **optional('meta_RxK', f, judge_lib.score_json),
              'mean': judge_lib.score_json(result.mean_R[f]),
+             'value': judge_lib.score_json(value_R[f]),
              'settings': tag} for f, (gi, ri) in enumerate(part)], {}
 
   if not order:
@@ -131,7 +148,7 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
   records = [done[(groups[gi]['id'], ri)] for gi, ri in flat]
   scores = [np.full(len(g['responses']), np.nan) for g in groups]
   for (gi, ri), r in zip(flat, records):
-    scores[gi][ri] = np.nan if r['mean'] is None else r['mean']
+    scores[gi][ri] = np.nan if r['value'] is None else r['value']
   return scores, records
 
 
@@ -145,6 +162,8 @@ def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
           'template': hashlib.sha256(repr(settings.template).encode()).hexdigest()[:16],
           'kind': settings.kind,
           'verdict': settings.verdict, 'verdict_prefix': settings.verdict_prefix,
+          'aggregate': settings.aggregate, 'meta_filter': settings.meta_filter,
+          'meta_kind': settings.meta_kind if settings.meta_filter else None,
           'seed': seed}
 
 
@@ -155,9 +174,12 @@ def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.Judge
   """Returns (the judge-agreement metrics, the per-response judgment records)."""
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
                                  cache_dir=cache_dir, judge_id=judge_id)
+  top = judge_lib.get(settings.kind).score_values[-1]
+  if settings.aggregate == 'sum':  # a perfect vote: every counted judgment gave the top score
+    top *= settings.meta_filter or settings.k
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
-                            n_boot=n_boot, seed=seed,
-                            top=judge_lib.get(settings.kind).score_values[-1])
-  valid = [v for r in records for v in r['scores']]
-  metrics['counts']['valid_judgment_fraction'] = float(np.mean([v is not None for v in valid]))
+                            n_boot=n_boot, seed=seed, top=top)
+  # Judgments with a score of their own (sampled or forced), before any meta filter.
+  valid = [v is not None for r in records for v in r['scores']]
+  metrics['counts']['valid_judgment_fraction'] = float(np.mean(valid)) if valid else float('nan')
   return metrics, records

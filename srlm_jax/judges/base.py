@@ -25,6 +25,7 @@ import numpy as np
 from srlm_jax.judges import parser as parser_lib
 
 VERDICTS = ('sampled', 'forced', 'forced_always')
+AGGREGATES = ('mean', 'sum')  # how a response's K judgments reduce (`aggregate`)
 EFT_TARGETS = ('judgment', 'score_only')
 
 _TAG = re.compile(r'<(/?)(question|response)>', re.IGNORECASE)
@@ -58,10 +59,18 @@ class JudgeSettings:
   template: Optional[JudgeTemplate] = None  # None: the judge's default template
   verdict: str = 'sampled'  # one of VERDICTS (see forced.py)
   verdict_prefix: Optional[str] = None  # before a forced score token; None: the judge's own
+  aggregate: str = 'mean'  # one of AGGREGATES: the valid scores' mean (the paper) or sum (vote)
+  meta_filter: int = 0  # k_meta: only a response's top k_meta judgments by the meta RM count
+  meta_kind: str = 'meta_rm'  # the judge that scores judgments for meta_filter
 
   def __post_init__(self):
     if self.verdict not in VERDICTS:
       raise ValueError(f'judge verdict={self.verdict!r}: expected one of {VERDICTS}')
+    if self.aggregate not in AGGREGATES:
+      raise ValueError(f'judge aggregate={self.aggregate!r}: expected one of {AGGREGATES}')
+    if not 0 <= self.meta_filter <= self.k:
+      raise ValueError(f'judge meta_filter={self.meta_filter}: expected 0 (off) or k_meta in '
+                       f'1..k={self.k}')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -168,22 +177,35 @@ class JudgeScores:
   argmax_RxK: jax.Array  # float32: a forced verdict's most likely score (NaN if not forced)
   mass_RxK: jax.Array  # float32: the probability the score tokens held (NaN if not forced)
   truncated_R: jax.Array  # int32: judge-prompt tokens dropped to fit the context
+  # bool: the judgment counts (False: dropped by the meta filter, so valid_RxK is False too).
+  kept_RxK: Optional[jax.Array] = None
+  meta_RxK: Optional[jax.Array] = None  # float32: the meta RM's score (NaN: no meta filter)
 
   def arrays(self) -> dict:
     """Returns the fields by name (what the judgments stage publishes)."""
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(JudgeScores))
 
 
-@jax.jit
-def mean_valid(scores_RxK: jax.Array, valid_RxK: jax.Array) -> tuple:
-  """Returns (mean_R of the valid judgments, NaN where none; count_R int32 of them)."""
+@functools.partial(jax.jit, static_argnames='how')
+def aggregate(scores_RxK: jax.Array, valid_RxK: jax.Array, how: str = 'mean') -> tuple:
+  """Returns (value_R float32: the mean ('mean') or sum ('sum', SPCT's vote) of each row's valid
+  judgments, NaN where none is valid; count_R int32 of them). Leading axes pass through."""
+  if how not in AGGREGATES:
+    raise ValueError(f'aggregate how={how!r}: expected one of {AGGREGATES}')
   counted = valid_RxK & ~jnp.isnan(scores_RxK)
   count_R = counted.sum(axis=-1, dtype=jnp.int32)
-  total_R = jnp.where(counted, scores_RxK, 0.0).sum(axis=-1)
-  return jnp.where(count_R > 0, total_R / jnp.maximum(count_R, 1), jnp.nan), count_R
+  total_R = jnp.where(counted, scores_RxK, 0.0).sum(axis=-1).astype(jnp.float32)
+  value_R = total_R / jnp.maximum(count_R, 1) if how == 'mean' else total_R
+  return jnp.where(count_R > 0, value_R, jnp.nan), count_R
+
+
+def mean_valid(scores_RxK: jax.Array, valid_RxK: jax.Array) -> tuple:
+  """Returns (mean_R of the valid judgments, NaN where none; count_R int32 of them)."""
+  return aggregate(scores_RxK, valid_RxK, 'mean')
 
 
 def score_json(x) -> Optional[float]:

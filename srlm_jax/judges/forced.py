@@ -7,7 +7,10 @@ and reads its next-token distribution over the score tokens (one per value of th
 scale) in one more forward pass: the score is the expectation under that distribution
 renormalised over the scores, so every judgment is valid; the argmax and the probability mass
 the scores held are recorded. 'forced_always' forces every judgment, straight after its
-reasons (a sampled verdict line is cut off first: `reasons_length`).
+reasons (a sampled verdict line is cut off first: `reasons_length`). A score of several tokens
+('10' is '1', '0' for SmolLM2) has the product of its tokens' probabilities, read from one row
+that appends the shared leading tokens after the prefix (`score_tokens`), less the probability
+of the longer scores that continue it.
 
 The rows [prompt, judgment body, prefix] are built on the device from the judge Rollout
 (`verdict_rows`): the left-padded prompt, the completion with its tail past the body masked
@@ -16,7 +19,8 @@ with such a hole reads as the compact sequence does. The forward pass (`verdict_
 runs the output head at the last position only: one prefill-sized pass per batch of rows.
 
 Axis legend: B prompts, R rows (judgments), P prompt width, M judgment width, X prefix
-tokens, W row width, F forced rows, S score values, V vocabulary.
+tokens, W row width, F forced rows, S score values, L tokens of the longest score, V
+vocabulary.
 """
 
 import contextlib
@@ -36,39 +40,88 @@ BLANK = ' \t*\n'  # what may follow a verdict line's last character
 
 def score_token_ids(tokenizer: Any, prefix: str, values: Sequence[int]) -> np.ndarray:
   """Returns, per score value, the one token that writes it right after `prefix` [S] int32."""
+  ids_SxL, path = score_tokens(tokenizer, prefix, values)
+  if ids_SxL.shape[1] != 1:
+    bad = next(v for v, row in zip(values, ids_SxL) if (row >= 0).sum() > 1)
+    raise ValueError(f'{prefix!r} + {str(bad)!r} tokenises to more than one token after the '
+                     f'prefix: {ids_SxL[list(values).index(bad)].tolist()} (see score_tokens)')
+  del path
+  return ids_SxL[:, 0]
+
+
+def score_tokens(tokenizer: Any, prefix: str, values: Sequence[int]) -> tuple:
+  """Returns (ids_SxL int32, the tokens of each score after `prefix`, -1 padded; path_L-1 the
+  tokens a forced row appends after the prefix so that every score's tokens can be read).
+
+  A score may take several tokens ('10' is '1', '0' for SmolLM2): its probability is the
+  product of its tokens' conditional probabilities, read at the last L positions of one row
+  [.., prefix, path]. So every score's tokens but its last must lie on one chain (`path`, the
+  longest score's tokens but its last): 1..10 works, 1..20 ('1x' and '2x') does not.
+  """
   base = tokenizer.encode(prefix)
-  ids = []
+  seqs = []
   for v in values:
     full = tokenizer.encode(prefix + str(v))
-    if len(full) != len(base) + 1 or full[:len(base)] != base:
+    if len(full) <= len(base) or full[:len(base)] != base:
       raise ValueError(
-          f'forced verdicts need each score to be one token after the verdict prefix: '
-          f'{prefix!r} + {str(v)!r} tokenises to {full}, not {base} + one id (change '
-          'creation.judge.verdict_prefix, e.g. drop or add its trailing space)')
-    ids.append(full[-1])
-  if len(set(ids)) != len(ids):
-    raise ValueError(f'scores {list(values)} share tokens after {prefix!r}: {ids}')
-  return np.asarray(ids, np.int32)
+          f'forced verdicts need the verdict prefix to tokenise the same with a score after it: '
+          f'{prefix!r} + {str(v)!r} tokenises to {full}, not {base} + the score\'s tokens '
+          '(change creation.judge.verdict_prefix, e.g. drop or add its trailing space)')
+    seqs.append(tuple(full[len(base):]))
+  if len(set(seqs)) != len(seqs):
+    raise ValueError(f'scores {list(values)} share tokens after {prefix!r}: {seqs}')
+  path = max(seqs, key=len)[:-1]
+  for v, seq in zip(values, seqs):
+    if seq[:-1] != path[:len(seq) - 1]:
+      raise ValueError(
+          f'forced verdicts read a multi-token score along one chain of tokens: after '
+          f'{prefix!r}, {str(v)!r} is {list(seq)} but the longest score leads through '
+          f'{list(path)} (use a scale whose scores share their leading tokens, e.g. 1..10)')
+  ids = np.full((len(seqs), len(path) + 1), -1, np.int32)
+  for i, seq in enumerate(seqs):
+    ids[i, :len(seq)] = seq
+  return ids, list(path)
+
+
+def _continuations(ids_SxL: np.ndarray) -> np.ndarray:
+  """Returns [S, S] float32: 1 where score w's tokens continue score v's (v a proper prefix)."""
+  lengths = (ids_SxL >= 0).sum(axis=1)
+  out = np.zeros((len(ids_SxL),) * 2, np.float32)
+  for v, n in enumerate(lengths):
+    for w, m in enumerate(lengths):
+      out[v, w] = m > n and np.array_equal(ids_SxL[v, :n], ids_SxL[w, :n])
+  return out
 
 
 @functools.partial(jax.jit, static_argnames='config')
 def verdict_distribution(config: llama.LlamaConfig, params, tokens_BT: jax.Array,
-                         mask_BT: jax.Array, score_ids_S: jax.Array, values_S: jax.Array):
+                         mask_BT: jax.Array, score_ids_SxL: jax.Array, values_S: jax.Array,
+                         cont_SxS: Optional[jax.Array] = None):
   """Returns (expected score [B], most likely score [B], probability mass on the scores [B]).
 
-  Each row ends with the verdict prefix (mask marks real tokens); the distribution is the
-  model's next token after it, restricted to score_ids and renormalised.
+  Each row ends with the verdict prefix and then the L - 1 path tokens (mask marks real
+  tokens); the next-token distributions at the last L positions give each score's probability,
+  the product over its tokens (score_ids_SxL, -1 padded), less that of the longer scores that
+  continue its tokens (cont_SxS: '1' then '0' is 10, not 1), renormalised over the scores.
   """
+  score_ids_SxL = score_ids_SxL.reshape(score_ids_SxL.shape[0], -1)
+  num_l = score_ids_SxL.shape[1]
   positions_BT = llama.default_positions(mask_BT)
   hidden_BTD, _ = llama.Llama(config).apply({'params': params}, tokens_BT, positions_BT,
                                             mask_BT, hidden_only=True)
   head = params['embed']['embedding'] if config.tie_embeddings else params['lm_head']['kernel']
-  logits_BV = llama.head_matmul(hidden_BTD[:, -1], head, config.tie_embeddings)
-  scores_BS = logits_BV[:, score_ids_S]
-  dist_BS = jax.nn.softmax(scores_BS, axis=-1)
-  mass_B = jnp.exp(jax.nn.logsumexp(scores_BS, axis=-1) - jax.nn.logsumexp(logits_BV, axis=-1))
+  logits_BLV = llama.head_matmul(hidden_BTD[:, -num_l:], head, config.tie_embeddings)
+  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+  real_SxL = score_ids_SxL >= 0
+  picked_BSL = logp_BLV[:, jnp.arange(num_l)[None, :], jnp.maximum(score_ids_SxL, 0)]
+  logp_BS = jnp.where(real_SxL[None], picked_BSL, 0.0).sum(axis=-1)
+  p_BS = jnp.exp(logp_BS)
+  if cont_SxS is not None:
+    p_BS = jnp.maximum(p_BS - p_BS @ cont_SxS.T, 0.0)
+  mass_B = p_BS.sum(axis=-1)
+  dist_BS = p_BS / jnp.maximum(mass_B, jnp.finfo(jnp.float32).tiny)[:, None]
   values_S = values_S.astype(jnp.float32)
-  return dist_BS @ values_S, values_S[jnp.argmax(scores_BS, axis=-1)], mass_B
+  return dist_BS @ values_S, values_S[jnp.argmax(p_BS, axis=-1)], mass_B
 
 
 def text_features(vocab_texts: Sequence[str]) -> np.ndarray:
@@ -153,18 +206,20 @@ def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarra
   """Returns device (expected, argmax, mass) float32 [F] of the score after each forced row.
 
   `rows` (host int array) index the rollout's rows; each row is its prompt, its first body_R
-  tokens and the prefix. Rows go in batches of `batch_rows` at one width (the prompt, judgment
-  and prefix widths summed, bucketed as the sampler's prompts are), so each judge call compiles
-  once per bucket.
+  tokens and the prefix (with a multi-token scale, `prefix` ends with score_tokens' path and
+  score_ids is its [S, L]). Rows go in batches of `batch_rows` at one width (the prompt,
+  judgment and prefix widths summed, bucketed as the sampler's prompts are), so each judge
+  call compiles once per bucket.
   """
   mesh = getattr(model, 'mesh', None)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   batch_rows = -(-batch_rows // multiple) * multiple
   p, m = rollout.prompt_tokens.shape[1], rollout.tokens.shape[1]
   width = data_io.length_bucket(p + m + len(prefix), max_len=1 << 62)
-  prefix_X, score_ids_S, values_S = replicate(
-      mesh, (np.asarray(prefix, np.int32), np.asarray(score_ids, np.int32),
-             np.asarray(values, np.int32)))
+  ids_SxL = np.asarray(score_ids, np.int32).reshape(len(values), -1)
+  prefix_X, score_ids_S, values_S, cont_SxS = replicate(
+      mesh, (np.asarray(prefix, np.int32), ids_SxL, np.asarray(values, np.int32),
+             _continuations(ids_SxL)))
   outs = []
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     for start in range(0, len(rows), batch_rows):
@@ -174,7 +229,7 @@ def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarra
                                   body_R, replicate(mesh, chunk), prefix_X, n=rollout.n,
                                   width=width, pad_id=model.tokenizer.pad_id)
       outs.append(verdict_distribution(model.config, model.params, tokens, mask, score_ids_S,
-                                       values_S))
+                                       values_S, cont_SxS))
   return _concat(tuple(outs), len(rows))
 
 

@@ -23,18 +23,21 @@ from srlm_jax import rollout as rollout_lib
 from srlm_jax import sampler
 from srlm_jax.judges import base
 from srlm_jax.judges import forced as forced_lib
+from srlm_jax.judges import meta_rm
+from srlm_jax.judges import voting
 
 _FEATURES: dict = {}  # tokenizer -> its text features (forced_always), built once
 
 
-def _features(tokenizer: Any) -> np.ndarray:
+def text_features(tokenizer: Any) -> np.ndarray:
+  """Returns forced.text_features of the tokenizer's vocabulary (built once per tokenizer)."""
   if tokenizer not in _FEATURES:
     _FEATURES[tokenizer] = forced_lib.text_features(tokenizer.vocab_texts())
   return _FEATURES[tokenizer]
 
 
 @jax.jit
-def _body_lengths(lengths_R: jax.Array, stop_reason_R: jax.Array) -> jax.Array:
+def body_lengths(lengths_R: jax.Array, stop_reason_R: jax.Array) -> jax.Array:
   """Returns each judgment's length without its eos token (what a forced row keeps)."""
   return lengths_R - (stop_reason_R == int(sampler.StopReason.EOS)).astype(jnp.int32)
 
@@ -50,7 +53,25 @@ def _merge(scores_R, valid_R, forced_R, rows_F, expected_F, argmax_F, mass_F):
 def _empty(mesh, k: int) -> base.JudgeScores:
   z = lambda dtype: np.zeros((0, k), dtype)
   return base.JudgeScores(*forced_lib.replicate(mesh, (
-      z(np.float32), z(bool), z(bool), z(np.float32), z(np.float32), np.zeros(0, np.int32))))
+      z(np.float32), z(bool), z(bool), z(np.float32), z(np.float32), np.zeros(0, np.int32),
+      z(bool), z(np.float32))))
+
+
+def meta_filtered(model: Any, settings: base.JudgeSettings, prompts: Sequence[str],
+                  responses: Sequence[str], texts: Sequence[Sequence[str]],
+                  scores: base.JudgeScores, seed: int = 0) -> base.JudgeScores:
+  """Returns `scores` with the meta RM's score of each judgment (meta_RxK) and only the top
+  settings.meta_filter valid judgments of each response kept (kept_RxK; the others' valid_RxK
+  False, their scores kept), as SPCT's meta filter does."""
+  k = scores.scores_RxK.shape[1]
+  meta_settings = meta_rm.settings(settings)
+  _, meta = judge(model, meta_settings.kind, [p for p in prompts for _ in range(k)],
+                  [meta_rm.pack(r, t) for r, row in zip(responses, texts) for t in row],
+                  meta_settings, seed=seed + 1, progress=False, truncate=True)
+  meta_RxK = meta.scores_RxK.reshape(-1, k)
+  kept_RxK = voting.meta_select(meta_RxK, scores.valid_RxK, settings.meta_filter)
+  return scores.replace(valid_RxK=scores.valid_RxK & kept_RxK, kept_RxK=kept_RxK,
+                        meta_RxK=meta_RxK)
 
 
 def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
@@ -70,9 +91,9 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   forcing = settings.verdict != 'sampled'
   prefix_text = (judge_.verdict_prefix if settings.verdict_prefix is None
                  else settings.verdict_prefix)
-  prefix = tok.encode(prefix_text) if forcing else []
-  score_ids = (forced_lib.score_token_ids(tok, prefix_text, judge_.score_values)
-               if forcing else None)
+  score_ids, path = (forced_lib.score_tokens(tok, prefix_text, judge_.score_values)
+                     if forcing else (None, []))
+  prefix = tok.encode(prefix_text) + path if forcing else []
   requests = judge_.requests(prompts, responses, settings.template)
   if not requests:
     return [], _empty(mesh, k)
@@ -88,11 +109,11 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   forced_R = put(np.zeros(num_rows, bool))
   argmax_R = mass_R = put(np.full(num_rows, np.nan, np.float32))
   if forcing:
-    body_R = _body_lengths(roll.lengths, roll.stop_reason)
+    body_R = body_lengths(roll.lengths, roll.stop_reason)
     if settings.verdict == 'forced_always':
       # The sampled verdict line is cut; the reasons stay.
       body_R = jnp.where(valid_R, forced_lib.reasons_length(roll.tokens, body_R,
-                                                            put(_features(tok))), body_R)
+                                                            put(text_features(tok))), body_R)
       rows = np.arange(num_rows, dtype=np.int32)
     else:  # host edge: which judgments have no verdict of their own
       rows = np.flatnonzero(~distributed.to_host(valid_R)).astype(np.int32)
@@ -108,8 +129,12 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   out = base.JudgeScores(
       scores_RxK=scores_R.reshape(shape), valid_RxK=valid_R.reshape(shape),
       forced_RxK=forced_R.reshape(shape), argmax_RxK=argmax_R.reshape(shape),
-      mass_RxK=mass_R.reshape(shape), truncated_R=put(np.asarray(dropped, np.int32)))
-  return rollout_lib.texts(roll, tok), out
+      mass_RxK=mass_R.reshape(shape), truncated_R=put(np.asarray(dropped, np.int32)),
+      kept_RxK=put(np.ones(shape, bool)), meta_RxK=put(np.full(shape, np.nan, np.float32)))
+  texts = rollout_lib.texts(roll, tok)
+  if settings.meta_filter:
+    out = meta_filtered(model, settings, prompts, responses, texts, out, seed)
+  return texts, out
 
 
 @dataclasses.dataclass
@@ -124,6 +149,8 @@ class Judgments:
   argmax_RxK: Optional[np.ndarray] = None  # float32: a forced verdict's most likely score
   mass_RxK: Optional[np.ndarray] = None  # float32: the probability the score tokens held
   truncated_R: Optional[np.ndarray] = None  # int32: judge-prompt tokens dropped to fit
+  kept_RxK: Optional[np.ndarray] = None  # bool: counted (False: dropped by the meta filter)
+  meta_RxK: Optional[np.ndarray] = None  # float32: the meta RM's score of each judgment
 
 
 def to_host(texts: list, scores: base.JudgeScores) -> Judgments:
@@ -132,7 +159,7 @@ def to_host(texts: list, scores: base.JudgeScores) -> Judgments:
   host = distributed.to_host(dict(scores.arrays(), mean_R=mean_R, count_R=count_R))
   return Judgments(texts, host['scores_RxK'], host['valid_RxK'], host['mean_R'],
                    host['count_R'], host['forced_RxK'], host['argmax_RxK'], host['mass_RxK'],
-                   host['truncated_R'])
+                   host['truncated_R'], host.get('kept_RxK'), host.get('meta_RxK'))
 
 
 def judge_responses(model: Any, prompts: Sequence[str], responses: Sequence[str], *,

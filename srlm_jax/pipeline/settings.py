@@ -64,7 +64,9 @@ def from_config(config) -> CreationSettings:
           kind=c.judge.kind, k=c.judge.k, temperature=c.judge.temperature,
           top_p=c.judge.top_p, max_new_tokens=c.judge.max_new_tokens,
           template=judge_lib.get_template(c.judge.template, kind=c.judge.kind),
-          verdict=c.judge.verdict, verdict_prefix=c.judge.verdict_prefix or None),
+          verdict=c.judge.verdict, verdict_prefix=c.judge.verdict_prefix or None,
+          aggregate=c.judge.aggregate, meta_filter=c.judge.meta_filter,
+          meta_kind=c.judge.meta_kind),
       min_gap=c.min_gap, length_margin=c.length_margin or None,
       pair_truncated=c.pair_truncated, seed=config.seed,
       truncate_prompts=c.truncate_prompts)
