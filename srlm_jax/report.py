@@ -12,6 +12,7 @@ import numpy as np
 
 from srlm_jax import data_io
 from srlm_jax import distributed
+from srlm_jax import guards
 from srlm_jax import judges
 from srlm_jax import workdir
 
@@ -88,6 +89,8 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
   info = stage_info(iter_dir)
   eval_path = os.path.join(iter_dir, 'eval', 'eval.json')
   evaluation = json.load(open(eval_path, encoding='utf-8')) if os.path.exists(eval_path) else {}
+  guard_path = os.path.join(iter_dir, 'guard', 'guard.json')  # stages/guard.py's decision
+  guard = json.load(open(guard_path, encoding='utf-8')) if os.path.exists(guard_path) else {}
   return {
       'iteration': t,
       'model': f'M{t} -> M{t + 1}',
@@ -105,6 +108,7 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
       'lengths': response_lengths(pairs, candidates),
       'dpo': dpo_metrics(os.path.join(iter_dir, 'dpo')),
       'evaluation': evaluation,
+      'guard': guard,
       'seconds': timings or {},
       'stages': info,
   }
@@ -136,6 +140,8 @@ def to_markdown(report: dict) -> str:
       lines.append(f'| DPO {key}: last logged step (before its update) / after the last update, '
                    f'all pairs | {logged} / {final} |')
   lines += eval_lines(report['evaluation'])
+  if report.get('guard'):
+    lines += guards.markdown_lines(report['guard'])
   for stage, seconds in report['seconds'].items():
     lines.append(f'| seconds: {stage} | {seconds} |')
   return '\n'.join(lines) + '\n'

@@ -103,3 +103,13 @@ def model_eft(out_dir: str) -> list:
   """Returns the kept model-written EFT examples (prompt, response, judgment) in out_dir."""
   return [(r['prompt'], r['response'], r['judgment'])
           for r in store.read_records(os.path.join(out_dir, 'eft.jsonl'))]
+
+
+def with_human_eft(seeds: dict, config, workdir: str, t: int) -> dict:
+  """Returns seeds whose EFT records add those built from the human review labels of
+  iterations 1 .. t-1 (workdir/human_labels; targets from the person's choice)."""
+  from srlm_jax.review import labels as labels_lib  # pylint: disable=g-import-not-at-top
+  judge = judges.get(config.creation.judge.kind)
+  extra = [r for s in range(1, t) for r in labels_lib.eft_records(
+      labels_lib.read_labels(labels_lib.labels_path(workdir, s)), judge)]
+  return dict(seeds, eft=seeds['eft'] + extra) if extra else seeds

@@ -16,3 +16,5 @@ from srlm_jax.pipeline.stages import judgments
 from srlm_jax.pipeline.stages import pairs
 from srlm_jax.pipeline.stages import dpo
 from srlm_jax.pipeline.stages import eval  # pylint: disable=redefined-builtin
+from srlm_jax.pipeline.stages import guard
+from srlm_jax.pipeline.stages import review
