@@ -114,6 +114,22 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the top k_meta count (the others are marked invalid, kept_RxK False); 0 turns it off.
   c.creation.judge.meta_filter = 0
   c.creation.judge.meta_kind = 'meta_rm'  # the judge of judgments that meta_filter uses
+  # The meta-judge (E, #17; Meta-Rewarding, srlm_jax/judges/meta_judge.py): M_t compares two
+  # of its judgments of a candidate in both orders; the best and worst rated judgments become
+  # judge-preference pairs (stage judge_pairs, after judgments: add it to c.stages) that the
+  # dpo stage trains on beside the actor pairs.
+  c.creation.meta_judge = ml_collections.ConfigDict()
+  c.creation.meta_judge.enabled = False  # True needs 'judge_pairs' in c.stages before 'dpo'
+  c.creation.meta_judge.k = 1  # meta verdicts sampled per battle order
+  c.creation.meta_judge.temperature = 0.7  # meta-judgment sampling
+  c.creation.meta_judge.top_p = 0.9  # nucleus of the meta-judgment sampling
+  c.creation.meta_judge.max_new_tokens = 128  # meta-judgment length limit
+  # 'sampled' (its own "Better: 1|2" line), 'forced' or 'forced_always' (as creation.judge)
+  c.creation.meta_judge.verdict = 'sampled'
+  c.creation.meta_judge.aggregate = 'elo'  # battles -> ratings: 'elo' or 'wins' (win counts)
+  c.creation.meta_judge.elo_k = 32.0  # Elo update factor (ratings start at 1000)
+  c.creation.meta_judge.max_pairs = 0  # judge pairs kept, widest rating gap first (0: all)
+  c.creation.meta_judge.max_responses = 0  # candidates meta-judged, first ones (0: all)
   c.creation.min_gap = 0.0  # a pair needs best - worst > min_gap; ties never pair
   c.creation.length_margin = 0.0  # > 0: shortest candidate within margin of the best is chosen
   # Candidates stopped by the length limit (stop reason max_tokens) are cut off mid-answer:

@@ -188,6 +188,15 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('judge.meta_kind', judge_kind),
     ('creation.compute_dtype', choice('auto', 'float32', 'bfloat16')),
     ('creation.min_gap', number(0)),
+    ('meta_judge.k', integer(1)),
+    ('meta_judge.temperature', number(0)),
+    ('meta_judge.top_p', TOP_P),
+    ('meta_judge.max_new_tokens', integer(1)),
+    ('meta_judge.verdict', choice('sampled', 'forced', 'forced_always')),
+    ('meta_judge.aggregate', choice('elo', 'wins')),
+    ('meta_judge.elo_k', number(0, lo_open=True)),
+    ('meta_judge.max_pairs', integer(0, '0: all')),
+    ('meta_judge.max_responses', integer(0, '0: all')),
     ('creation.length_margin', number(0)),
     ('eval.max_pairs', integer(0, '0: all')),
     ('eval.k', integer(1)),
@@ -257,6 +266,11 @@ RULES: tuple[tuple[str, Check], ...] = (
 )
 # (fields, whether their values fit together, what is expected): checked once each is valid.
 CROSS_RULES = (
+    (('creation.meta_judge.enabled', 'stages'),
+     lambda on, stages: not on or ('judge_pairs' in stages and 'dpo' in stages
+                                   and list(stages).index('judge_pairs')
+                                   < list(stages).index('dpo')),
+     "'judge_pairs' in stages before 'dpo' when creation.meta_judge.enabled"),
     (('creation.filters.min_words', 'creation.filters.max_words'), lambda a, b: a <= b,
      'min_words <= max_words (no prompt could pass)'),
 )

@@ -152,7 +152,7 @@ def _tiny_config(**overrides):
 def test_tiny_loop_with_model_written_eft(tmp_path):
   config = _tiny_config(**{'iterations': 1, 'data.eft_source': 'model',
                            'data.eft_tolerance': 1.0, 'data.eft_k': 2,
-                           'stages': ('prompts', 'candidates', 'judgments', 'pairs', 'dpo')})
+                           'stages': ('prompts',)})
   workdir = str(tmp_path / 'w')
   load = loop.default_loader(config)
   loop.Loop(config, workdir, load_model=load, progress=False).run()

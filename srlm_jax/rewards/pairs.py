@@ -186,3 +186,27 @@ def preference_dataset(cand: rollout_lib.Rollout, chosen_P: jax.Array, rejected_
     out[f'ref_{name}_token_logps'] = ref_QxS
     out[f'ref_{name}_logps'] = jnp.sum(jnp.where(seq['loss_mask'], ref_QxS, 0.0), axis=-1)
   return out
+
+
+def concat_datasets(datasets, pad_id: int = 0) -> dict:
+  """Returns preference datasets (preference_dataset's layout) joined along the pair axis,
+  each [Q, S] array right-padded to the widest S (pad_id inputs and targets, False masks,
+  0 reference log-probs): the dpo stage's actor pairs beside the judge pairs."""
+  datasets = [d for d in datasets if d]
+  if len(datasets) == 1:
+    return datasets[0]
+  width = max(d['chosen']['inputs'].shape[1] for d in datasets)
+
+  def widen(x, fill):
+    return jnp.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=fill)
+
+  out = {}
+  for key in datasets[0]:
+    if isinstance(datasets[0][key], dict):
+      out[key] = {name: jnp.concatenate([widen(d[key][name], pad_id if name in (
+          'inputs', 'targets') else False) for d in datasets]) for name in datasets[0][key]}
+    elif datasets[0][key].ndim == 2:
+      out[key] = jnp.concatenate([widen(d[key], 0.0) for d in datasets])
+    else:
+      out[key] = jnp.concatenate([d[key] for d in datasets])
+  return out

@@ -14,6 +14,7 @@ from srlm_jax.pipeline.stages import prompts
 from srlm_jax.pipeline.stages import candidates
 from srlm_jax.pipeline.stages import judgments
 from srlm_jax.pipeline.stages import pairs
+from srlm_jax.pipeline.stages import judge_pairs
 from srlm_jax.pipeline.stages import dpo
 from srlm_jax.pipeline.stages import eval  # pylint: disable=redefined-builtin
 from srlm_jax.pipeline.stages import guard
