@@ -352,3 +352,86 @@ def export_hf(config: llama.LlamaConfig, params, out_dir: str, *, dtype=None,
     saver.save_pretrained(out_dir)
   distributed.barrier(f'export {out_dir}')
   return out_dir
+
+
+def _shard_plan(config: llama.LlamaConfig, flat: dict, max_shard_bytes: int, dtype) -> list:
+  """Returns the files of a sharded export: each a list of (HF name, param path, layer or
+  None), in transformers' order, each file at most max_shard_bytes (or one tensor)."""
+  files, size = [[]], 0
+  for path, hf_names, _ in _param_names(config):
+    leaf = flat[path]
+    item = np.dtype(jnp.dtype(dtype or leaf.dtype)).itemsize
+    stacked = path.startswith('layers/')
+    per = int(np.prod(leaf.shape[1:] if stacked else leaf.shape)) * item
+    for i, name in enumerate(hf_names):
+      if files[-1] and size + per > max_shard_bytes:
+        files.append([])
+        size = 0
+      files[-1].append((name, path, i if stacked else None))
+      size += per
+  return files
+
+
+def export_hf_sharded(config: llama.LlamaConfig, params, out_dir: str, *,
+                      max_shard_bytes: int = 2 << 30, dtype=None, tokenizer: Any = None) -> dict:
+  """Returns {'weight_map': {HF tensor name: file}, 'written': the files this process wrote}
+  after writing a sharded Hugging Face directory.
+
+  Files: model-0000i-of-0000n.safetensors (each at most max_shard_bytes, one tensor at least)
+  and model.safetensors.index.json (or one model.safetensors when everything fits), config.json
+  and the tokenizer (as export_hf). Shard by shard: file i is written by process i % P, which
+  takes its tensors one at a time from the sharded params (a per-tensor gather across
+  processes; no host ever holds more than one file's tensors, nor the whole model). Every
+  process calls it; NaN or inf params are an error before any file is written.
+  """
+  check_params(config, params, source='export_hf_sharded params')
+  saver = None
+  if tokenizer is not None:
+    saver = tokenizer if hasattr(tokenizer, 'save_pretrained') else getattr(tokenizer, 'hf', None)
+    if not hasattr(saver, 'save_pretrained'):
+      raise ValueError(f'export_hf_sharded({out_dir}): tokenizer {type(tokenizer).__name__} has '
+                       'no save_pretrained (nor a transformers tokenizer as .hf)')
+  flat = _flat(params)
+  for path, leaf in flat.items():  # on the device: no gather to find a bad value
+    bad = int(jax.device_get(jnp.sum(~jnp.isfinite(leaf))))
+    if bad:
+      raise ValueError(f'export_hf_sharded({out_dir}): param {path} holds {bad} NaN or inf '
+                       'values; nothing written')
+  cast = _dtype_name(dtype)
+  files = _shard_plan(config, flat, max_shard_bytes, cast)
+  names = (['model.safetensors'] if len(files) == 1 else
+           [f'model-{i + 1:05d}-of-{len(files):05d}.safetensors' for i in range(len(files))])
+  me, count = jax.process_index(), jax.process_count()
+  os.makedirs(out_dir, exist_ok=True)
+  weight_map, total, written = {}, 0, []
+  for f, (entries, filename) in enumerate(zip(files, names)):
+    mine = f % count == me
+    tensors = {}
+    for name, path, layer in entries:
+      leaf = flat[path] if layer is None else flat[path][layer]
+      value = distributed.to_host(leaf)  # every process takes part in the gather
+      value = value.astype(jnp.dtype(cast)) if cast else value
+      weight_map[name] = filename
+      total += value.nbytes
+      if mine:
+        tensors[name] = np.ascontiguousarray(value.T if path.endswith('/kernel') else value)
+      del value
+    if mine:
+      tmp = os.path.join(out_dir, f'.{filename}.tmp.{os.getpid()}')
+      save_file(tensors, tmp, metadata={'format': 'pt'})
+      os.replace(tmp, os.path.join(out_dir, filename))
+      written.append(filename)
+    del tensors
+  if distributed.is_writer():
+    if len(files) > 1:
+      with open(os.path.join(out_dir, 'model.safetensors.index.json'), 'w') as f:
+        json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+    hf_config = config_to_hf(config)
+    hf_config['dtype'] = hf_config['torch_dtype'] = cast or np.dtype(
+        flat['embed/embedding'].dtype).name
+    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+      json.dump(hf_config, f, indent=2)
+    if saver is not None:
+      saver.save_pretrained(out_dir)
+  distributed.barrier(f'export {out_dir}')
+  return {'weight_map': weight_map, 'written': written}

@@ -110,10 +110,10 @@ def load(path: str, *, mesh=None, dtype=None) -> tuple:
   """
   from srlm_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   meta = info(path)
+  params = checkpoint.load_params(path, mesh=mesh, dtype=dtype)  # every file's digest first
   config_file = os.path.join(path, 'config.json')
   with open(config_file, encoding='utf-8') as f:
     config = hf_config.config_from_hf(json.load(f), source=config_file)
-  params = checkpoint.load_params(path, mesh=mesh, dtype=dtype)
   name = jax.tree.leaves(params)[0].dtype
   config = config.replace(param_dtype=np.dtype(name).name)
   source = meta.get('tokenizer_source')
