@@ -251,6 +251,25 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.grpo.keep = 2  # checkpoints kept on disk
   c.grpo.keep_after_done = 0  # checkpoints kept once the stage is DONE (params/ has the policy)
 
+  # Generated verifiable tasks (R2, #18; srlm_jax/tasks): the problems of stage `tasks`, which
+  # the process-based stages (`steps`, `step_dpo`) and Iterative RPO (`verified`, `rpo`) read.
+  c.tasks = ml_collections.ConfigDict()
+  c.tasks.kind = 'arithmetic'  # 'arithmetic' word problems or 'countdown' puzzles
+  c.tasks.n = 16  # tasks per iteration
+  c.tasks.difficulty = ()  # levels, cycled (arithmetic 1..5, countdown 1..3); (): every level
+  # a JSONL of tasks (launch/build_tasks.py): iteration t takes records [(t-1) n, t n); ''
+  # generates new ones each iteration from its seed
+  c.tasks.file = ''
+  # Process-based self-rewarding's step search (stage `steps`, srlm_jax/process): candidates
+  # per step are creation.n_candidates at creation.temperature / top_p, judged by
+  # creation.judge (kind 'step' pointwise or 'step_pair' pairwise), paired by creation.min_gap.
+  c.process = ml_collections.ConfigDict()
+  c.process.split = 'lines'  # steps are 'lines', 'step' ("Step k:" heads) or 'marker'-separated
+  c.process.marker = ''  # split='marker': the separator (also the step's stop string)
+  c.process.max_steps = 6  # steps per solution at most
+  c.process.step_max_new_tokens = 48  # tokens per sampled step at most
+  c.process.final_marker = 'Answer:'  # a chosen step holding it ends the solution
+
   c.sft = load('sft').get_config()  # M0 -> M1 on IFT + EFT
   c.sft.enabled = True  # False starts the iterations from M0 itself
   c.sft.num_epochs = 1.0  # passes over IFT + EFT (when sft.num_steps is 0)

@@ -8,7 +8,7 @@ on a pair's sequence sums (the DPO family's published form) with
 `@objectives.register_pair_loss(name)`; `config.loss` names either.
 """
 
-from srlm_jax.objectives import grpo, preference, sft
+from srlm_jax.objectives import grpo, preference, sft, step_dpo
 from srlm_jax.objectives.base import Features, Objective, get, names, register
 from srlm_jax.objectives.preference import PairLoss, register_pair_loss
 

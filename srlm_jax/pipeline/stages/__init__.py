@@ -19,3 +19,8 @@ from srlm_jax.pipeline.stages import dpo
 from srlm_jax.pipeline.stages import eval  # pylint: disable=redefined-builtin
 from srlm_jax.pipeline.stages import guard
 from srlm_jax.pipeline.stages import review
+from srlm_jax.pipeline.stages import tasks
+from srlm_jax.pipeline.stages import steps
+from srlm_jax.pipeline.stages import step_dpo
+from srlm_jax.pipeline.stages import verified
+from srlm_jax.pipeline.stages import rpo
