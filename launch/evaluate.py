@@ -80,6 +80,11 @@ _VERDICT = flags.DEFINE_enum('verdict', 'sampled', list(judge_lib.VERDICTS),
                              'sampled: parse the judge\'s verdict line; forced: read the score '
                              'from the next-token distribution where it has none; '
                              'forced_always: for every judgment.')
+_CHUNK = flags.DEFINE_integer('chunk', None, 'judge: responses (questions with --together) '
+                              'judged per device batch and cache shard (default 64 / k).')
+_TOGETHER = flags.DEFINE_bool('together', None, "Judge each question's responses in one "
+                              'request per judgment, shown in a seeded order per sample (SPCT; '
+                              'default: on for --judge_kind=spct, off otherwise).')
 _MAX_PAIRS_SEED = flags.DEFINE_integer('subset_seed', None, 'With --max_pairs: keep a random '
                                        'subset of prompts (this seed) instead of the first.')
 _N_BOOT = flags.DEFINE_integer('n_boot', 1000, 'Bootstrap resamples for the intervals.')
@@ -125,6 +130,14 @@ def _aggregate() -> str:
   return 'sum' if judge_lib.get(_JUDGE_KIND.value).name == 'spct' else 'mean'
 
 
+def _together() -> bool:
+  is_spct = judge_lib.get(_JUDGE_KIND.value).name == 'spct'
+  if _TOGETHER.value and not is_spct:
+    raise app.UsageError(f'--together is SPCT\'s (--judge_kind=spct), not '
+                         f'--judge_kind={_JUDGE_KIND.value}')
+  return is_spct if _TOGETHER.value is None else _TOGETHER.value
+
+
 def _settings() -> judge_lib.JudgeSettings:
   """Returns the judge settings the flags describe."""
   kind = _JUDGE_KIND.value
@@ -145,7 +158,8 @@ def _agreement(model, groups, cache_dir=None, judge_id=None) -> tuple[dict, list
   start = time.perf_counter()
   metrics, records = evaluate.evaluate_judge(model, groups, _settings(), n_boot=_N_BOOT.value,
                                              seed=_SEED.value, cache_dir=cache_dir,
-                                             judge_id=judge_id)
+                                             judge_id=judge_id, together=_together(),
+                                             chunk=_CHUNK.value)
   metrics['seconds'] = round(time.perf_counter() - start, 1)
   return metrics, records
 
@@ -165,7 +179,8 @@ def run_judge() -> dict:
              valid_fraction=metrics['counts']['valid_judgment_fraction'],
              settings={'judge_kind': settings.kind, 'k': settings.k,
                        'verdict': settings.verdict, 'aggregate': settings.aggregate,
-                       'meta_filter': settings.meta_filter, 'temperature': _TEMPERATURE.value,
+                       'meta_filter': settings.meta_filter, 'together': _together(),
+                       'temperature': _TEMPERATURE.value,
                        'top_p': _TOP_P.value, 'max_new_tokens': _MAX_NEW_TOKENS.value,
                        'template': _TEMPLATE.value or None, 'max_pairs': _MAX_PAIRS.value,
                        'subset_seed': _MAX_PAIRS_SEED.value, 'seed': _SEED.value})

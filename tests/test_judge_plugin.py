@@ -168,14 +168,20 @@ def test_rating_eft_data_and_targets():
     RATING.eft_target('Score: 4', 'score_only')
 
 
-def test_forced_verdicts_need_each_score_to_be_one_token(tiny):
-  """A 1..10 scale cannot be forced with SmolLM2's tokenizer ('10' is two tokens): a clear
-  error before any sampling; its sampled verdicts are parsed (test above)."""
+def test_forced_verdicts_read_a_multi_token_scale_along_one_chain(tiny):
+  """A 1..10 scale is forced with SmolLM2's tokenizer ('10' is '1', '0': read as a product,
+  tests/test_spct.py checks the number); 1..20 ('1x' and '2x') has no one chain: a clear error
+  before any sampling. Its sampled verdicts are parsed (test above)."""
   ten = judges.Judge('rating10', parser.Grammar('Rating', 1, 10), {'r': rating_judge.RUBRIC},
                      'r', '\nRating: ')  # an unregistered Judge object works as well
   settings = judges.JudgeSettings(kind='rating10', k=1, max_new_tokens=4, verdict='forced')
-  with pytest.raises(ValueError, match=r"'\\nRating: ' \+ '10' tokenises to"):
-    judges.judge(tiny, ten, PROMPTS, RESPONSES, settings, progress=False)
+  texts, scores = judges.judge(tiny, ten, PROMPTS, RESPONSES, settings, progress=False)
+  assert len(texts) == 2 and np.asarray(scores.valid_RxK).all()
+  assert ((np.asarray(scores.scores_RxK) >= 1) & (np.asarray(scores.scores_RxK) <= 10)).all()
+  twenty = judges.Judge('rating20', parser.Grammar('Rating', 1, 20), {'r': rating_judge.RUBRIC},
+                        'r', '\nRating: ')
+  with pytest.raises(ValueError, match=r"one chain of tokens.*'20' is"):
+    judges.judge(tiny, twenty, PROMPTS, RESPONSES, settings, progress=False)
   texts, scores = judges.judge(tiny, ten, PROMPTS, RESPONSES,
                                judges.JudgeSettings(kind='rating10', k=1, max_new_tokens=4),
                                progress=False)

@@ -19,6 +19,7 @@ from srlm_jax import distributed
 from srlm_jax import judges as judge_lib
 from srlm_jax import store
 from srlm_jax import workdir
+from srlm_jax.judges import spct
 from srlm_jax.evaluate.metrics import all_pairs
 from srlm_jax.evaluate.metrics import judge_agreement
 
@@ -88,8 +89,8 @@ def load_judge_groups(path: str, max_pairs: Optional[int] = None,
 
 def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings, *,
                  seed: int = 0, progress: bool = True, cache_dir: Optional[str] = None,
-                 chunk: Optional[int] = None,
-                 judge_id: Optional[str] = None) -> tuple[list, list]:
+                 chunk: Optional[int] = None, judge_id: Optional[str] = None,
+                 together: bool = False) -> tuple[list, list]:
   """Returns (per group its judge scores, per-response judgment records); each response once.
 
   Responses are judged longest first in chunks of `chunk` (default: the largest power of two
@@ -99,33 +100,56 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
   The key (`cache_key`, in that folder's key.json) is everything that decides a judgment's
   content: the judge (`judge_id`, default model.path, and a digest of its weights), the
   template, the sampling settings and the seed; shards under any other key are never read.
+  `together` (SPCT): each question's responses are judged in one request per judgment
+  (judges/spct.py judge_together, shown in a seeded order per sample; chunks of questions).
   """
-  tag = cache_key(model, settings, seed, judge_id)
+  tag = cache_key(model, settings, seed, judge_id, together)
   flat = [(gi, ri) for gi, g in enumerate(groups) for ri in range(len(g['responses']))]
-  order = sorted(flat, key=lambda f: -len(groups[f[0]]['prompt'])
-                 - len(groups[f[0]]['responses'][f[1]]))
+  if together:  # one item per question: its responses are judged in one request
+    order = sorted(range(len(groups)), key=lambda gi: (
+        -len(groups[gi]['prompt']) - sum(len(r) for r in groups[gi]['responses'])))
+  else:
+    order = sorted(flat, key=lambda f: -len(groups[f[0]]['prompt'])
+                   - len(groups[f[0]]['responses'][f[1]]))
   chunk = chunk or 1 << (max(1, 64 // settings.k).bit_length() - 1)
+  tag['chunk'] = chunk  # each chunk's sampling seed is offset by its start
 
-  def judge_chunk(part, shard):
-    start = shard * chunk  # the chunk's seed offset: the same with or without a cache
-    result = judge_lib.judge_responses(
-        model, [groups[gi]['prompt'] for gi, _ in part],
-        [groups[gi]['responses'][ri] for gi, ri in part], settings=settings,
-        seed=seed + start, progress=progress)
-    logging.info('judged %d of %d responses', start + len(part), len(order))
+  def records(result, part):
     # The response's score: its valid judgments' mean or sum (settings.aggregate), on the device.
     value_R, _ = distributed.to_host(judge_lib.aggregate(result.scores_RxK, result.valid_RxK,
                                                          settings.aggregate))
-    optional = lambda name, f, conv: ({name: [conv(x) for x in getattr(result, name)[f]]}
+    optional = lambda name, key, f, conv: ({key: [conv(x) for x in getattr(result, name)[f]]}
                                       if getattr(result, name, None) is not None else {})
     return [{'prompt_id': groups[gi]['id'], 'response_index': ri,
              'human_rank': groups[gi]['ranks'][ri], 'judgments': result.texts[f],
              'scores': [judge_lib.score_json(x) for x in result.scores_RxK[f]],
              'valid': [bool(x) for x in result.valid_RxK[f]],
-             **optional('kept_RxK', f, bool), **optional('meta_RxK', f, judge_lib.score_json),
+             **optional('kept_RxK', 'kept', f, bool),
+             **optional('meta_RxK', 'meta', f, judge_lib.score_json),
              'mean': judge_lib.score_json(result.mean_R[f]),
              'value': judge_lib.score_json(value_R[f]),
-             'settings': tag} for f, (gi, ri) in enumerate(part)], {}
+             'settings': tag} for f, (gi, ri) in enumerate(part)]
+
+  def judge_chunk(part, shard):
+    start = shard * chunk  # the chunk's seed offset: the same with or without a cache
+    if not together:
+      result = judge_lib.judge_responses(
+          model, [groups[gi]['prompt'] for gi, _ in part],
+          [groups[gi]['responses'][ri] for gi, ri in part], settings=settings,
+          seed=seed + start, progress=progress)
+      logging.info('judged %d of %d responses', start + len(part), len(order))
+      return records(result, part), {}
+    out = []
+    for n in sorted({len(groups[gi]['responses']) for gi in part}):  # one call per N
+      bucket = [gi for gi in part if len(groups[gi]['responses']) == n]
+      texts, scores = spct.judge_together(
+          model, [groups[gi]['prompt'] for gi in bucket],
+          [groups[gi]['responses'] for gi in bucket], settings,
+          seed=(seed + start) * 16 + n, progress=progress, truncate=True)
+      out += records(judge_lib.to_host(texts, scores),
+                     [(gi, ri) for gi in bucket for ri in range(n)])
+    logging.info('judged %d of %d questions', start + len(part), len(order))
+    return out, {}
 
   if not order:
     judged = []
@@ -153,7 +177,7 @@ def judge_groups(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSe
 
 
 def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
-              judge_id: Optional[str] = None) -> dict:
+              judge_id: Optional[str] = None, together: bool = False) -> dict:
   """Returns what decides a judgment's content: judge, weights digest, settings, seed."""
   return {'judge': judge_id if judge_id is not None else str(getattr(model, 'path', '')),
           'weights': workdir.params_digest(model.params)[:32],
@@ -164,16 +188,17 @@ def cache_key(model: Any, settings: judge_lib.JudgeSettings, seed: int,
           'verdict': settings.verdict, 'verdict_prefix': settings.verdict_prefix,
           'aggregate': settings.aggregate, 'meta_filter': settings.meta_filter,
           'meta_kind': settings.meta_kind if settings.meta_filter else None,
-          'seed': seed}
+          'together': together, 'seed': seed}
 
 
 def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.JudgeSettings,
                    *, n_boot: int = 1000, seed: int = 0, progress: bool = True,
-                   cache_dir: Optional[str] = None,
-                   judge_id: Optional[str] = None) -> tuple[dict, list]:
+                   cache_dir: Optional[str] = None, judge_id: Optional[str] = None,
+                   together: bool = False, chunk: Optional[int] = None) -> tuple[dict, list]:
   """Returns (the judge-agreement metrics, the per-response judgment records)."""
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
-                                 cache_dir=cache_dir, judge_id=judge_id)
+                                 cache_dir=cache_dir, judge_id=judge_id, together=together,
+                                 chunk=chunk)
   top = judge_lib.get(settings.kind).score_values[-1]
   if settings.aggregate == 'sum':  # a perfect vote: every counted judgment gave the top score
     top *= settings.meta_filter or settings.k

@@ -36,6 +36,7 @@ from srlm_jax import llama
 from srlm_jax import sharding
 
 BLANK = ' \t*\n'  # what may follow a verdict line's last character
+_ROWS_X_WIDTH2 = 16 * 1024 ** 2  # forced rows per batch times their width squared, at most
 
 
 def score_token_ids(tokenizer: Any, prefix: str, values: Sequence[int]) -> np.ndarray:
@@ -216,6 +217,9 @@ def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarra
   batch_rows = -(-batch_rows // multiple) * multiple
   p, m = rollout.prompt_tokens.shape[1], rollout.tokens.shape[1]
   width = data_io.length_bucket(p + m + len(prefix), max_len=1 << 62)
+  # Long rows go in smaller batches: the attention scores grow as rows * width^2.
+  batch_rows = max(multiple, min(batch_rows, (_ROWS_X_WIDTH2 // width ** 2) // multiple
+                                 * multiple))
   ids_SxL = np.asarray(score_ids, np.int32).reshape(len(values), -1)
   prefix_X, score_ids_S, values_S, cont_SxS = replicate(
       mesh, (np.asarray(prefix, np.int32), ids_SxL, np.asarray(values, np.int32),
