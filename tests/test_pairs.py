@@ -203,6 +203,25 @@ def test_choose_pairs_against_reference():
   assert reasons == set(range(len(pairs.REASONS)))  # every rule was exercised
 
 
+def test_choose_pairs_reduces_judgments_by_the_judge_aggregate():
+  """aggregate='sum' (SPCT's vote) ranks by the summed valid judgments, 'mean' by their mean;
+  length control applies to the reduced scores."""
+  scores = np.array([[[5, 0, 0], [4, 4, 4], [1, 1, 1], [4, 4, 3.5]]], np.float32)
+  valid = np.array([[[1, 0, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]]], bool)
+  lengths = np.array([[10, 50, 5, 20]], np.int32)
+  usable = np.ones((1, 4), bool)
+  mean = jax.device_get(pairs.choose_pairs(scores, valid, lengths, usable))
+  total = jax.device_get(pairs.choose_pairs(scores, valid, lengths, usable, aggregate='sum'))
+  np.testing.assert_allclose(mean['mean_PxN'][0], [5, 4, 1, 11.5 / 3], rtol=1e-6)
+  np.testing.assert_allclose(total['mean_PxN'][0], [5, 12, 3, 11.5])
+  assert (int(mean['chosen'][0]), int(mean['rejected'][0])) == (0, 2)
+  assert (int(total['chosen'][0]), int(total['rejected'][0])) == (1, 2)
+  # Sum scores within 1.0 of the best (12): 12 and 11.5; the shorter (20 tokens) is chosen.
+  tier = jax.device_get(pairs.choose_pairs(scores, valid, lengths, usable, aggregate='sum',
+                                           length_margin=1.0))
+  assert (int(tier['chosen'][0]), int(tier['rejected'][0])) == (3, 2)
+
+
 def test_truncated_candidates_are_excluded_unless_asked():
   from srlm_jax import sampler  # pylint: disable=g-import-not-at-top
   eos, cut = int(sampler.StopReason.EOS), int(sampler.StopReason.MAX_TOKENS)

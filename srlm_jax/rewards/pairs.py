@@ -1,9 +1,9 @@
 """Preference pairs from judged candidates, and the DPO dataset built from their token ids.
 
 `choose_pairs` takes the judgments of the candidates as arrays and, in one jitted function,
-averages the valid judgments of each candidate and picks (chosen, rejected) per prompt.
-`preference_dataset` then builds the DPO batch rows from the candidate Rollout's sampled ids
-(no text is tokenised again) with the Rollout's log-probs as the reference's, on the device.
+reduces the valid judgments of each candidate (judges.aggregate: their mean, the paper, or
+their sum, SPCT's vote) and picks (chosen, rejected) per prompt. `preference_dataset` then
+builds the DPO batch rows from the candidate Rollout's sampled ids (no text is tokenised again) with the Rollout's log-probs as the reference's, on the device.
 
 Rules (Self-Rewarding LMs, Yuan et al. 2024, with the Meta-Rewarding length control):
   * A candidate counts when its score is valid and not NaN, and it is usable: not empty and
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from srlm_jax import sampler
-from srlm_jax.judges.base import mean_valid
+from srlm_jax.judges.base import aggregate as judge_aggregate
+from srlm_jax.judges.base import mean_valid  # pylint: disable=unused-import (re-exported)
 from srlm_jax.rollout import rollout as rollout_lib
 
 # `reason` codes of select_pairs / choose_pairs, by index.
@@ -97,17 +98,20 @@ def select_pairs(scores_PxN: jax.Array, valid_PxN: jax.Array,
               chosen_score=chosen_score_P, rejected_score=rejected_score_P, reason=reason_P)
 
 
-@functools.partial(jax.jit, static_argnames=('min_gap', 'length_margin'))
+@functools.partial(jax.jit, static_argnames=('min_gap', 'length_margin', 'aggregate'))
 def choose_pairs(scores_PxNxK: jax.Array, valid_PxNxK: jax.Array, lengths_PxN: jax.Array,
                  usable_PxN: jax.Array, *, min_gap: float = 0.0,
-                 length_margin: Optional[float] = None) -> Dict[str, jax.Array]:
-  """Returns select_pairs' [P] arrays of the mean valid judgment per usable candidate, plus
-  `mean_PxN` (NaN where no judgment is valid) and `count_PxN` (valid judgments).
+                 length_margin: Optional[float] = None,
+                 aggregate: str = 'mean') -> Dict[str, jax.Array]:
+  """Returns select_pairs' [P] arrays of each usable candidate's score, its K judgments
+  reduced by judges.aggregate (`aggregate`: 'mean' of the valid ones, the paper, or 'sum',
+  SPCT's vote), plus `mean_PxN` (that score, NaN where no judgment is valid; the name is
+  kept from when it was always the mean) and `count_PxN` (valid judgments).
 
-  One jitted function: the mean over K and the selection. A prompt with two or more scored
-  candidates of which fewer than two are usable gets reason FEWER_THAN_TWO_USABLE.
+  One jitted function: the reduction over K and the selection. A prompt with two or more
+  scored candidates of which fewer than two are usable gets reason FEWER_THAN_TWO_USABLE.
   """
-  mean_PxN, count_PxN = mean_valid(scores_PxNxK, valid_PxNxK)
+  mean_PxN, count_PxN = judge_aggregate(scores_PxNxK, valid_PxNxK, aggregate)
   scored_PxN = count_PxN > 0
   out = select_pairs(mean_PxN, scored_PxN & jnp.asarray(usable_PxN, bool), lengths_PxN,
                      min_gap=min_gap, length_margin=length_margin)

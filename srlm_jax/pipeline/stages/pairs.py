@@ -53,7 +53,8 @@ def make_pairs(candidate_records: Sequence[dict], cand: rollout.Rollout, scores_
   out = pairs_lib.choose_pairs(
       scores_RxK.reshape(p, n, k), valid_RxK.reshape(p, n, k), cand.lengths.reshape(p, n),
       usable_PxN, min_gap=float(settings.min_gap),
-      length_margin=None if settings.length_margin is None else float(settings.length_margin))
+      length_margin=None if settings.length_margin is None else float(settings.length_margin),
+      aggregate=settings.judge.aggregate)
   rows_Q = pairs_lib.pair_rows(out['has_pair'])
   dataset = pairs_lib.preference_dataset(cand, out['chosen'], out['rejected'], rows_Q,
                                          pad_id=pad_id)
