@@ -42,6 +42,9 @@ setuptools.setup(
         'tpu': ['jax[tpu]>=0.10,<0.12'],  # Cloud TPU VMs
         'tensorboard': ['tensorboardX>=2.6'],  # metrics as TensorBoard event files
         'wandb': ['wandb>=0.17'],  # metrics to Weights & Biases, when asked for
+        # The review page's browser test drives Debian's chromium (apt-get install chromium
+        # chromium-driver) with selenium; the page itself needs only the standard library.
+        'review': ['selenium>=4.20'],
         # transformers' PyTorch Llama is the numerical reference; torch 2.13.0 is the CPU build
         # already on disk on the project's machines.
         'test': [
@@ -56,6 +59,7 @@ setuptools.setup(
             'nbclient>=0.9',  # tests/test_colabs.py runs the colabs/ notebooks in a kernel
             'nbformat>=5.9',
             'ipykernel>=6.29',
+            'selenium>=4.20',  # tests/test_review_browser.py (as in [review])
         ],
     },
 )

@@ -83,6 +83,9 @@ def main(argv):
   else:
     if bool(_LABELS.value) == bool(_LABEL_STUDIO.value):
       raise app.UsageError('--mode=import takes one of --labels or --label_studio')
+    source = _LABEL_STUDIO.value or _LABELS.value
+    if not os.path.exists(source):
+      raise app.UsageError(f'no such file: {source}')
     got = (label_studio.read_export(_LABEL_STUDIO.value) if _LABEL_STUDIO.value else
            labels_lib.read_labels(_LABELS.value))
     path = labels_lib.import_labels(got, workdir, t)

@@ -53,8 +53,8 @@ def judge_agreement(self_PxN: jax.Array, ref_PxN: jax.Array) -> tuple:
   ds_PxNxN = self_PxN[:, :, None] - self_PxN[:, None, :]
   dr_PxNxN = ref_PxN[:, :, None] - ref_PxN[:, None, :]
   n = self_PxN.shape[1]
-  upper_NxN = jnp.triu(jnp.ones((n, n), bool), k=1)
-  counted = upper_NxN & ~jnp.isnan(ds_PxNxN) & ~jnp.isnan(dr_PxNxN) & (ds_PxNxN != 0)
+  upper_1xNxN = jnp.triu(jnp.ones((n, n), bool), k=1)[None]
+  counted = upper_1xNxN & ~jnp.isnan(ds_PxNxN) & ~jnp.isnan(dr_PxNxN) & (ds_PxNxN != 0)
   same = jnp.where(dr_PxNxN == 0, 0.5, (jnp.sign(ds_PxNxN) == jnp.sign(dr_PxNxN)) * 1.0)
   return jnp.where(counted, same, 0.0).sum(), counted.sum()
 

@@ -112,4 +112,5 @@ def with_human_eft(seeds: dict, config, workdir: str, t: int) -> dict:
   judge = judges.get(config.creation.judge.kind)
   extra = [r for s in range(1, t) for r in labels_lib.eft_records(
       labels_lib.read_labels(labels_lib.labels_path(workdir, s)), judge)]
-  return dict(seeds, eft=seeds['eft'] + extra) if extra else seeds
+  # 'human_eft' alone too: the human_pairs stage trains on them (stages/human_pairs.py)
+  return dict(seeds, eft=seeds['eft'] + extra, human_eft=extra) if extra else seeds

@@ -152,8 +152,8 @@ def eft_records(labels: Sequence[dict], judge) -> list:
   """Returns EFT (prompt, response, judgment) triples whose targets follow the person's choice.
 
   The preferred response gets the judge's score for human rank 0, the other the score for
-  rank 1 (judge.rank_score, as the OASST EFT builder scores ranked replies); a tie says
-  nothing about either response's quality and adds no example.
+  rank 1 (judge.rank_score, as the OASST EFT builder scores ranked replies), in that order
+  per label; a tie says nothing about either response's quality and adds no example.
   """
   out = []
   for label in labels:

@@ -109,9 +109,10 @@ def measure(ctx, reference: dict, labels: list) -> dict:
   n = ctx.settings.n_candidates
   cands = ctx.records('candidates', 'candidates.jsonl')
   judged = ctx.arrays('judgments')
-  self_R, _ = judges.mean_valid(judged['scores_RxK'], judged['valid_RxK'])
-  ref_R, _ = judges.mean_valid(reference['reference_scores_RxK'],
-                               reference['reference_valid_RxK'])
+  how = ctx.settings.judge.aggregate  # as the pairs stage reduces the K judgments
+  self_R, _ = judges.aggregate(judged['scores_RxK'], judged['valid_RxK'], how)
+  ref_R, _ = judges.aggregate(reference['reference_scores_RxK'],
+                              reference['reference_valid_RxK'], how)
   lengths_R = ctx.arrays('candidates')['lengths']
   p = len(cands)
   agree, count = guards.judge_agreement(self_R.reshape(p, n), ref_R.reshape(p, n))

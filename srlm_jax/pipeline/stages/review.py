@@ -26,10 +26,11 @@ from srlm_jax.review import label_studio
 from srlm_jax.review import labels as labels_lib
 
 
-def reference_map(candidate_records, reference: dict, n: int) -> dict:
-  """Returns {(prompt id, candidate): the frozen judge's mean score or None} (host edge)."""
-  mean_R, _ = judges.mean_valid(reference['reference_scores_RxK'],
-                                reference['reference_valid_RxK'])
+def reference_map(candidate_records, reference: dict, n: int, how: str = 'mean') -> dict:
+  """Returns {(prompt id, candidate): the frozen judge's score (its K judgments reduced as
+  `how`: judges.aggregate) or None} (host edge)."""
+  mean_R, _ = judges.aggregate(reference['reference_scores_RxK'],
+                               reference['reference_valid_RxK'], how)
   host = np.asarray(distributed.to_host(mean_R))
   return {(r['id'], j): judges.score_json(host[i * n + j])
           for i, r in enumerate(candidate_records) for j in range(n)}
@@ -71,7 +72,8 @@ def run(ctx, out_dir: str) -> dict:
   cands = ctx.records('candidates', 'candidates.jsonl')
   items = labels_lib.build_sample(
       ctx.records('pairs', 'pairs.jsonl'), ctx.records('judgments', 'judgments.jsonl'),
-      reference_map(cands, reference, ctx.settings.n_candidates), ctx.t, cfg.sample,
+      reference_map(cands, reference, ctx.settings.n_candidates, ctx.settings.judge.aggregate),
+      ctx.t, cfg.sample,
       seed=ctx.settings.seed)
   write_jsonl(os.path.join(out_dir, 'sample.jsonl'), items)
   if distributed.is_writer():
