@@ -245,12 +245,60 @@ def test_small_judge_accuracy_run_with_smollm2(shared_data, tmp_path):
   assert again['pairwise_accuracy'] == metrics['pairwise_accuracy']
 
 
-def test_launch_table_and_plot(tmp_path):
+def _launch():
+  """Returns launch/evaluate.py as a module, imported once (its absl flags are global)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'launch_evaluate', os.path.join(os.path.dirname(__file__), '..', 'launch', 'evaluate.py'))
-  launch = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(launch)
+  import sys  # pylint: disable=g-import-not-at-top
+  if 'launch_evaluate' not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        'launch_evaluate', os.path.join(os.path.dirname(__file__), '..', 'launch',
+                                        'evaluate.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules['launch_evaluate'] = module
+  return sys.modules['launch_evaluate']
+
+
+def test_launch_judge_flags_end_to_end(tmp_path, capsys):
+  """launch/evaluate.py's judge mode with --judge_kind, --votes, --meta_filter, --verdict on a
+  few pairs of the tiny model: forced verdicts are all valid, SPCT votes are sums, the meta
+  filter keeps k_meta judgments per response, and --out has the top-level numbers."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  launch = _launch()
+  pairs = [{'prompt_id': f'p{i}', 'prompt': f'Question {i}?', 'chosen': f'Good answer {i}.',
+            'rejected': f'bad {i}', 'chosen_id': f'c{i}', 'rejected_id': f'r{i}'}
+           for i in range(3)]
+  path = data.write_jsonl(str(tmp_path / 'pairs.jsonl'), pairs)
+  out = tmp_path / 'spct.json'
+  argv = ['evaluate.py', '--judge=tiny', f'--pairs={path}', f'--out={out}',
+          '--judge_kind=spct', '--votes=3', '--meta_filter=2', '--verdict=forced',
+          '--max_new_tokens=4', '--n_boot=50']
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv)
+    launch.main([])
+  got = json.loads(out.read_text())
+  assert got['valid_fraction'] == 1.0 and got['counts']['pairs'] == 3
+  for key in evaluate.AGREEMENT_KEYS[:5]:
+    assert key in got and len(got[f'{key}_ci']) == 2
+  assert got['wall_seconds'] > 0 and got['settings']['aggregate'] == 'sum'
+  assert got['settings']['together'] and got['settings']['meta_filter'] == 2
+  records = [json.loads(line) for line in open(f'{out}.judgments.jsonl')]
+  assert len(records) == 6
+  for r in records:
+    assert sum(r['kept']) == 2 and r['valid'] == r['kept']
+    assert math.isclose(r['value'], sum(s for s, k in zip(r['scores'], r['kept']) if k),
+                        rel_tol=1e-5)
+  assert '"valid_fraction": 1.0' in capsys.readouterr().out
+  # Bad flags are refused before any model loads.
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv[:5] + ['--votes=2', '--meta_filter=3'])
+    with pytest.raises(Exception, match='--meta_filter=3'):
+      launch.main([])
+
+
+def test_launch_table_and_plot(tmp_path):
+  launch = _launch()
   agreement = evaluate.judge_agreement([([0, 1], [3, 1]), ([0, 1, 2], [2, 2, 1])], n_boot=20)
   h2h = dict(evaluate.win_rates([1, 0, -1, 1], n_boot=20),
              length_controlled=evaluate.length_controlled([1, 0, -1, 1], [1, 2, 3, 4],
