@@ -20,6 +20,10 @@ Configs (the records are exactly those of srlm_jax.data, see there):
   eft_eval     split 'validation'  {id, prompt, responses: {id, response, rank, score}}
   human_pairs  split 'validation'  {id, prompt_id, prompt, chosen, rejected, chosen_id,
                                     rejected_id, chosen_rank, rejected_rank}
+  eft_train_model  split 'train'   {id, prompt, response, judgment, score, human_score}: the
+                                    kept model-written EFT examples (srlm_jax/eft.py), packaged
+                                    from the JSONL launch/build_data.py --eft_source=model
+                                    writes (source `eft_model`; built only when given)
 The source paths are builder arguments, not part of the dataset's identity: build different
 sources into different data_dirs.
 """
@@ -33,7 +37,7 @@ from srlm_jax import data
 
 _TEXT = tfds.features.Text
 _SPLIT = {'ift': 'train', 'eft_train': 'train', 'eft_eval': 'validation',
-          'human_pairs': 'validation'}
+          'human_pairs': 'validation', 'eft_train_model': 'train'}
 
 
 def _features(name: str) -> tfds.features.FeaturesDict:
@@ -42,6 +46,9 @@ def _features(name: str) -> tfds.features.FeaturesDict:
   elif name == 'eft_train':
     spec = {'id': _TEXT(), 'prompt': _TEXT(), 'response': _TEXT(), 'judgment': _TEXT(),
             'score': np.int32}
+  elif name == 'eft_train_model':  # a model's stated scores may be decimals
+    spec = {'id': _TEXT(), 'prompt': _TEXT(), 'response': _TEXT(), 'judgment': _TEXT(),
+            'score': np.float32, 'human_score': np.float32}
   elif name == 'eft_eval':
     spec = {'id': _TEXT(), 'prompt': _TEXT(), 'responses': tfds.features.Sequence(
         {'id': _TEXT(), 'response': _TEXT(), 'rank': np.int32, 'score': np.int32})}
@@ -60,9 +67,10 @@ class OasstSrlm(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in _SPLIT]
 
   def __init__(self, *, oasst1: str, oasst2_ranked: Optional[str] = None,
-               oasst2_quality: Optional[str] = None, **kwargs):
+               oasst2_quality: Optional[str] = None, eft_model: Optional[str] = None,
+               **kwargs):
     self._sources = {'oasst1': oasst1, 'oasst2_ranked': oasst2_ranked,
-                     'oasst2_quality': oasst2_quality}
+                     'oasst2_quality': oasst2_quality, 'eft_model': eft_model}
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -77,6 +85,11 @@ class OasstSrlm(tfds.core.GeneratorBasedBuilder):
 
   def _records(self) -> list:
     name, src = self.builder_config.name, self._sources
+    if name == 'eft_train_model':
+      if not src['eft_model']:
+        raise ValueError("config 'eft_train_model' needs eft_model (the JSONL of kept "
+                         'model-written EFT, launch/build_data.py --eft_source=model)')
+      return [obj for _, _, obj in data.read_jsonl(src['eft_model'], allow_empty=True)]
     rankings, _ = data.eft_eval_from_trees(src['oasst1'])
     held_out = [g['prompt'] for g in rankings]
     if name == 'eft_eval':
@@ -109,6 +122,11 @@ def build_all(data_dir: str, **sources) -> dict:
   out = {}
   for name in _SPLIT:
     if name in ('ift', 'eft_train') and not sources.get('oasst2_ranked'):
+      continue
+    if name == 'eft_train_model' and not sources.get('eft_model'):
+      continue
+    if name == 'eft_train_model' and not data.read_jsonl(sources['eft_model'], allow_empty=True):
+      out[name] = {'train': 0}  # nothing kept: TFDS writes no empty split
       continue
     b = builder(name, data_dir, **sources)
     b.download_and_prepare()

@@ -243,3 +243,40 @@ def test_tfds_builders_match_the_jsonl_builders(built, shared_data, tmp_path):
   eft = tfds_builders.load('eft_train', str(tmp_path), **sources)['train'][7]
   assert eft['judgment'].decode() == built['eft'][7]['judgment']
   assert eft['score'] == built['eft'][7]['score']
+
+
+def _head(src: str, dst, n: int) -> str:
+  with open(src, encoding='utf-8') as f, open(dst, 'w', encoding='utf-8') as out:
+    for _, line in zip(range(n), f):
+      out.write(line)
+  return str(dst)
+
+
+def test_build_data_writes_model_written_eft(shared_data, tmp_path):
+  """--eft_source=model: a judge model (the tiny one here) judges the EFT train responses; the
+  kept ones are exactly the judgments marked kept, and TFDS packages the same records."""
+  pytest.importorskip('tensorflow_datasets')
+  pytest.importorskip('array_record')
+  flat = os.path.join(shared_data, 'oasst2_en_first_turn')
+  args = [f'--oasst1={_head(os.path.join(shared_data, "oasst1", "en-validation.jsonl"), tmp_path / "o1.jsonl", 300)}',
+          f'--oasst2_ranked={_head(os.path.join(flat, "0_EFT_seed_data_input.jsonl"), tmp_path / "r.jsonl", 40)}',
+          '--oasst2_quality=', f'--out_dir={tmp_path / "out"}', f'--tfds_dir={tmp_path / "tfds"}',
+          '--eft_source=model', '--eft_judge_model=tiny:0', '--eft_verdict=forced', '--eft_k=2',
+          '--eft_max_new_tokens=4', '--eft_template=compact', '--eft_max_responses=12',
+          '--eft_tolerance=5.0']  # every lone response agrees: the plumbing, not the filter
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'build_data.py'), *args],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=ROOT), check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  judged = [json.loads(l) for l in (tmp_path / 'out' / 'eft_model_judgments.jsonl').open()]
+  kept = [json.loads(l) for l in (tmp_path / 'out' / 'eft_train_model.jsonl').open()]
+  assert summary['eft_model']['judgments'] == len(judged) == 24
+  assert summary['eft_model']['kept'] == len(kept) == sum(r['kept'] for r in judged) == 24
+  assert [r['judgment'] for r in kept] == [r['judgment'] for r in judged if r['kept']]
+  eft = [json.loads(l) for l in (tmp_path / 'out' / 'eft_train.jsonl').open()][:12]
+  assert sorted({r['response'] for r in judged}) == sorted({r['response'] for r in eft})
+  assert summary['tfds']['eft_train_model'] == {'train': 24}
+  packaged = data.read_source(f'tfds:eft_train_model/train@{tmp_path / "tfds"}')
+  assert [obj['judgment'] for _, _, obj in packaged] == [r['judgment'] for r in kept]
+  assert [obj['score'] for _, _, obj in packaged] == pytest.approx([r['score'] for r in kept])
