@@ -116,10 +116,146 @@ def test_eval_stage_measures_the_new_models_judge_agreement(two_iterations, tmp_
   assert agreement['model'] == 'M2'
   assert agreement['counts']['pairs'] == 3 and agreement['counts']['prompts'] == 2
   assert 0.0 <= agreement['pairwise_accuracy'] <= 1.0  # ties and invalid count 1/2
-  judged = loop.read_records(os.path.join(workdir, 'iter_1', 'eval', 'judgments.jsonl'))
+  judged = loop.read_records(os.path.join(workdir, 'iter_1', 'eval', 'judgments_M2.jsonl'))
   assert len(judged) == 5 and all(len(r['judgments']) == 2 for r in judged)
   assert 'pairwise_accuracy' in open(os.path.join(workdir, 'iter_1', 'report.md')).read()
   assert result['lengths']['all']['mean'] > 0
+
+
+def _pairwise_accuracy(groups, judged):
+  """The paper's pairwise accuracy, written out: 1, 0 or 1/2 (tie or no score) per pair."""
+  score = {(r['prompt_id'], r['response_index']): r['mean'] for r in judged}
+  hits = []
+  for g in groups:
+    for i, j in g['pairs']:
+      a, b = score[(g['id'], i)], score[(g['id'], j)]
+      hits.append(0.5 if a is None or b is None or a == b else float(a > b))
+  return float(np.mean(hits))
+
+
+def _dpo_loss(config, params, arrays, beta):
+  """DPO's sigmoid loss over every pair, float64 numpy over a full forward pass."""
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  logps = {}
+  for side in ('chosen', 'rejected'):
+    logits = np.asarray(srlm_jax.forward(config, params, arrays[f'{side}/inputs'],
+                                         mask=arrays[f'{side}/mask']), np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(logp, arrays[f'{side}/targets'][..., None].astype(int), -1)[..., 0]
+    logps[side] = (picked * arrays[f'{side}/loss_mask']).sum(-1)
+  margin = ((logps['chosen'] - arrays['ref_chosen_logps'])
+            - (logps['rejected'] - arrays['ref_rejected_logps']))
+  return float(np.mean(np.logaddexp(0.0, -beta * margin)))
+
+
+def test_eval_stage_fills_every_metric(two_iterations):
+  """M2 and M3 (and M0, M1 in iteration 1): each metric recomputed from the stage's records."""
+  from srlm_jax import evaluate, store  # pylint: disable=g-import-not-at-top
+  from srlm_jax.evaluate import ifeval  # pylint: disable=g-import-not-at-top
+  from srlm_jax.pipeline import seeds  # pylint: disable=g-import-not-at-top
+  workdir, _ = two_iterations
+  config = tiny_config()
+  groups = evaluate.load_judge_groups(seeds.data_path(config.eval.pairs), config.eval.max_pairs)
+  if_records = ifeval.load_prompts(seeds.data_path(config.eval.ifeval), config.eval.max_ifeval)
+  for t in (1, 2):
+    d = os.path.join(workdir, f'iter_{t}', 'eval')
+    result = json.load(open(os.path.join(d, 'eval.json')))
+    assert result['model'] == f'M{t + 1}'
+    measured = [result] + ([result['baselines']['M0'], result['baselines']['M1']] if t == 1
+                           else [])
+    assert 'baselines' in result if t == 1 else 'baselines' not in result
+    for r in measured:
+      name = r['model']
+      a = r['judge_agreement']
+      for key in ('pairwise_accuracy', 'exact_match', 'spearman', 'kendall_tau', 'five_best'):
+        assert key in a and len(a[f'{key}_ci']) == 2, (name, key)
+      judged = loop.read_records(os.path.join(d, f'judgments_{name}.jsonl'))
+      assert a['pairwise_accuracy'] == pytest.approx(_pairwise_accuracy(groups, judged))
+      scores = [s for j in judged for s in j['scores']]
+      assert a['valid_fraction'] == pytest.approx(np.mean([s is not None for s in scores]))
+      responses = loop.read_records(os.path.join(d, f'responses_{name}.jsonl'))
+      assert len(responses) == config.eval.max_prompts
+      assert r['lengths']['responses']['mean'] == pytest.approx(
+          np.mean([x['length'] for x in responses]))
+      answers = loop.read_records(os.path.join(d, f'ifeval_{name}.jsonl'))
+      follow = r['instruction_following']
+      strict = [all(ifeval.check(i, x['response']) for i in rec['instructions'])
+                for rec, x in zip(if_records, answers)]
+      assert follow['n_prompts'] == len(if_records) == len(answers)
+      assert follow['prompt_strict'] == pytest.approx(np.mean(strict))
+    assert result['lengths']['all']['mean'] > 0  # this iteration's candidates, as before
+    pairs_h2h = [(result['head_to_head'], f'M{t + 1}', f'M{t}')]
+    if t == 1:
+      pairs_h2h.append((result['baselines']['M1']['head_to_head'], 'M1', 'M0'))
+    for h, a_name, b_name in pairs_h2h:
+      assert (h['a'], h['b'], h['judge'], h['method']) == (a_name, b_name, 'M0', 'pairwise')
+      rows = loop.read_records(os.path.join(d, f'head_to_head_{a_name}_vs_{b_name}.jsonl'))
+      outcomes = np.array([x['outcome'] for x in rows], float)
+      assert h['win_rate'] == pytest.approx(np.mean((outcomes > 0) + 0.5 * (outcomes == 0)))
+      assert 'win_rate' in h['length_controlled'] and 'valid_verdicts' in h['position']
+    # DPO's metrics after its last update: the loss of M_{t+1} over every pair, recomputed
+    after = result['dpo_after']
+    arrays = store.load_arrays(os.path.join(workdir, f'iter_{t}', 'pairs', 'arrays.npz'))
+    m = srlm_jax_load(os.path.join(workdir, f'iter_{t}', 'dpo', 'params'))
+    assert after['pairs'] == len(arrays['ref_chosen_logps']) >= 1
+    assert after['loss'] == pytest.approx(_dpo_loss(m.config, m.params, arrays,
+                                                    config.dpo.beta), rel=1e-4, abs=1e-5)
+    metrics = loop.read_records(os.path.join(workdir, f'iter_{t}', 'dpo', 'metrics.jsonl'))
+    assert max(x['step'] for x in metrics) >= 1  # DPO took at least one step
+  # iteration 2's M2 is iteration 1's: its responses were read back, not sampled again
+  assert not os.path.exists(os.path.join(workdir, 'iter_2', 'eval', 'responses_M2.jsonl'))
+
+
+def srlm_jax_load(path):
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  return srlm_jax.load(path)
+
+
+def test_every_model_the_loop_wrote_loads_and_chats(two_iterations):
+  """M1, M2 and M3 are model directories: srlm_jax.load gives their params, chat.py answers."""
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  workdir, _ = two_iterations
+  dirs = [os.path.join(workdir, 'm1_sft', 'train', 'params')] + [
+      os.path.join(workdir, f'iter_{t}', 'dpo', 'params') for t in (1, 2)]
+  base = load_model('tiny:0')
+  for d in dirs:
+    model = srlm_jax.load(d)
+    assert model.config.replace(param_dtype='float32') == base.config
+    want = checkpoint.load_params(d)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(model.params),
+                            jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  prompt = 'Name a colour.'
+  [[expected]] = srlm_jax.generate(srlm_jax.load(dirs[-1]), [[{'role': 'user',
+                                                                'content': prompt}]],
+                                   max_new_tokens=6, progress=False)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'chat.py'),
+                         f'--model={dirs[-1]}', f'--prompt={prompt}', '--max_new_tokens=6'],
+                        env=dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=multihost.xla_flags(1)),
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout == expected + '\n'  # the greedy reply, printed
+
+
+def test_evaluate_workdir_writes_the_run_table(two_iterations, tmp_path):
+  """launch/evaluate.py --workdir on the finished tiny run: a row per model M0..M3."""
+  workdir, _ = two_iterations
+  out = tmp_path / 'table.json'
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'evaluate.py'),
+                         f'--workdir={workdir}', f'--out={out}'],
+                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table = json.load(open(out))
+  assert [r['model'] for r in table['rows']] == ['M0', 'M1', 'M2', 'M3']
+  for r, (t, name) in zip(table['rows'][2:], ((1, 'M2'), (2, 'M3'))):
+    result = json.load(open(os.path.join(workdir, f'iter_{t}', 'eval', 'eval.json')))
+    assert r['judge']['pairwise_accuracy'] == result['judge_agreement']['pairwise_accuracy']
+    assert r['vs_previous']['win_rate'] == result['head_to_head']['win_rate']
+    assert r['params'] == os.path.join(workdir, f'iter_{t}', 'dpo', 'params')
+  md = open(tmp_path / 'table.md').read()
+  assert md.count('\n| M') == 4 and '| M3 |' in proc.stdout
 
 
 # The tiny config's stages with tests/token_count_stage.py after candidates: a stage from
