@@ -3,8 +3,10 @@ r"""The embedded default: one self-rewarding iteration of SmolLM2-135M-Instruct 
   python launch/srlm.py --config=configs/demo.py --workdir=/tmp/srlm_demo
 
 Seed data is the project's own embedded IFT and EFT sets (no download). Sized to aim at about
-ten minutes for M1 SFT plus one full iteration (prompts, candidates, judgments, pairs, DPO) on
-an idle 2-core CPU: a short SFT, 16 few-shot requests, 4 candidates and 3 judgments each.
+ten minutes for M1 SFT plus one full iteration (prompts, candidates, judgments, pairs, DPO,
+eval) on an idle 2-core CPU: a short SFT, 24 few-shot requests, 4 candidates and 3 judgments
+each, a few DPO steps, and the eval stage measuring M0, M1 and M2 (srlm_jax/pipeline/stages/
+eval.py; the run table: `python launch/evaluate.py --workdir=/tmp/srlm_demo --out=table.json`).
 
 M1 is taught to judge by score-only EFT targets (data.eft_target='score_only': the judge
 answers "Score: N" without its reasons). SmolLM2-135M-Instruct before training writes no
@@ -29,7 +31,7 @@ def get_config(arg: str = ''):
   c.iterations = 1
   c.shard_size = 16
 
-  c.creation.num_requests = 16
+  c.creation.num_requests = 24  # about 20 pairs: several DPO steps of 4
   c.creation.prompt_max_new_tokens = 64
   c.creation.max_new_tokens = 96
   # Candidates cut by the 96-token limit may be chosen or rejected (the default excludes them):
@@ -58,10 +60,22 @@ def get_config(arg: str = ''):
   c.dpo.batch_size = 4
   c.dpo.num_epochs = 1.0
   c.dpo.max_len = 256
-  c.dpo.lr = 1e-6
-  c.dpo.end_lr = 1e-7
+  # A few steps at the paper's 1e-6 move a 135M model by rounding error; 5e-6 over the
+  # iteration's pairs (24 requests: about 20 pairs, 5 steps) is still a gentle update.
+  c.dpo.lr = 5e-6
+  c.dpo.end_lr = 1e-6
   c.dpo.dtype = 'float32'
   c.dpo.checkpoint_every = 2
   c.dpo.unroll_layers = False  # a few steps: the loop over layers compiles 3.6x faster
   c.dpo.head_at_loss_positions = False  # a few steps: fewer batch shapes to compile
+
+  # The eval stage (M0, M1 and M2, each measured once): judge agreement on the 24 embedded
+  # held-out pairs, one judgment per response; greedy answers to the 12 held-out prompts and
+  # the 18 IFEval-style prompts; M2 against M1 (and M1 against M0) judged pointwise by M1, the
+  # model the EFT taught to end with "Score: N" (M0 writes no verdict, and a 135M model asked
+  # to compare two answers writes no "Verdict:" line either).
+  c.eval.k = 1
+  c.eval.max_new_tokens = 96
+  c.eval.judge = 'M1'
+  c.eval.method = 'pointwise'
   return c

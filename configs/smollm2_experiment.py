@@ -1,0 +1,94 @@
+r"""The CPU-sized experiment: SmolLM2-135M-Instruct on OASST seed data, M1 -> M2 -> M3, with
+what helps a 135M model (forced verdicts, model-written EFT, length control), and the table.
+
+  python launch/build_data.py --out_dir=/tmp/srlm_oasst      # from ../shared/data, no download
+  python launch/srlm.py --config=configs/smollm2_experiment.py:/tmp/srlm_oasst \
+      --workdir=/tmp/srlm_experiment
+  python launch/evaluate.py --workdir=/tmp/srlm_experiment --out=/tmp/srlm_experiment/table.json
+
+Seed data (launch/build_data.py's JSONL, the ../shared/data layout): the IFT subset is OASST2
+first-turn prompts with their rank-0 reply (96 of them: M1's SFT, and the pool of few-shot
+examples for new prompts); the EFT subset is OASST2's human-ranked replies (48 of them), which
+M0 judges itself: with data.eft_source='model' its reasons-then-score judgments that agree with
+the human ranking become M1's EFT targets (srlm_jax/eft.py, workdir/m1_eft). OASST1's English
+validation trees are held out: their human pairs measure each model as a judge, their prompts
+are the head-to-head prompts (eval.pairs, eval.prompts).
+
+Sized for about 90 minutes on an idle 2-core CPU (`--dry_run` prints every stage's size; the
+estimate, from the demo's measured rates, is in the stage comments below). Per iteration: 40
+few-shot requests, 4 candidates of at most 128 tokens, 2 compact-rubric judgments each with a
+forced verdict (a judgment without a "Score: N" line gets the model's expected score token,
+so every judgment counts), pairs by the shortest candidate within half a point of the best
+(length control), and DPO over them; then the eval stage (M0 and M1 too, in iteration 1).
+"""
+
+import importlib.util
+import os
+
+
+def get_config(arg: str = '/tmp/srlm_oasst'):
+  """Returns the experiment config; arg is launch/build_data.py's output directory."""
+  spec = importlib.util.spec_from_file_location(
+      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  c = common.get_config()
+  sources = common.oasst_data(arg or '/tmp/srlm_oasst')
+  c.model = 'smollm2-135m-instruct'
+  c.iterations = 2  # M1 -> M2 -> M3
+  c.shard_size = 20
+
+  # Seeds: 96 IFT, 48 human-ranked EFT replies judged by M0 twice each (~96 judgments of at
+  # most 64 tokens: ~3 min), the agreeing ones kept as M1's EFT targets.
+  c.data.ift, c.data.eft = sources['ift'], sources['eft']
+  c.data.max_ift = 96
+  c.data.max_eft = 48
+  c.data.eft_source = 'model'
+  c.data.eft_k = 2
+  c.data.eft_target = 'judgment'  # the model's own reasons, then its score
+
+  # The judge: the compact additive rubric, short reasons, a forced verdict when none is written.
+  c.creation.judge.template = 'compact'
+  c.creation.judge.k = 2
+  c.creation.judge.max_new_tokens = 64
+  c.creation.judge.verdict = 'forced'
+
+  # Creation per iteration (~8 min): 40 requests -> ~35 prompts x 4 candidates of <= 128
+  # tokens (~4 min), 2 judgments each (~3 min).
+  c.creation.num_requests = 40
+  c.creation.prompt_max_new_tokens = 64
+  c.creation.n_candidates = 4
+  c.creation.max_new_tokens = 128
+  c.creation.pair_truncated = True  # SmolLM2 cuts most answers at this limit (see demo.py)
+  c.creation.length_margin = 0.5  # length control: the shortest within 0.5 of the best wins
+
+  # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8.
+  c.sft.batch_size = 8
+  c.sft.num_epochs = 1.0
+  c.sft.max_len = 640
+  c.sft.lr, c.sft.end_lr = 5e-5, 5e-6
+  c.sft.checkpoint_every = 5
+  c.sft.unroll_layers = False  # tens of steps: the loop over layers compiles 3.6x faster
+  c.sft.head_at_loss_positions = False
+
+  # DPO per iteration (~4 min): ~30 pairs, batch 4, ~8 steps.
+  c.dpo.batch_size = 4
+  c.dpo.max_len = 384
+  c.dpo.lr, c.dpo.end_lr = 5e-6, 1e-6
+  c.dpo.checkpoint_every = 4
+  c.dpo.unroll_layers = False
+  c.dpo.head_at_loss_positions = False
+
+  # Eval (~6 min in iteration 1 for M0, M1 and M2; ~3 min after): OASST1 held-out pairs (32,
+  # one forced judgment per response), 12 of their prompts answered greedily (<= 128 tokens)
+  # for the head-to-head, judged pointwise by M1 (the run's fixed judge), and the 18
+  # IFEval-style prompts.
+  c.eval.pairs = sources['pairs']
+  c.eval.max_pairs = 32
+  c.eval.k = 1
+  c.eval.prompts = sources['pairs']
+  c.eval.max_prompts = 12
+  c.eval.max_new_tokens = 128
+  c.eval.judge = 'M1'
+  c.eval.method = 'pointwise'
+  return c
