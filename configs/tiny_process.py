@@ -36,4 +36,5 @@ def get_config(arg: str = ''):
   c.creation.pair_truncated = True  # a random model never ends a step within 8 tokens
   c.dpo.loss = 'step_dpo'
   c.dpo.max_len = 256
+  c.dpo.unroll_layers = False  # a few steps: compile time dominates
   return c

@@ -15,8 +15,10 @@ from srlm_jax import validate
 from test_loop import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOOP_CONFIGS = ('demo', 'tiny', 'paper_llama2_70b', 'llama3_8b', 'smollm2_oasst')
-OASST_CONFIGS = ('paper_llama2_70b', 'llama3_8b', 'smollm2_oasst')
+LOOP_CONFIGS = ('demo', 'tiny', 'paper_llama2_70b', 'llama3_8b', 'smollm2_oasst',
+                'tiny_process', 'tiny_irpo', 'smollm2_process', 'smollm2_irpo',
+                'smollm2_experiment')
+OASST_CONFIGS = ('paper_llama2_70b', 'llama3_8b', 'smollm2_oasst', 'smollm2_experiment')
 
 
 def load(name):
@@ -65,7 +67,8 @@ def test_loop_config_validates_without_compute(name, request, tmp_path):
   arg = request.getfixturevalue('oasst_dir') if name in OASST_CONFIGS else ''
   config = load(name).get_config(arg)
   run = loop.Loop(config, str(tmp_path / 'w'), load_model=no_model)
-  assert run.seeds['ift'] and run.seeds['eft']
+  # model-written EFT (data.eft_source='model'): human-scored groups the judge model labels
+  assert run.seeds['ift'] and (run.seeds['eft'] or run.seeds.get('eft_groups'))
   assert len(run.seeds['seed_prompts']) >= config.creation.few_shot
 
 
