@@ -65,7 +65,7 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8.
   c.sft.batch_size = 8
   c.sft.num_epochs = 1.0
-  c.sft.max_len = 640
+  c.sft.max_len = 768  # compact-rubric judge prompts of OASST replies run to ~700 tokens
   c.sft.lr, c.sft.end_lr = 5e-5, 5e-6
   c.sft.checkpoint_every = 5
   c.sft.unroll_layers = False  # tens of steps: the loop over layers compiles 3.6x faster
