@@ -99,3 +99,7 @@ def test_meta_rm_scores_are_forced_and_valid_on_the_tiny_model():
   assert got.kept_RxK.sum() == 2 and not np.isnan(got.meta_RxK).any()
   assert ((got.meta_RxK >= 1) & (got.meta_RxK <= 5)).all()
   assert got.valid_RxK.tolist() == got.kept_RxK.tolist()
+  records = judges.judgment_records([{'id': 'q', 'candidate': 0}], got, 'spct')
+  assert records[0]['kept'] == got.kept_RxK[0].tolist() and None not in records[0]['scores']
+  stats = judges.judgment_stats(records)
+  assert stats['valid_fraction'] == 1.0 and stats['meta_kept_fraction'] == 0.6667

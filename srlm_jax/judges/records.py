@@ -1,7 +1,8 @@
 """Judgment records (JSONL, for audit) from one judging call, and what they say of the judge.
 
 One record per judged (prompt, candidate): its K judgment texts, scores (None where invalid),
-validity, mean, verdict kinds and forced-verdict details. `judgment_stats` summarises records
+validity, mean, verdict kinds and forced-verdict details (and, with a meta filter, which
+judgments were kept and their meta scores). `judgment_stats` summarises records
 for the judgments stage's DONE info and the report.
 """
 
@@ -27,6 +28,9 @@ def judgment_records(items: Sequence[dict], result: judging.Judgments, judge_nam
         verdicts=['forced' if f else 'sampled' for f in result.forced_RxK[i]],
         forced_argmax=[base.score_json(a) for a in result.argmax_RxK[i]],
         score_mass=[base.score_json(m) for m in result.mass_RxK[i]],
+        **({'kept': [bool(k) for k in result.kept_RxK[i]],
+            'meta': [base.score_json(m) for m in result.meta_RxK[i]]}
+           if result.meta_RxK is not None and not np.isnan(result.meta_RxK[i]).all() else {}),
         **({'judge_prompt_truncated': int(result.truncated_R[i])} if truncated else {})))
   return records
 
@@ -41,7 +45,9 @@ def judgment_stats(judgment_records: Sequence[dict]) -> dict:
   variance of the candidates' mean scores. Judgments that are pure noise give between about
   within / k; a judge that tells candidates apart gives between well above it.
   """
-  valid = [v for r in judgment_records for v in r['valid']]
+  # A judgment the meta filter dropped is not valid (it does not count) but has its score.
+  valid = [v or s is not None for r in judgment_records for v, s in zip(r['valid'], r['scores'])]
+  kept = [k for r in judgment_records for k in r.get('kept', ())]
   verdicts = [v for r in judgment_records
               for v in r.get('verdicts', ['sampled'] * len(r['valid']))]
   masses = [m for r in judgment_records for m in r.get('score_mass', []) if m is not None]
@@ -60,6 +66,7 @@ def judgment_stats(judgment_records: Sequence[dict]) -> dict:
       'valid_fraction': rnd(np.mean(valid)) if valid else None,
       'forced_fraction': rnd(np.mean([v == 'forced' for v in verdicts])) if verdicts else None,
       'forced_score_mass': rnd(np.mean(masses)) if masses else None,
+      **({'meta_kept_fraction': rnd(np.mean(kept))} if kept else {}),
       'tie_rate': rnd(np.mean([a == b for a, b in two])) if two else None,
       'within_candidate_var': rnd(np.mean(within)) if within else None,
       'between_candidate_var': rnd(np.var(means, ddof=1)) if len(means) >= 2 else None,
