@@ -271,6 +271,8 @@ RULES: tuple[tuple[str, Check], ...] = (
 )
 # (fields, whether their values fit together, what is expected): checked once each is valid.
 CROSS_RULES = (
+    (('creation.judge.meta_filter', 'creation.judge.k'), lambda m, k: m <= k,
+     'meta_filter <= k (the meta filter keeps k_meta of the k judgments)'),
     (('creation.meta_judge.enabled', 'stages'),
      lambda on, stages: not on or ('judge_pairs' in stages and 'dpo' in stages
                                    and list(stages).index('judge_pairs')

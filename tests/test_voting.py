@@ -103,3 +103,21 @@ def test_meta_rm_scores_are_forced_and_valid_on_the_tiny_model():
   assert records[0]['kept'] == got.kept_RxK[0].tolist() and None not in records[0]['scores']
   stats = judges.judgment_stats(records)
   assert stats['valid_fraction'] == 1.0 and stats['meta_kept_fraction'] == 0.6667
+
+
+def test_loop_config_rules_for_the_vote_and_meta_filter():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from srlm_jax import validate  # pylint: disable=g-import-not-at-top
+  from srlm_jax.pipeline import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.creation.judge.update(kind='spct', template='spct', aggregate='sum', k=4,
+                               meta_filter=2)
+  validate.check_loop_config(config)
+  judge = settings_lib.from_config(config).judge
+  assert (judge.aggregate, judge.meta_filter, judge.meta_kind) == ('sum', 2, 'meta_rm')
+  config.creation.judge.meta_filter = 5
+  with pytest.raises(validate.ConfigError, match='meta_filter=5, creation.judge.k=4'):
+    validate.check_loop_config(config)
+  config.creation.judge.update(meta_filter=0, aggregate='max', meta_kind='nope')
+  with pytest.raises(validate.ConfigError, match="aggregate='max'.*\n.*meta_kind='nope'"):
+    validate.check_loop_config(config)
