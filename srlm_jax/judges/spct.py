@@ -31,7 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srlm_jax import distributed
+from srlm_jax import rollout as rollout_lib
 from srlm_jax.judges import base
+from srlm_jax.judges import forced as forced_lib
+from srlm_jax.judges import judging
 from srlm_jax.judges import parser
 
 GRAMMAR = parser.Grammar('Score', 1, 10, decimals=False)
@@ -273,12 +277,6 @@ def judge_together(model: Any, prompts: Sequence[str], responses: Sequence[Seque
   """Returns (judgment texts [G * N][K], JudgeScores [G * N, K]) of settings.k SPCT judgments of
   each question's N responses, all N in one request per sample, shown in a seeded order drawn
   per sample; row g * N + i is response i of question g (the shuffle undone)."""
-  # pylint: disable=g-import-not-at-top
-  from srlm_jax import distributed
-  from srlm_jax import rollout as rollout_lib
-  from srlm_jax.judges import forced as forced_lib
-  from srlm_jax.judges import judging
-  # pylint: enable=g-import-not-at-top
   judge_ = base.get(settings.kind)
   if judge_.grammar != GRAMMAR and judge_ is not JUDGE:
     raise ValueError(f'judge_together is SPCT\'s; settings.kind={settings.kind!r}')
