@@ -2,6 +2,7 @@ r"""Loads a model and prints its greedy reply to one chat message.
 
   python launch/chat.py --model=smollm2-135m-instruct \
       --prompt="Give me three tips for learning a language." --max_new_tokens=64
+  python launch/chat.py --model=/tmp/srlm_demo/iter_1/dpo/params   # M2, as the demo wrote it
 """
 
 from absl import app
@@ -11,7 +12,8 @@ import srlm_jax
 from srlm_jax import console
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
-                             'Hugging Face directory, .gguf file or smollm2-135m-instruct.')
+                             'A model directory the loop wrote (e.g. <workdir>/iter_1/dpo/params), '
+                             'a Hugging Face directory, a .gguf file or smollm2-135m-instruct.')
 _PROMPT = flags.DEFINE_string('prompt', 'What is the capital of France?', 'The user message.')
 _SYSTEM = flags.DEFINE_string('system', None, 'An optional system message.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to generate at most.')
