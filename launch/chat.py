@@ -12,8 +12,8 @@ import srlm_jax
 from srlm_jax import console
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
-                             'A model directory the loop wrote (e.g. <workdir>/iter_1/dpo/params), '
-                             'a Hugging Face directory, a .gguf file or smollm2-135m-instruct.')
+                             'A model directory the loop wrote (<workdir>/iter_1/dpo/params), a '
+                             'Hugging Face directory, a .gguf file or smollm2-135m-instruct.')
 _PROMPT = flags.DEFINE_string('prompt', 'What is the capital of France?', 'The user message.')
 _SYSTEM = flags.DEFINE_string('system', None, 'An optional system message.')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to generate at most.')

@@ -18,8 +18,8 @@ from srlm_jax import console
 from srlm_jax import rollout
 
 _MODEL = flags.DEFINE_string('model', 'smollm2-135m-instruct',
-                             'A model directory the loop wrote (e.g. <workdir>/iter_1/dpo/params), '
-                             'a Hugging Face directory, a .gguf file or smollm2-135m-instruct.')
+                             'A model directory the loop wrote (<workdir>/iter_1/dpo/params), a '
+                             'Hugging Face directory, a .gguf file or smollm2-135m-instruct.')
 _PROMPTS = flags.DEFINE_string('prompts', None, 'JSONL, one {"prompt"} or {"messages"} a line.',
                                required=True)
 _OUT = flags.DEFINE_string('out', None, 'Where to write the JSONL results.', required=True)
