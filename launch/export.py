@@ -5,10 +5,10 @@ Hugging Face directory: sharded safetensors, config.json and the tokenizer.
   python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('/tmp/m2_hf')"
 
 Files of at most --max_shard_mb each (model-0000i-of-0000n.safetensors with
-model.safetensors.index.json; one model.safetensors when it fits). Multi-host (--coordinator_address, --num_processes,
---process_id):
-every process runs this command; the params load sharded over the mesh and each process writes
-its own share of the files, one tensor gathered at a time (srlm_jax.hf_io.export_hf_sharded).
+model.safetensors.index.json; one model.safetensors when it fits). Multi-host
+(--coordinator_address, --num_processes, --process_id): every process runs this command; the
+params load sharded over the mesh and each process writes its own share of the files, one
+tensor gathered at a time (srlm_jax.hf_io.export_hf_sharded).
 """
 
 from absl import app

@@ -30,7 +30,7 @@ CASES = [
     ({'type': 'json_format'}, '```json\n{"city": "Tokyo", "country": "Japan"}\n```',
      'city: Tokyo'),
     ({'type': 'title'}, '<<Sea Song>>\nWaves roll in.', '<Sea Song>\nWaves roll in.'),
-    ({'type': 'end_phrase', 'phrase': 'Any questions?'}, 'Save a little each week. Any questions?\n',
+    ({'type': 'end_phrase', 'phrase': 'Any questions?'}, 'Save a little. Any questions?\n',
      'Any questions? Save a little.'),
     ({'type': 'start_phrase', 'phrase': 'Yes'}, 'Yes, most cats can swim.', 'Most cats: yes.'),
     ({'type': 'postscript', 'marker': 'P.S.'}, 'Thank you!\n\nP.S. See you soon.',

@@ -77,7 +77,8 @@ def test_multihost_sharded_export_loads_in_transformers_with_the_same_logits(tin
                        processes=2, devices_per_process=2, timeout=600)
   index = json.load(open(out / 'model.safetensors.index.json'))
   files = sorted(set(index['weight_map'].values()))
-  assert len(files) > 2 and sorted(f for f in os.listdir(out) if f.endswith('.safetensors')) == files
+  assert len(files) > 2
+  assert sorted(f for f in os.listdir(out) if f.endswith('.safetensors')) == files
   for i, log in enumerate(logs):  # process i wrote files i, i + 2, ...
     assert f'process {i} wrote {len(files[i::2])} of the {len(files)} files' in log, log[-2000:]
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
