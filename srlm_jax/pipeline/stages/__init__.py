@@ -17,6 +17,7 @@ from srlm_jax.pipeline.stages import pairs
 from srlm_jax.pipeline.stages import judge_pairs
 from srlm_jax.pipeline.stages import dpo
 from srlm_jax.pipeline.stages import eval  # pylint: disable=redefined-builtin
+from srlm_jax.pipeline.stages import grpo
 from srlm_jax.pipeline.stages import guard
 from srlm_jax.pipeline.stages import review
 from srlm_jax.pipeline.stages import tasks
