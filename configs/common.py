@@ -179,9 +179,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.guard.max_length_growth = 0.5  # mean candidate length may grow this fraction an iteration
   # What each rule does when it triggers: 'off', 'warn' (recorded only), 'rollback' (the next
   # iteration starts from the best model kept so far, by agreement with people) or 'stop'.
-  c.guard.on_human_drop = 'rollback'
-  c.guard.on_disagreement = 'rollback'
-  c.guard.on_length_growth = 'stop'
+  c.guard.on_human_drop = 'rollback'  # people disagree more: back to the best kept model
+  c.guard.on_disagreement = 'rollback'  # the judge drifts from the frozen one: back too
+  c.guard.on_length_growth = 'stop'  # responses inflate: stop the run
   # Stage `review` (optional; list it before `guard`): a person labels a sample of the pairs
   # (launch/review.py serves the page); labels go to workdir/human_labels/iter_<t>.jsonl.
   c.review = ml_collections.ConfigDict()
