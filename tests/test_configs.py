@@ -17,7 +17,7 @@ from test_loop import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOP_CONFIGS = ('demo', 'tiny', 'paper_llama2_70b', 'llama3_8b', 'smollm2_oasst',
                 'tiny_process', 'tiny_irpo', 'smollm2_process', 'smollm2_irpo',
-                'smollm2_experiment')
+                'smollm2_experiment', 'tiny_grpo', 'smollm2_rlsr')
 OASST_CONFIGS = ('paper_llama2_70b', 'llama3_8b', 'smollm2_oasst', 'smollm2_experiment')
 
 
@@ -113,6 +113,10 @@ def test_missing_oasst_data_names_the_file(tmp_path):
     ('creation.filters.max_words', 0, 'an int >= 1'),
     ('creation.top_p', None, 'type float'),  # ml_collections lets None through
     ('sft.num_steps', True, 'type int'),  # and a bool for an int
+    ('grpo.num_generations', 1, r'an int >= 2 \(a group needs two samples\)'),
+    ('grpo.reward', 'jugde', r"one of \['id_range', 'judge', 'task', 'token_count'\]"),
+    ('grpo.beta', -0.1, 'a finite number >= 0'),
+    ('grpo.prompts', 'tasks:sudoku', "'tasks:<kind>' with a kind of"),
 ])
 def test_each_bad_field_is_named_before_any_model_loads(tmp_path, field, value, expected):
   with pytest.raises(validate.ConfigError, match=f'{re.escape(field)}={re.escape(repr(value))}'
