@@ -20,6 +20,7 @@ from srlm_jax.pipeline.stages import eval  # pylint: disable=redefined-builtin
 from srlm_jax.pipeline.stages import grpo
 from srlm_jax.pipeline.stages import guard
 from srlm_jax.pipeline.stages import review
+from srlm_jax.pipeline.stages import human_pairs
 from srlm_jax.pipeline.stages import tasks
 from srlm_jax.pipeline.stages import steps
 from srlm_jax.pipeline.stages import step_dpo

@@ -23,13 +23,14 @@ def run(ctx, out_dir: str) -> dict:
   # Meta-Rewarding: the judge-preference pairs train beside the actor pairs.
   judge_pairs = (ctx.info('judge_pairs').get('pairs', 0)
                  if ctx.config.creation.meta_judge.enabled else 0)
-  if not pairs and not judge_pairs:
+  human = ctx.info('human_pairs').get('pairs', 0)  # earlier review labels (G, #19)
+  if not pairs and not judge_pairs and not human:
     logging.warning('iteration %d made no preference pairs: M_%d = M_%d', ctx.t, ctx.t + 1,
                     ctx.t)
     return {'skipped': True, 'pairs': 0, 'judge_pairs': 0}
   model = ctx.model(training=True)  # float32 master weights
-  parts = [rollout.unflatten(ctx.arrays(name))
-           for name, count in (('pairs', pairs), ('judge_pairs', judge_pairs)) if count]
+  parts = [rollout.unflatten(ctx.arrays(name)) for name, count in (
+      ('pairs', pairs), ('judge_pairs', judge_pairs), ('human_pairs', human)) if count]
   dataset = pairs_lib.concat_datasets(parts, pad_id=model.tokenizer.pad_id)
   del parts
   # Only the policy, its gradients and optimizer state and the dataset (with its reference
@@ -41,7 +42,8 @@ def run(ctx, out_dir: str) -> dict:
                         progress=ctx.progress, donate=True)
   del state, dataset
   ctx.release_arrays()  # the dataset too: the stages after this one read it from its file
-  return {'skipped': False, 'pairs': int(pairs), 'judge_pairs': int(judge_pairs)}
+  return {'skipped': False, 'pairs': int(pairs), 'judge_pairs': int(judge_pairs),
+          'human_pairs': int(human)}
 
 
 STAGE = register(Stage('dpo', run, inputs=('pairs',), params='params'))
