@@ -81,8 +81,9 @@ def comparisons(a: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def judge_steps(model: Any, contexts: Sequence[str], texts: Sequence[Sequence[str]],
                 settings: SearchSettings, seed: int,
                 progress: Any = False) -> tuple[jax.Array, jax.Array, list]:
-  """Returns (score_AxN float32 on the device, NaN where unjudged; count_AxN int32; the judge
-  texts) of each candidate step by the model's step judge (pointwise or pairwise)."""
+  """Returns (score_AxN float32 on the device, NaN where unjudged; count_AxN int32; per
+  candidate its K judgment texts, or None for the pairwise judge, whose texts are per
+  comparison) of each candidate step by the model's step judge (pointwise or pairwise)."""
   a, n = len(texts), settings.n
   kind = settings.judge.kind
   judge_ = judges.get(kind)
@@ -91,12 +92,12 @@ def judge_steps(model: Any, contexts: Sequence[str], texts: Sequence[Sequence[st
     flat = [t for row in texts for t in row]
     prompts = [contexts[i // n] for i in first]
     responses = [step_judges.pair_response(flat[i], flat[j]) for i, j in zip(first, second)]
-    out_texts, scores = judges.judge(model, judge_, prompts, responses, settings.judge, seed,
-                                     progress=progress, truncate=True)
+    _, scores = judges.judge(model, judge_, prompts, responses, settings.judge, seed,
+                             progress=progress, truncate=True)
     value_C, _ = judges.aggregate(scores.scores_RxK, scores.valid_RxK, settings.judge.aggregate)
     score_R, count_R = pairwise_scores(value_C, jax.device_put(first), jax.device_put(second),
                                        num_rows=a * n)
-    return score_R.reshape(a, n), count_R.reshape(a, n), out_texts
+    return score_R.reshape(a, n), count_R.reshape(a, n), None
   prompts = [contexts[i] for i in range(a) for _ in range(n)]
   responses = [t for row in texts for t in row]
   out_texts, scores = judges.judge(model, judge_, prompts, responses, settings.judge, seed,
@@ -117,21 +118,11 @@ def _choose(score_AxN, count_AxN, usable_AxN, *, min_gap):
   return {**out, 'extend': jnp.where(out['has_pair'], out['chosen'], extend)}
 
 
-def concat_datasets(parts: Sequence[dict]) -> dict:
-  """Returns step-pair datasets concatenated over their rows, [Q, S] arrays right-padded (with
-  0 / False: masked positions) to the widest; None when there are none."""
+def join_datasets(parts: Sequence[dict], pad_id: int = 0) -> Optional[dict]:
+  """Returns the steps' pair datasets joined along the pair axis (rewards/pairs
+  concat_datasets: [Q, S] right-padded to the widest), or None when no step made a pair."""
   parts = [p for p in parts if p['chosen']['inputs'].shape[0]]
-  if not parts:
-    return None
-  flat = [rollout_lib.flatten(p) for p in parts]
-  width = max(f['chosen/inputs'].shape[1] for f in flat)
-  out = {}
-  for name in flat[0]:
-    pieces = [f[name] for f in flat]
-    if pieces[0].ndim == 2:
-      pieces = [jnp.pad(x, [(0, 0), (0, width - x.shape[1])]) for x in pieces]
-    out[name] = jnp.concatenate(pieces, axis=0)
-  return rollout_lib.unflatten(out)
+  return pairs_lib.concat_datasets(parts, pad_id=pad_id) if parts else None
 
 
 def search(model: Any, problems: Sequence[dict], settings: SearchSettings, *, seed: int = 0,
@@ -191,11 +182,10 @@ def search(model: Any, problems: Sequence[dict], settings: SearchSettings, *, se
           'extended_by': e, 'pair': bool(host['has_pair'][a]),
           'decision': pairs_lib.REASONS[int(host['reason'][a])],
           'chosen': int(host['chosen'][a]), 'rejected': int(host['rejected'][a]),
-          'judgments': judge_texts[a * n:(a + 1) * n] if len(judge_texts) == len(texts) * n
-                       else None})
+          'judgments': None if judge_texts is None else judge_texts[a * n:(a + 1) * n]})
       done[i] = (reason == int(sampler.StopReason.EOS)
                  or settings.final_marker in texts[a][e]
                  or len(prefixes[i]) - len(prompt_ids[i]) + settings.max_new_tokens > budget)
   for i, rec in enumerate(records):
     rec['solution'] = steps_lib.render(chosen_steps[i], settings.split)
-  return records, concat_datasets(parts)
+  return records, join_datasets(parts, tok.pad_id)
