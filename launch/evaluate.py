@@ -9,8 +9,22 @@ with bootstrap 95% intervals over prompts; see srlm_jax/evaluate.py for the defi
 
 --out gets the metrics at its top level (`pairwise_accuracy`, `pairwise_accuracy_ci`, ...);
 every judgment goes to <out>.judgments.jsonl, and as the run goes to shards under
-<out>.judgments/<judge key>/ (srlm_jax/store.py), so an interrupted run resumes. Each distinct response is judged k times once, however many pairs it is in. --pairs
-also takes eft_eval.jsonl (rankings).
+<out>.judgments/<judge key>/ (srlm_jax/store.py), so an interrupted run resumes. Each distinct
+response is judged k times once, however many pairs it is in. --pairs also takes
+eft_eval.jsonl (rankings). --out also has `valid_fraction` (judgments with a score of their
+own, before any meta filter) and `wall_seconds` (model load included) at its top level.
+
+The judge and its options: --judge_kind (additive, spct, or any registered judge or module
+path), --votes (k judgments per response), --verdict=sampled|forced|forced_always (forced: read
+the score from the next-token distribution where a judgment has no verdict line), --aggregate
+(mean, or sum: SPCT's vote; default sum for spct), --meta_filter=k_meta (the meta RM keeps
+each response's top k_meta judgments), --together (SPCT: a question's responses in one
+request, shown in a seeded order per sample; on by default for spct), --max_pairs with
+--subset_seed (a random subset of whole prompts), --chunk (responses per device batch):
+
+  python launch/evaluate.py --judge=smollm2-135m-instruct --judge_kind=spct --votes=8 \
+      --meta_filter=4 --verdict=forced --pairs=/tmp/srlm_data/human_pairs.jsonl \
+      --out=/tmp/m0_spct.json
 
 The run table of a finished loop (`--workdir`): one row per model M0, M1, M2, ... from what
 each iteration's eval stage measured (srlm_jax/evaluate/run_table.py), as JSON (`rows`),
