@@ -126,10 +126,13 @@ def decide(measured: dict, history: Sequence[dict], policy: Policy) -> dict:
   """Returns the decision on this iteration's model: {action, triggered, baselines, rollback_to}.
 
   measured: {'human_agreement', 'disagreement', 'mean_length'} (None: not measured) and
-  'start_model' (the params this iteration started from; '' for M0). history: the earlier
-  iterations' guard records ({'iteration', 'model', 'measured', 'decision'}), in order.
-  Baselines: the best agreement with people among kept iterations, and the mean length of the
-  latest kept one; a rule without a baseline or a measurement does not trigger.
+  'start_model' (the params this iteration started from; '' for M0); optionally
+  'heldout_agreement' and 'start_heldout_agreement' (the run's starting model on the same
+  held-out pairs). history: the earlier iterations' guard records ({'iteration', 'model',
+  'measured', 'decision'}), in order. Baselines: the best agreement with people among kept
+  iterations (none kept: the starting model's held-out agreement, against this model's), and
+  the mean length of the latest kept one; a rule without a baseline or a measurement does not
+  trigger.
   """
   kept = _kept(history)
   best_human = max([h['measured']['human_agreement'] for h in kept
@@ -139,9 +142,13 @@ def decide(measured: dict, history: Sequence[dict], policy: Policy) -> dict:
   human, disagreement = measured.get('human_agreement'), measured.get('disagreement')
   length = measured.get('mean_length')
   checks = []
+  start, heldout = measured.get('start_heldout_agreement'), measured.get('heldout_agreement')
   if human is not None and best_human is not None:
     checks.append(('human_drop', best_human - human, policy.max_human_drop,
                    policy.on_human_drop, best_human))
+  elif start is not None and heldout is not None:  # nothing kept yet: the starting model's
+    checks.append(('human_drop', start - heldout, policy.max_human_drop,  # held-out pairs
+                   policy.on_human_drop, start))
   if disagreement is not None and not math.isnan(disagreement):
     checks.append(('disagreement', disagreement, policy.max_disagreement,
                    policy.on_disagreement, None))
@@ -154,7 +161,8 @@ def decide(measured: dict, history: Sequence[dict], policy: Policy) -> dict:
                if action != 'off' and value > threshold]
   action = max([t['action'] for t in triggered] + ['continue'], key=ACTIONS.index)
   out = {'action': action, 'triggered': triggered,
-         'baselines': {'human_agreement': best_human, 'mean_length': last_length},
+         'baselines': {'human_agreement': best_human, 'mean_length': last_length,
+                       'start_heldout_agreement': start},
          'checked': [rule for rule, *_ in checks]}
   if action == 'rollback':
     best = best_kept(history)
@@ -173,7 +181,8 @@ def markdown_lines(record: dict) -> list:
   m, d = record['measured'], record['decision']
   lines = [
       f"| guard: agreement with people (held-out {_fmt(m['heldout_agreement'])} on "
-      f"{m['heldout_pairs']} pairs, review {_fmt(m['review_agreement'])} on "
+      f"{m['heldout_pairs']} pairs, the starting model "
+      f"{_fmt(m.get('start_heldout_agreement'))}; review {_fmt(m['review_agreement'])} on "
       f"{m['review_labels']} labels) | {_fmt(m['human_agreement'])} |",
       f"| guard: self vs frozen {record['reference']} judge, disagreement (candidate pairs / "
       f"DPO pairs) | {_fmt(m['disagreement'])} / {_fmt(m['pair_disagreement'])} |",

@@ -87,6 +87,13 @@ def test_policy_decisions():
   out = guards.decide(dict(now, disagreement=0.9), [], policy)
   assert out['action'] == 'rollback' and out['rollback_to'] == 'iter_2/dpo/params'
   assert out['checked'] == ['disagreement']
+  # nothing kept yet: the held-out agreement falls from the starting model's (M1's)
+  first = dict(now, heldout_agreement=0.5, start_heldout_agreement=0.7)
+  out = guards.decide(first, [], policy)
+  assert out['action'] == 'rollback' and out['triggered'][0]['baseline'] == 0.7
+  assert guards.decide(dict(first, heldout_agreement=0.65), [], policy)['action'] == 'continue'
+  # once an iteration is kept, its agreement is the baseline, not the starting model's
+  assert guards.decide(first, [_record(1, 0.55, 90.0)], policy)['action'] == 'continue'
   off = guards.Policy(max_disagreement=0.4, on_disagreement='warn')
   assert guards.decide(dict(now, disagreement=0.9), [], off)['action'] == 'warn'
   with pytest.raises(ValueError, match='on_length_growth'):

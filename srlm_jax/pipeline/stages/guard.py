@@ -130,6 +130,7 @@ def measure(ctx, reference: dict, labels: list) -> dict:
   return {
       'heldout_agreement': heldout.get('pairwise_accuracy'),
       'heldout_pairs': heldout.get('pairs', 0),
+      'start_heldout_agreement': heldout.get('start'),
       'review_agreement': None if review is None else round(review, 6),
       'review_labels': review_n,
       'human_agreement': guards.pooled([(heldout.get('pairwise_accuracy'),
@@ -148,11 +149,16 @@ def _eval_agreement(ctx) -> dict:
   if not os.path.exists(path):
     return {}
   with open(path, encoding='utf-8') as f:
-    agreement = json.load(f).get('judge_agreement') or {}
+    result = json.load(f)
+  agreement = result.get('judge_agreement') or {}
   if 'pairwise_accuracy' not in agreement:
     return {}
+  # Iteration 1's eval also measures where the run starts (M1, or M0 without SFT).
+  start = ((result.get('baselines') or {}).get('M1' if ctx.config.sft.enabled else 'M0') or {}
+           ).get('judge_agreement') or {}
   return {'pairwise_accuracy': agreement['pairwise_accuracy'],
-          'pairs': int(agreement.get('counts', {}).get('pairs', 0))}
+          'pairs': int(agreement.get('counts', {}).get('pairs', 0)),
+          'start': start.get('pairwise_accuracy')}
 
 
 def history(workdir: str, t: int) -> list:
