@@ -61,6 +61,12 @@ def iteration_plan(config, t: int, prompts: int, pairs: int) -> list:
   eval_units = 0
   if config.eval.pairs:
     eval_units = (config.eval.max_pairs or 64) * 2 * config.eval.k * c.judge.max_new_tokens
+  # each measured model's greedy answers (held-out and IFEval prompts); iteration 1 measures
+  # M0 and M1 too (stages/eval.py)
+  answers = ((config.eval.max_prompts or 64) * bool(config.eval.prompts)
+             + (config.eval.max_ifeval or 18) * bool(config.eval.ifeval))
+  eval_units = (3 if t == 1 and config.eval.baselines else 1) * (
+      eval_units + answers * config.eval.max_new_tokens)
   units = {'prompts': ('sample', c.num_requests * c.prompt_max_new_tokens),
            'candidates': ('sample', responses * c.max_new_tokens),
            'judgments': ('sample', responses * c.judge.k * c.judge.max_new_tokens),
