@@ -120,32 +120,85 @@ def _constrain_cache(cache):
   return jax.tree.map(lambda c: sharding.constrain(c, CACHE), cache)
 
 
+SHARED = P(None, 'tensor', None, None)  # the shared prefix's cache layer [1, K, S0, Dh]
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def prefill_prefix(config: llama.LlamaConfig, params, prefix_tokens_1S: Array) -> tuple:
+  """Returns the KV cache (llama.init_cache's layout, batch 1) of a prefix every prompt shares.
+
+  Its S0 tokens are all real and take positions 0..S0-1; `prefill(shared=...)` then runs only
+  each prompt's remaining tokens, and every decode step reads this cache once for all rows.
+  """
+  s0 = prefix_tokens_1S.shape[1]
+  mask_1S = jnp.ones((1, s0), bool)
+  _, cache = llama.transformer(
+      config, params, prefix_tokens_1S.astype(jnp.int32), llama.default_positions(mask_1S),
+      mask_1S, cache=llama.init_cache(config, 1, s0), cache_index=0, hidden_only=True)
+  return jax.tree.map(lambda c: sharding.constrain(c, SHARED), cache)
+
+
+def _prefill_after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array,
+                          positions_BT: Array, mask_BT: Array, shared: tuple) -> tuple:
+  """Returns the [B, K, T, Dh] cache of prompts whose tokens follow the shared prefix.
+
+  Each layer's attention is one softmax over two blocks: the shared prefix (every slot, read
+  once for the B rows) and the prompt's own slots, causal and without its left padding.
+  """
+  b, t = tokens_BT.shape
+  own_allowed_BTT = (jnp.tril(jnp.ones((t, t), bool))[None] & mask_BT[:, None, :])
+  x_BTD = sharding.constrain(llama.embed(config, params, tokens_BT), sharding.ACTIVATION)
+  cache = []
+  for l in range(config.n_layers):
+    def attend_kv(q_BKGTd, key_BKTd, val_BKTd, l=l):
+      dt = config.dtype
+      blocks = [(shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
+                 jnp.ones((1, t, shared[l]['k'].shape[2]), bool)),
+                (key_BKTd.astype(dt), val_BKTd.astype(dt), own_allowed_BTT)]
+      own = {'k': key_BKTd.astype(config.dtype), 'v': val_BKTd.astype(config.dtype)}
+      return llama.attend(q_BKGTd, blocks, dt), own
+    x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, positions_BT,
+                             attend_kv)
+    cache.append(own)
+  return tuple(cache)
+
+
 @functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'stop_width',
                                              'pad_id', 'length'))
 def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_mask_BP: Array,
             key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int, stop_width: int = 1,
-            pad_id: int = 0, length: int = 0) -> DecodeState:
+            pad_id: int = 0, length: int = 0, shared=None) -> DecodeState:
   """Returns the decode state after one pass over the prompts (all but their last token).
 
-  The prompts are first left-padded to `length` tokens when it is longer than they are.
+  The prompts are first left-padded to `length` tokens when it is longer than they are. With
+  `shared` (prefill_prefix's cache of S0 tokens), the prompts are what follows that prefix:
+  their positions start at S0 and they attend to it.
   """
   pad = ((0, 0), (max(length - prompt_tokens_BP.shape[1], 0), 0))
   prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
   mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
-  positions_BP = llama.default_positions(mask_BP)
+  s0 = 0 if shared is None else shared[0]['k'].shape[2]
+  positions_BP = llama.default_positions(mask_BP) + s0
   # Only the cache is kept: no output head runs.
-  _, prompt_cache = llama.transformer(
-      config, params, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1],
-      cache=_constrain_cache(llama.init_cache(config, b, p - 1)), cache_index=0,
-      hidden_only=True)
+  if shared is None:
+    _, prompt_cache = llama.transformer(
+        config, params, prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1],
+        cache=_constrain_cache(llama.init_cache(config, b, p - 1)), cache_index=0,
+        hidden_only=True)
+  else:
+    prompt_cache = _prefill_after_prefix(config, params, prompt_tokens_BP[:, :-1],
+                                         positions_BP[:, :-1], mask_BP[:, :-1], shared)
   rep = lambda x: jnp.repeat(x, n, axis=0)
   r = b * n
   row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
+  cache = {'prompt': _constrain_cache(prompt_cache),
+           'rows': _constrain_cache(llama.init_cache(config, r, m))}
+  if shared is not None:
+    cache['shared'] = jax.tree.map(lambda c: sharding.constrain(c, SHARED), shared)
   return DecodeState(
       step=jnp.zeros((), jnp.int32),
-      cache={'prompt': _constrain_cache(prompt_cache),
-             'rows': _constrain_cache(llama.init_cache(config, r, m))},
+      cache=cache,
       prompt_mask_BQ=sharding.constrain(mask_BP[:, :-1], P(sharding.BATCH)),
       token_R=rep(prompt_tokens_BP[:, -1]), position_R=rep(positions_BP[:, -1]),
       key_R=jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, row_ids),
@@ -167,9 +220,11 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
   `llama.layer` over `split_layers` params, unrolled: on a CPU this is 1.5-2.5x faster than a
   scan over the stacked layers, whose per-step slices of the weights cost more than the matmuls.
   Its attention reads two blocks of slots in one softmax: the prompt's cache, shared by its N
-  rows, and the row's own generation slots up to this step, where this step's key is written.
+  rows, and the row's own generation slots up to this step, where this step's key is written;
+  a third, the prefix shared by every prompt (`prefill_prefix`), when there is one.
   """
   slot, prompt, rows = state.step, state.cache['prompt'], state.cache['rows']
+  shared = state.cache.get('shared')
   prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
   own_allowed_11M = (jnp.arange(rows[0]['k'].shape[2]) <= slot)[None, None, :]
   x_R1D = sharding.constrain(llama.embed(config, dparams, state.token_R[:, None]),
@@ -182,12 +237,15 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
       dt = config.dtype
       blocks = [(prompt[l]['k'].astype(dt), prompt[l]['v'].astype(dt), prompt_allowed_B1Q),
                 (own['k'].astype(dt), own['v'].astype(dt), own_allowed_11M)]
+      if shared is not None:  # one block read once for all R rows
+        blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
+                          jnp.ones((1, 1, shared[l]['k'].shape[2]), bool)))
       return llama.attend(q_RKG1d, blocks, dt), own
     x_R1D, own = llama.layer(config, lp, x_R1D, state.position_R[:, None], attend_kv)
     new_rows.append(own)
   x_RD = llama.rms_norm(x_R1D[:, 0], dparams['final_norm']['scale'], config.norm_eps,
                         config.dtype)
-  cache = {'prompt': prompt, 'rows': _constrain_cache(tuple(new_rows))}
+  cache = {**state.cache, 'rows': _constrain_cache(tuple(new_rows))}
   return llama.logits(config, dparams, x_RD), cache
 
 
@@ -342,12 +400,14 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
            max_new_tokens: int, n: int = 1, temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, min_p: float = 0.0, eos_ids: Sequence[int] = (),
            stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0,
-           prompt_ids_B=None) -> SampleOutput:
+           prompt_ids_B=None, shared=None) -> SampleOutput:
   """Returns n samples per left-padded prompt (prompt-major rows), from one prefill per prompt.
 
   Call it from the host (under `jax.set_mesh` for a sharded run): the float settings pick the
   compiled mode. Every row needs a real last token (left padding). `prompt_ids_B` (default
   0..B-1) seeds the rows, row j of prompt i using fold_in(key, prompt_ids_B[i] * n + j).
+  With `shared` (`prefill_prefix` of a prefix every prompt starts with), the prompts are given
+  without that prefix.
   """
   b, p = np.shape(prompt_tokens_BP)
   if max_new_tokens < 1 or n < 1:
@@ -364,7 +424,8 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   prompt_ids_B = np.arange(b) if prompt_ids_B is None else prompt_ids_B
   state = prefill(config, params, put(prompt_tokens_BP, np.int32), put(prompt_mask_BP, bool), key,
                   put(prompt_ids_B, np.int32), n=n, max_new_bucket=bucket(max_new_tokens),
-                  stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p))
+                  stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p),
+                  shared=shared)
   knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                      min_p=min_p)
   return _output(decode(config, params, state, knobs, mode), max_new_tokens)

@@ -173,3 +173,76 @@ def test_sharded_rollout_equals_the_single_device_one(tiny):
     else:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert rollout.texts(four, tiny.tokenizer) == rollout.texts(one, tiny.tokenizer)
+
+
+RUBRIC = ('Review the response to the question below with the points of this rubric, one by '
+          'one: relevance, coverage, directness, expertise and clarity. Add a point for each '
+          'one the response earns, explain each decision in a sentence, then end with a line '
+          '"Score: N". ')
+JUDGE_PROMPTS = [RUBRIC + f'Question: {q}\nResponse: {a}' for q, a in [
+    ('Why is the sky blue?', 'Rayleigh scattering of sunlight by air molecules.'),
+    ('2 + 2?', '5'),
+    ('Name a prime.', 'Seven is prime, and so is eleven.'),
+    ('What is the capital of France?', 'Paris, on the Seine, is the capital of France.'),
+    ('Say hi.', 'Hello!')]]
+
+
+def test_shared_prefix_length():
+  ids = [np.arange(100), np.r_[np.arange(70), [5, 6]], np.arange(90)]
+  assert rollout.shared_prefix_length(ids) == 64  # 70 common tokens, down to a multiple of 16
+  assert rollout.shared_prefix_length(ids, minimum=80) == 0
+  assert rollout.shared_prefix_length(ids[:1]) == 0  # one prompt: nothing to share
+  # Every prompt keeps its last token (decode's first input) out of the prefix.
+  assert rollout.shared_prefix_length([np.arange(48), np.arange(48)]) == 32
+
+
+@pytest.mark.parametrize('temperature', [0.0, 0.7])
+def test_shared_prefix_gives_the_unshared_samples(tiny, temperature):
+  """The rubric every judge prompt starts with is prefilled once; the samples are the ones the
+  unshared path draws (tokens equal, log-probs to float32 rounding) and equal a full forward."""
+  ids, _ = rollout.encode_prompts(tiny, JUDGE_PROMPTS, max_new_tokens=12)
+  kw = dict(n=3, max_new_tokens=12, temperature=temperature, top_p=0.9, seed=3, progress=False,
+            batch_size=2)
+  stats, plain_stats = {}, {}
+  shared = rollout.to_host(rollout.sample(tiny, ids, stats=stats, **kw))
+  plain = rollout.to_host(rollout.sample(tiny, ids, share_prefix=False, stats=plain_stats, **kw))
+  assert stats['shared_prefix_tokens'] >= 48 and plain_stats['shared_prefix_tokens'] == 0
+  assert stats['prompt_tokens'] == plain_stats['prompt_tokens'] - len(ids) * stats[
+      'shared_prefix_tokens']
+  assert stats['prefill_slots'] < plain_stats['prefill_slots']
+  for k in rollout.FIELDS:
+    if k == 'logprobs':
+      np.testing.assert_allclose(shared[k], plain[k], atol=1e-5, rtol=0)
+    else:
+      np.testing.assert_array_equal(shared[k], plain[k], err_msg=k)
+  np.testing.assert_allclose(shared['logprobs'], _full_forward_logps(tiny, ids, shared),
+                             atol=1e-4, rtol=0)
+
+
+def test_shared_prefix_greedy_judgments_smollm2():
+  """SmolLM2's greedy judgments of rubric prompts are the same with the rubric shared."""
+  model = srlm_jax.load('smollm2-135m-instruct')
+  ids, _ = rollout.encode_prompts(model, JUDGE_PROMPTS, max_new_tokens=24)
+  kw = dict(n=1, max_new_tokens=24, progress=False)
+  stats = {}
+  shared = rollout.to_host(rollout.sample(model, ids, stats=stats, **kw))
+  plain = rollout.to_host(rollout.sample(model, ids, share_prefix=False, **kw))
+  assert stats['shared_prefix_tokens'] >= 64
+  np.testing.assert_array_equal(shared['tokens'], plain['tokens'])
+  np.testing.assert_allclose(shared['logprobs'], plain['logprobs'], atol=1e-4, rtol=0)
+
+
+def test_shared_prefix_on_a_mesh(tiny):
+  """On a 4-device mesh the shared prefix's cache is replicated: the same greedy tokens.
+
+  (Sampled draws of the random tiny model, nearly uniform over 49k tokens, can flip at float32
+  rounding: the shared block's matmuls have other shapes per device than on one device.)"""
+  from srlm_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
+  sharded = srlm_jax.load('tiny', mesh=mesh)
+  ids, _ = rollout.encode_prompts(tiny, JUDGE_PROMPTS, max_new_tokens=8)
+  kw = dict(n=2, max_new_tokens=8, progress=False, batch_size=2)
+  a = rollout.to_host(rollout.sample(tiny, ids, **kw))
+  b = rollout.to_host(rollout.sample(sharded, ids, **kw))
+  np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  np.testing.assert_allclose(a['logprobs'], b['logprobs'], atol=1e-5, rtol=0)

@@ -22,6 +22,11 @@ import numpy as np
 from srlm_jax import bars, sampler, sharding
 
 DEFAULT_ROWS = 64  # rows (prompts * n) per device batch
+# A token prefix every prompt of a call starts with (a judge's rubric, a few-shot header) is
+# prefilled once when it is at least SHARE_MIN tokens; its length is rounded down to a multiple
+# of SHARE_MULTIPLE so that calls whose prefixes differ a little share compiled shapes.
+SHARE_MIN = 32
+SHARE_MULTIPLE = 16
 FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'logprobs', 'lengths', 'stop_reason')
 
 
@@ -82,19 +87,40 @@ def _gather_rows(parts: tuple, src_R: jax.Array, n: int) -> tuple:
   return cat('tokens'), cat('logprobs'), cat('lengths'), cat('stop_reason')
 
 
+def shared_prefix_length(ids: Sequence[np.ndarray], minimum: int = SHARE_MIN,
+                         multiple: int = SHARE_MULTIPLE) -> int:
+  """Returns how many leading tokens every prompt shares, rounded down to `multiple`, or 0
+  when that is under `minimum` (or there is one prompt). Each prompt keeps >= 1 token."""
+  if len(ids) < 2 or not minimum:
+    return 0
+  first = ids[0][:min(len(x) for x in ids) - 1]
+  same = np.ones(len(first), bool)
+  for x in ids[1:]:
+    same &= x[:len(first)] == first
+  common = len(first) if same.all() else int(np.argmin(same))
+  common = common // multiple * multiple
+  return common if common >= minimum else 0
+
+
 def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
            stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
            progress: Any = True, prompt_width: int = 0,
-           mesh: Optional[jax.sharding.Mesh] = None) -> Rollout:
+           mesh: Optional[jax.sharding.Mesh] = None, share_prefix: bool = True,
+           stats: Optional[dict] = None) -> Rollout:
   """Returns the Rollout of n samples of each tokenised prompt (rows in input order).
 
   `prompt_ids` are chat-formatted ids that already fit the context with max_new_tokens (see
   completions.encode_prompts). Prompts are sorted by length into device batches of `batch_size`
-  (default DEFAULT_ROWS // n rounded down to a power of two); row j of prompt i is seeded by
-  (seed, i * n + j), so the samples do not depend on the batching. Stop strings end a row on
-  the device as token sequences. The Rollout's prompts are left-padded to
-  max(prompt_width, longest prompt) and its completions to max_new_tokens.
+  (default DEFAULT_ROWS // n rounded down to a power of two), so a batch's padding is only
+  the spread of its lengths; row j of prompt i is seeded by (seed, i * n + j), so the samples
+  do not depend on the batching. With `share_prefix`, the tokens every prompt starts with
+  (`shared_prefix_length`) are prefilled once and each batch runs only what follows. Stop
+  strings end a row on the device as token sequences. The Rollout's prompts are left-padded
+  to max(prompt_width, longest prompt) and its completions to max_new_tokens. `stats`, when
+  given, receives the prefill's token counts: `prompt_tokens` (real, run per prompt),
+  `prefill_slots` (what the batches ran, padding included), `padded_fraction`, and
+  `shared_prefix_tokens` (run once).
   """
   tok = model.tokenizer
   mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
@@ -105,6 +131,10 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
     raise ValueError(f'prompt {[len(x) for x in ids].index(0)} has no tokens')
   width = max([prompt_width] + [len(x) for x in ids])
   host_tokens, host_mask = left_pad(ids, max(width, 1), tok.pad_id)
+  s0 = shared_prefix_length(ids) if share_prefix else 0
+  rest = [x[s0:] for x in ids]  # what each batch prefills and decodes from
+  rest_width = max([len(x) for x in rest], default=1)
+  rest_tokens, rest_mask = left_pad(rest, rest_width, tok.pad_id)
   stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop if s) if q]
   settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
                   top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
@@ -118,24 +148,35 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   with jax.transfer_guard('allow'):
     key = jax.random.key(seed)
   parts, src = [], np.zeros(len(ids) * n, np.int32)
-  offset = 0
+  offset, slots = 0, 0
   with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
       bars.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
+    shared = None
+    if s0:  # the common prefix, replicated: every batch's rows attend to it
+      prefix = jax.device_put(ids[0][None, :s0], None if mesh is None else
+                              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      shared = sampler.prefill_prefix(model.config, model.params, prefix)
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
       # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
       b = len(chunk) if len(chunk) == batch_size else min(sampler.bucket(len(chunk), 1),
                                                           batch_size)
       rows = chunk + [chunk[0]] * (-(-b // multiple) * multiple - len(chunk))
-      p = max(len(ids[i]) for i in rows)
-      tokens, mask, pids = put(host_tokens[rows, width - p:], host_mask[rows, width - p:],
-                               np.asarray(rows, np.int32))
+      p = max(len(rest[i]) for i in rows)
+      tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
+                               rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
       parts.append(sampler.sample(model.config, model.params, tokens, mask, key,
-                                  prompt_ids_B=pids, **settings))
+                                  prompt_ids_B=pids, shared=shared, **settings))
+      slots += len(rows) * (sampler.prompt_bucket(p) - 1)
       for r, i in enumerate(chunk):
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
       offset += len(rows) * n
       bar.update(len(chunk))
+    if stats is not None:
+      real = sum(len(x) - 1 for x in rest)  # a prompt's last token is decode's first input
+      stats.update(prompt_tokens=int(real), prefill_slots=int(slots),
+                   padded_fraction=float(1 - real / slots) if slots else 0.0,
+                   shared_prefix_tokens=int(s0))
     prompt_tokens, prompt_mask = put(host_tokens, host_mask)
     if not parts:
       zeros = lambda dtype: jax.device_put(np.zeros((0, max_new_tokens), dtype))
