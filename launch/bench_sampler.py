@@ -31,7 +31,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import llama, sampler
-from bench_util import matmul_peak, timed, write_json  # launch/bench_util.py, beside this script
+from bench_util import matmul_peak, timed, torch_model, write_json  # launch/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -59,34 +59,6 @@ def bandwidth() -> tuple[float, float]:
   _, t_copy = timed(lambda: [copy(x) for _ in range(3)][-1].block_until_ready())
   _, t_read = timed(lambda: [matvec(v, w) for _ in range(3)][-1].block_until_ready())
   return 3 * 2 * x.nbytes / t_copy, 3 * x.nbytes / t_read
-
-
-def torch_model(config, params):
-  """Returns a float32 transformers LlamaForCausalLM holding params (kernel.T per layer)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  from srlm_jax import hf_io  # pylint: disable=g-import-not-at-top
-  p = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
-  lay = p['layers']
-  names = {'self_attn.q_proj': ('attn', 'q_proj'), 'self_attn.k_proj': ('attn', 'k_proj'),
-           'self_attn.v_proj': ('attn', 'v_proj'), 'self_attn.o_proj': ('attn', 'o_proj'),
-           'mlp.gate_proj': ('mlp', 'gate_proj'), 'mlp.up_proj': ('mlp', 'up_proj'),
-           'mlp.down_proj': ('mlp', 'down_proj')}
-  state = {'model.embed_tokens.weight': p['embed']['embedding'],
-           'model.norm.weight': p['final_norm']['scale'],
-           'lm_head.weight': (p['embed']['embedding'] if config.tie_embeddings
-                              else p['lm_head']['kernel'].T)}
-  for i in range(config.n_layers):
-    pre = f'model.layers.{i}.'
-    state[pre + 'input_layernorm.weight'] = lay['attn_norm']['scale'][i]
-    state[pre + 'post_attention_layernorm.weight'] = lay['mlp_norm']['scale'][i]
-    for hf, (group, name) in names.items():
-      state[pre + hf + '.weight'] = lay[group][name]['kernel'][i].T
-  hf_config = transformers.LlamaConfig(**{**hf_io.config_to_hf(config), 'dtype': 'float32'})
-  model = transformers.LlamaForCausalLM(hf_config).float().eval()
-  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-  model.generation_config.eos_token_id = None  # every row makes exactly max_new_tokens
-  return model
 
 
 def prompt_ids(model, batch: int, max_len: int) -> list:

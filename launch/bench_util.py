@@ -6,6 +6,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def timed(fn):
@@ -32,3 +33,31 @@ def write_json(path: str, result: dict) -> None:
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
     print(f'wrote {path}')
+
+
+def torch_model(config, params):
+  """Returns a float32 transformers LlamaForCausalLM holding params (kernel.T per layer)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from srlm_jax import hf_io  # pylint: disable=g-import-not-at-top
+  p = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  lay = p['layers']
+  names = {'self_attn.q_proj': ('attn', 'q_proj'), 'self_attn.k_proj': ('attn', 'k_proj'),
+           'self_attn.v_proj': ('attn', 'v_proj'), 'self_attn.o_proj': ('attn', 'o_proj'),
+           'mlp.gate_proj': ('mlp', 'gate_proj'), 'mlp.up_proj': ('mlp', 'up_proj'),
+           'mlp.down_proj': ('mlp', 'down_proj')}
+  state = {'model.embed_tokens.weight': p['embed']['embedding'],
+           'model.norm.weight': p['final_norm']['scale'],
+           'lm_head.weight': (p['embed']['embedding'] if config.tie_embeddings
+                              else p['lm_head']['kernel'].T)}
+  for i in range(config.n_layers):
+    pre = f'model.layers.{i}.'
+    state[pre + 'input_layernorm.weight'] = lay['attn_norm']['scale'][i]
+    state[pre + 'post_attention_layernorm.weight'] = lay['mlp_norm']['scale'][i]
+    for hf, (group, name) in names.items():
+      state[pre + hf + '.weight'] = lay[group][name]['kernel'][i].T
+  hf_config = transformers.LlamaConfig(**{**hf_io.config_to_hf(config), 'dtype': 'float32'})
+  model = transformers.LlamaForCausalLM(hf_config).float().eval()
+  model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+  model.generation_config.eos_token_id = None  # every row makes exactly max_new_tokens
+  return model

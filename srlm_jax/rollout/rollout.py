@@ -107,7 +107,7 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
            stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
            progress: Any = True, prompt_width: int = 0,
            mesh: Optional[jax.sharding.Mesh] = None, share_prefix: bool = True,
-           stats: Optional[dict] = None) -> Rollout:
+           stats: Optional[dict] = None, ignore_eos: bool = False) -> Rollout:
   """Returns the Rollout of n samples of each tokenised prompt (rows in input order).
 
   `prompt_ids` are chat-formatted ids that already fit the context with max_new_tokens (see
@@ -120,7 +120,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   to max(prompt_width, longest prompt) and its completions to max_new_tokens. `stats`, when
   given, receives the prefill's token counts: `prompt_tokens` (real, run per prompt),
   `prefill_slots` (what the batches ran, padding included), `padded_fraction`, and
-  `shared_prefix_tokens` (run once).
+  `shared_prefix_tokens` (run once). `ignore_eos` makes every row run to max_new_tokens
+  (benchmarks that must do a fixed amount of work).
   """
   tok = model.tokenizer
   mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
@@ -137,8 +138,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   rest_tokens, rest_mask = left_pad(rest, rest_width, tok.pad_id)
   stop_seqs = [q for q in (tok.encode(s, add_bos=False) for s in stop if s) if q]
   settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
-                  top_p=top_p, min_p=min_p, eos_ids=tuple(tok.eos_ids), stop_seqs=stop_seqs,
-                  pad_id=tok.pad_id)
+                  top_p=top_p, min_p=min_p, eos_ids=() if ignore_eos else tuple(tok.eos_ids),
+                  stop_seqs=stop_seqs, pad_id=tok.pad_id)
   batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
