@@ -30,10 +30,10 @@ import jax
 import numpy as np
 
 import srlm_jax
-from srlm_jax import judges, rollout
+from srlm_jax import judges, llama, rollout
 from srlm_jax.rewards import pairs as pairs_lib
 from srlm_jax.rollout.rollout import DEFAULT_ROWS
-from bench_util import matmul_peak, timed, torch_model, write_json  # launch/, beside this file
+from bench_util import load_model, matmul_peak, timed, torch_model, write_json  # launch/, beside this file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -43,6 +43,9 @@ flags.DEFINE_integer('new_tokens', 128, 'Tokens per candidate and per judgment.'
 flags.DEFINE_integer('repeats', 1, 'Timed passes after the compiling one (the best is kept).')
 flags.DEFINE_bool('no_reference', False, "Skip transformers' generate.")
 flags.DEFINE_bool('compare_unshared', False, 'Also time srlm_jax without the shared prefix.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (srlm_jax).')
+flags.DEFINE_bool('random_init', False, '--model is a directory with config.json and tokenizer '
+                  'files only: random weights of that architecture (GPU runs without weights).')
 flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 
 PEER_SECONDS = 34184  # the peer's cost of this work, extrapolated from its per-token costs (#23)
@@ -147,8 +150,9 @@ def reference(model, torch_llama) -> dict:
 
 def main(argv):
   del argv
-  model = srlm_jax.load(FLAGS.model)
-  config = model.config
+  model = load_model(FLAGS.model, FLAGS.random_init)
+  config, params = llama.for_compute(model.config, model.params, FLAGS.dtype)
+  master, model = model, srlm_jax.Model(config, params, model.tokenizer, None, FLAGS.model)
   peak = matmul_peak(config.dtype)
   flop = 2 * config.num_params
   print(f'device {jax.devices()[0].device_kind}, {config.num_params / 1e6:.0f}M params '
@@ -166,7 +170,7 @@ def main(argv):
   if not FLAGS.no_reference:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())
-    ref = reference(model, torch_model(config, model.params))
+    ref = reference(model, torch_model(master.config, master.params))
     print('transformers', json.dumps(ref))
   rows = []
   for stage, got in runs['srlm_jax']['stages'].items():

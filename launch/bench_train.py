@@ -55,7 +55,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import data, data_io, hf_io, sharding, train
-from bench_util import matmul_peak, timed, write_json  # launch/bench_util.py, beside this script
+from bench_util import load_model, matmul_peak, timed, write_json  # launch/, beside this file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')
@@ -77,6 +77,8 @@ flags.DEFINE_bool('unroll_layers', True, 'Compile our layers as straight-line co
                   'configs/dpo.py default) rather than a loop over the stacked params.')
 flags.DEFINE_bool('head_at_loss_positions', True, 'Run our output head at the target tokens '
                   'only (train.add_loss_positions, the configs/dpo.py default).')
+flags.DEFINE_bool('random_init', False, '--model is a directory with config.json and tokenizer '
+                  'files only: random weights of that architecture (GPU runs without weights).')
 flags.DEFINE_string('out', '', 'Where to write the results as JSON.')
 
 # AdamW and clipping as TRL / transformers default them; the schedule constant, no warmup.
@@ -277,7 +279,7 @@ def main(argv):
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())
   mesh = sharding.make_mesh(1, -1, 1)
-  model = srlm_jax.load(FLAGS.model, mesh=mesh, dtype='float32')
+  model = load_model(FLAGS.model, FLAGS.random_init, 'float32', mesh=mesh)
   mc = model.config.replace(dtype=FLAGS.dtype, remat=False, unroll_layers=FLAGS.unroll_layers)
   if FLAGS.pairs:
     source, candidates = FLAGS.pairs, data_io.read_jsonl(FLAGS.pairs)

@@ -1,6 +1,7 @@
 """Timing helpers shared by the launch/bench_*.py scripts (imported from beside them)."""
 
 import json
+import os
 import statistics
 import time
 
@@ -61,3 +62,20 @@ def torch_model(config, params):
   model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
   model.generation_config.eos_token_id = None  # every row makes exactly max_new_tokens
   return model
+
+
+def load_model(path: str, random_init: bool, dtype: str = 'float32', mesh=None):
+  """Returns srlm_jax.load(path), or with `random_init` a model of the architecture and
+  tokenizer in directory `path` (config.json + tokenizer files) with random weights: the same
+  work at the same sizes where the weights cannot travel (a GPU machine without network)."""
+  import srlm_jax  # pylint: disable=g-import-not-at-top
+  from srlm_jax import hf_config, llama, sharding, tokenizer  # pylint: disable=g-import-not-at-top
+  if not random_init:
+    return srlm_jax.load(path, mesh=mesh, dtype=dtype)
+  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
+    config = hf_config.config_from_hf(json.load(f))
+  config = config.replace(dtype=dtype, param_dtype=dtype)
+  init = lambda rng: llama.init_params(config, rng)
+  params = (jax.jit(init)(jax.random.key(0)) if mesh is None
+            else sharding.init_params(init, mesh, jax.random.key(0)))
+  return srlm_jax.Model(config, params, tokenizer.from_pretrained(path), mesh, path)
