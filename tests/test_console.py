@@ -308,7 +308,9 @@ def test_help_lists_the_config_fields_without_absl_noise(script, field):
   assert field in out
   assert '--workdir' in out and '--config.<field>=<value>' in out
   assert not re.search(r'--(alsologtostderr|log_dir|jax_|only_check_args)', out)  # absl, jax
-  assert len(out.splitlines()) < 200
+  # One line per config field and comment (about 250 with the guard, review, meta-judge, tasks,
+  # process and GRPO blocks); absl's and jax's own flags would add hundreds more.
+  assert len(out.splitlines()) < 400
 
 
 def _assert_no_info_logs(text):
