@@ -138,12 +138,13 @@ def prefill_prefix(config: llama.LlamaConfig, params, prefix_tokens_1S: Array) -
   return jax.tree.map(lambda c: sharding.constrain(c, SHARED), cache)
 
 
-def _prefill_after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array,
-                          positions_BT: Array, mask_BT: Array, shared: tuple) -> tuple:
-  """Returns the [B, K, T, Dh] cache of prompts whose tokens follow the shared prefix.
+def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_BT: Array,
+                 mask_BT: Array, shared: tuple) -> tuple[Array, tuple]:
+  """Returns (final-norm hidden states [B, T, D], the [B, K, T, Dh] cache) of sequences whose
+  tokens follow the shared prefix (`prefill_prefix`'s cache), positions counted after it.
 
   Each layer's attention is one softmax over two blocks: the shared prefix (every slot, read
-  once for the B rows) and the prompt's own slots, causal and without its left padding.
+  once for the B rows) and the sequence's own slots, causal and without its padding.
   """
   b, t = tokens_BT.shape
   own_allowed_BTT = (jnp.tril(jnp.ones((t, t), bool))[None] & mask_BT[:, None, :])
@@ -160,7 +161,8 @@ def _prefill_after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array,
     x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, positions_BT,
                              attend_kv)
     cache.append(own)
-  return tuple(cache)
+  x_BTD = llama.rms_norm(x_BTD, params['final_norm']['scale'], config.norm_eps, config.dtype)
+  return x_BTD, tuple(cache)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'n', 'max_new_bucket', 'stop_width',
@@ -187,8 +189,8 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
         cache=_constrain_cache(llama.init_cache(config, b, p - 1)), cache_index=0,
         hidden_only=True)
   else:
-    prompt_cache = _prefill_after_prefix(config, params, prompt_tokens_BP[:, :-1],
-                                         positions_BP[:, :-1], mask_BP[:, :-1], shared)
+    _, prompt_cache = after_prefix(config, params, prompt_tokens_BP[:, :-1],
+                                   positions_BP[:, :-1], mask_BP[:, :-1], shared)
   rep = lambda x: jnp.repeat(x, n, axis=0)
   r = b * n
   row_ids = (prompt_ids_B[:, None] * n + jnp.arange(n)[None, :]).reshape(r)
