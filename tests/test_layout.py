@@ -28,20 +28,28 @@ LAYERS = (
     # One decoder and what reads weights and text into it.
     ('models', ('srlm_jax/models/', 'srlm_jax/llama.py', 'srlm_jax/gemm.py',
                 'srlm_jax/sampler.py', 'srlm_jax/tokenizer.py', 'srlm_jax/gguf_tokenizer.py',
-                'srlm_jax/hf_io.py', 'srlm_jax/hf_config.py')),
+                'srlm_jax/hf_io.py', 'srlm_jax/hf_config.py',
+                # A model directory the loop writes: params, config and tokenizer together.
+                'srlm_jax/model_dir.py')),
     # The package root's load() and generate() are the facade over models and rollouts.
     ('rollout', ('srlm_jax/rollout/', 'srlm_jax/__init__.py')),
     ('judges', ('srlm_jax/judges/',)),
     # The seed data (IFT, and EFT whose targets are written in a judge's format).
-    ('data', ('srlm_jax/data.py', 'srlm_jax/data/', 'srlm_jax/tfds_builders.py')),
-    ('rewards', ('srlm_jax/rewards/',)),
+    # Generated verifiable tasks with their program-computed answers, and model-written EFT.
+    ('data', ('srlm_jax/data.py', 'srlm_jax/data/', 'srlm_jax/tfds_builders.py',
+              'srlm_jax/tasks/', 'srlm_jax/eft.py')),
+    # Preference pairs from judged candidates, and step pairs from step-wise search.
+    ('rewards', ('srlm_jax/rewards/', 'srlm_jax/process/')),
     ('objectives', ('srlm_jax/objectives/',)),
-    ('train', ('srlm_jax/train/',)),
+    # Offline training steps and runs, and online RL (GRPO on sampled, self-judged groups).
+    ('train', ('srlm_jax/train/', 'srlm_jax/rl/')),
     # What the pipeline calls to measure, report and show a run: below it, as the code has it
     # (the runner drives the console; the eval stage calls evaluate and report), not above.
     ('evaluate', ('srlm_jax/evaluate/', 'srlm_jax/evaluate.py', 'srlm_jax/report.py',
                   'srlm_jax/console.py', 'srlm_jax/console_plan.py',
-                  'srlm_jax/console_text.py')),
+                  'srlm_jax/console_text.py',
+                  # The guard policy (measurements in, decision out) and the human review.
+                  'srlm_jax/guards.py', 'srlm_jax/review/')),
     # Runs config.stages; validate checks a whole run's config against every registry.
     ('pipeline', ('srlm_jax/pipeline/', 'srlm_jax/loop.py', 'srlm_jax/validate.py')),
 )
