@@ -36,10 +36,12 @@ button:focus { outline: 3px solid #0969da; }
 <pre id="prompt"></pre>
 <div class="pair">
   <section class="side" id="side-a"><h2>A</h2><pre id="a"></pre>
-    <details class="reasons"><summary>Judge's reasons for A (score <span id="a-score"></span>)</summary>
+    <details class="reasons"><summary>Judge's reasons for A (score <span id="a-score"></span>;
+    frozen judge <span id="a-reference"></span>)</summary>
     <div id="a-reasons"></div></details></section>
   <section class="side" id="side-b"><h2>B</h2><pre id="b"></pre>
-    <details class="reasons"><summary>Judge's reasons for B (score <span id="b-score"></span>)</summary>
+    <details class="reasons"><summary>Judge's reasons for B (score <span id="b-score"></span>;
+    frozen judge <span id="b-reference"></span>)</summary>
     <div id="b-reasons"></div></details></section>
 </div>
 <p>
@@ -73,6 +75,8 @@ function render() {
     $(side).textContent = item[side];
     const score = item[side + "_self_score"];
     $(side + "-score").textContent = score === null ? "none" : String(score);
+    const reference = item[side + "_reference_score"];
+    $(side + "-reference").textContent = reference == null ? "none" : String(reference);
     showReasons(side + "-reasons", item[side + "_reasons"] || []);
     $("side-" + side).classList.toggle("picked", state.labels[item.pair_id] === side);
   }
