@@ -33,6 +33,7 @@ import numpy as np
 
 from srlm_jax import data_io
 from srlm_jax import llama
+from srlm_jax import sampler
 from srlm_jax import sharding
 
 BLANK = ' \t*\n'  # what may follow a verdict line's last character
@@ -97,19 +98,24 @@ def _continuations(ids_SxL: np.ndarray) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames='config')
 def verdict_distribution(config: llama.LlamaConfig, params, tokens_BT: jax.Array,
                          mask_BT: jax.Array, score_ids_SxL: jax.Array, values_S: jax.Array,
-                         cont_SxS: Optional[jax.Array] = None):
+                         cont_SxS: Optional[jax.Array] = None, shared=None):
   """Returns (expected score [B], most likely score [B], probability mass on the scores [B]).
 
   Each row ends with the verdict prefix and then the L - 1 path tokens (mask marks real
   tokens); the next-token distributions at the last L positions give each score's probability,
   the product over its tokens (score_ids_SxL, -1 padded), less that of the longer scores that
   continue its tokens (cont_SxS: '1' then '0' is 10, not 1), renormalised over the scores.
+  With `shared` (sampler.prefill_prefix's cache), the rows are what follows that prefix.
   """
   score_ids_SxL = score_ids_SxL.reshape(score_ids_SxL.shape[0], -1)
   num_l = score_ids_SxL.shape[1]
   positions_BT = llama.default_positions(mask_BT)
-  hidden_BTD, _ = llama.Llama(config).apply({'params': params}, tokens_BT, positions_BT,
-                                            mask_BT, hidden_only=True)
+  if shared is None:
+    hidden_BTD, _ = llama.Llama(config).apply({'params': params}, tokens_BT, positions_BT,
+                                              mask_BT, hidden_only=True)
+  else:
+    hidden_BTD, _ = sampler.after_prefix(config, params, tokens_BT,
+                                         positions_BT + shared[0]['k'].shape[2], mask_BT, shared)
   head = params['embed']['embedding'] if config.tie_embeddings else params['lm_head']['kernel']
   logits_BLV = llama.head_matmul(hidden_BTD[:, -num_l:], head, config.tie_embeddings)
   logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
@@ -201,21 +207,30 @@ def replicate(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
   return jax.tree.map(lambda x: sharding.put_global(x, whole), tree)
 
 
+@functools.partial(jax.jit, static_argnames='s0')
+def drop_prefix(tokens_BxP: jax.Array, mask_BxP: jax.Array, s0: int) -> tuple:
+  """Returns left-padded prompts without their first s0 real tokens: [B, P - s0] each."""
+  real_BxP = jnp.cumsum(mask_BxP.astype(jnp.int32), axis=1) > s0
+  return tokens_BxP[:, s0:], (mask_BxP & real_BxP)[:, s0:]
+
+
 def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarray,
                     prefix: Sequence[int], score_ids: np.ndarray, values: Sequence[int],
-                    batch_rows: int = 16) -> tuple:
+                    batch_rows: int = 16, shared_prefix: Sequence[int] = ()) -> tuple:
   """Returns device (expected, argmax, mass) float32 [F] of the score after each forced row.
 
   `rows` (host int array) index the rollout's rows; each row is its prompt, its first body_R
   tokens and the prefix (with a multi-token scale, `prefix` ends with score_tokens' path and
   score_ids is its [S, L]). Rows go in batches of `batch_rows` at one width (the prompt,
   judgment and prefix widths summed, bucketed as the sampler's prompts are), so each judge
-  call compiles once per bucket.
+  call compiles once per bucket. `shared_prefix`, the tokens every prompt starts with (the
+  rubric: rollout.shared_prefix_length), is run once and the rows attend to its cache.
   """
   mesh = getattr(model, 'mesh', None)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   batch_rows = -(-batch_rows // multiple) * multiple
-  p, m = rollout.prompt_tokens.shape[1], rollout.tokens.shape[1]
+  s0 = len(shared_prefix)
+  p, m = rollout.prompt_tokens.shape[1] - s0, rollout.tokens.shape[1]
   width = data_io.length_bucket(p + m + len(prefix), max_len=1 << 62)
   # Long rows go in smaller batches: the attention scores grow as rows * width^2.
   batch_rows = max(multiple, min(batch_rows, (_ROWS_X_WIDTH2 // width ** 2) // multiple
@@ -226,14 +241,19 @@ def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarra
              _continuations(ids_SxL)))
   outs = []
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    prompt_tokens, prompt_mask, shared = rollout.prompt_tokens, rollout.prompt_mask, None
+    if s0:
+      shared = sampler.prefill_prefix(model.config, model.params, replicate(
+          mesh, np.asarray(shared_prefix, np.int32)[None]))
+      prompt_tokens, prompt_mask = drop_prefix(prompt_tokens, prompt_mask, s0)
     for start in range(0, len(rows), batch_rows):
       chunk = np.asarray(rows[start:start + batch_rows], np.int32)
       chunk = np.concatenate([chunk, np.full(batch_rows - len(chunk), chunk[0], np.int32)])
-      tokens, mask = verdict_rows(rollout.prompt_tokens, rollout.prompt_mask, rollout.tokens,
+      tokens, mask = verdict_rows(prompt_tokens, prompt_mask, rollout.tokens,
                                   body_R, replicate(mesh, chunk), prefix_X, n=rollout.n,
                                   width=width, pad_id=model.tokenizer.pad_id)
       outs.append(verdict_distribution(model.config, model.params, tokens, mask, score_ids_S,
-                                       values_S, cont_SxS))
+                                       values_S, cont_SxS, shared))
   return _concat(tuple(outs), len(rows))
 
 

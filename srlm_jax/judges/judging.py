@@ -121,8 +121,9 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
     forced_np[rows] = True
     forced_R = put(forced_np)
     if len(rows):
-      got = forced_lib.forced_verdicts(model, roll, body_R, rows, prefix, score_ids,
-                                       judge_.score_values)
+      got = forced_lib.forced_verdicts(
+          model, roll, body_R, rows, prefix, score_ids, judge_.score_values,
+          shared_prefix=ids[0][:rollout_lib.shared_prefix_length(ids)])
       scores_R, valid_R, argmax_R, mass_R = _merge(scores_R, valid_R, forced_R,
                                                    put(rows), *got)
   shape = (len(ids), k)

@@ -315,8 +315,9 @@ def judge_together(model: Any, prompts: Sequence[str], responses: Sequence[Seque
       rows = np.flatnonzero(~distributed.to_host(valid_B)).astype(np.int32)
     forced_B[rows] = True
     if len(rows):
+      shared = ids[0][:rollout_lib.shared_prefix_length(ids)]
       got = [forced_lib.forced_verdicts(model, roll, body_B, rows, prefixes[j], ids_SxL,
-                                        GRAMMAR.values) for j in range(n)]
+                                        GRAMMAR.values, shared_prefix=shared) for j in range(n)]
       rows_F = put(rows)
       stack = lambda i: jnp.stack([got[j][i] for j in range(n)], axis=1)
       shown_BxN = _set_rows(shown_BxN, rows_F, stack(0))
