@@ -155,6 +155,7 @@ def test_answers_helpers():
   assert answers.evaluate('2 ** 3') is None
   assert answers.final_number('sum: 1,234 items') == 1234
   assert [ok for _, ok in answers.equations('3 + 4 = 7, then 2 * 5 = 11')] == [True, False]
+  assert answers.equations('2x + 3 = 16 so x = 6.5') == []  # algebra, not arithmetic
   assert tasks.step_errors('Step 1: 12 + 5 = 17') == 0
   assert tasks.step_errors('Step 1: 12 + 5 = 18') == 1
   assert tasks.step_errors('Step 1: think about it') is None

@@ -151,13 +151,15 @@ def final_expression(text: str) -> Optional[str]:
 
 
 def equations(text: str) -> List[Tuple[str, bool]]:
-  """Returns each `lhs = number` written in the text with whether it is arithmetically right."""
+  """Returns each arithmetic `lhs = number` in the text with whether it is right (a left side
+  that does not parse as arithmetic, e.g. algebra, is skipped)."""
   out = []
   for m in _EQUATION_RE.finditer(text):
     lhs = m.group(1).strip()
     if not re.search(r'\d\s*[-+*/x×÷]', lhs):
       continue  # '= 5' after a bare number is a restatement, not a computation
     got = evaluate(lhs)
-    want = parse_number(m.group(2))
-    out.append((f'{lhs} = {m.group(2)}', got is not None and got[0] == want))
+    if got is None:
+      continue  # not arithmetic ('2x + 3 = 16' is algebra): no claim to check
+    out.append((f'{lhs} = {m.group(2)}', got[0] == parse_number(m.group(2))))
   return out
