@@ -92,8 +92,8 @@ def agree_GxNxK(stated_GxNxK: jax.Array, valid_GxNxK: jax.Array, human_GxN: jax.
               / jnp.maximum(count_GxN, 1))
   # Other response o of the same group, compared with response n: [G, N, O].
   order_GxNxO = jnp.sign(human_GxN[:, :, None] - human_GxN[:, None, :])
-  comparable_GxNxO = (present_GxN[:, :, None] & present_GxN[:, None, :] & (count_GxN > 0)[:, None, :]
-                      & (order_GxNxO != 0))
+  comparable_GxNxO = (present_GxN[:, :, None] & present_GxN[:, None, :]
+                      & (count_GxN > 0)[:, None, :] & (order_GxNxO != 0))
   diff_GxNxKxO = stated_GxNxK[..., None] - mean_GxN[:, None, None, :]
   ok_GxNxKxO = jnp.sign(diff_GxNxKxO) == order_GxNxO[:, :, None, :]
   ordered_GxNxK = (jnp.all(ok_GxNxKxO | ~comparable_GxNxO[:, :, None, :], axis=-1)

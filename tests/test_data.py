@@ -258,8 +258,10 @@ def test_build_data_writes_model_written_eft(shared_data, tmp_path):
   pytest.importorskip('tensorflow_datasets')
   pytest.importorskip('array_record')
   flat = os.path.join(shared_data, 'oasst2_en_first_turn')
-  args = [f'--oasst1={_head(os.path.join(shared_data, "oasst1", "en-validation.jsonl"), tmp_path / "o1.jsonl", 300)}',
-          f'--oasst2_ranked={_head(os.path.join(flat, "0_EFT_seed_data_input.jsonl"), tmp_path / "r.jsonl", 40)}',
+  oasst1 = _head(os.path.join(shared_data, 'oasst1', 'en-validation.jsonl'), tmp_path / 'o1.jsonl',
+                 300)
+  ranked = _head(os.path.join(flat, '0_EFT_seed_data_input.jsonl'), tmp_path / 'r.jsonl', 40)
+  args = [f'--oasst1={oasst1}', f'--oasst2_ranked={ranked}',
           '--oasst2_quality=', f'--out_dir={tmp_path / "out"}', f'--tfds_dir={tmp_path / "tfds"}',
           '--eft_source=model', '--eft_judge_model=tiny:0', '--eft_verdict=forced', '--eft_k=2',
           '--eft_max_new_tokens=4', '--eft_template=compact', '--eft_max_responses=12',

@@ -3,7 +3,8 @@
 `choose_pairs` takes the judgments of the candidates as arrays and, in one jitted function,
 reduces the valid judgments of each candidate (judges.aggregate: their mean, the paper, or
 their sum, SPCT's vote) and picks (chosen, rejected) per prompt. `preference_dataset` then
-builds the DPO batch rows from the candidate Rollout's sampled ids (no text is tokenised again) with the Rollout's log-probs as the reference's, on the device.
+builds the DPO batch rows from the candidate Rollout's sampled ids (no text is tokenised
+again) with the Rollout's log-probs as the reference's, on the device.
 
 Rules (Self-Rewarding LMs, Yuan et al. 2024, with the Meta-Rewarding length control):
   * A candidate counts when its score is valid and not NaN, and it is usable: not empty and
