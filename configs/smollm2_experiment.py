@@ -14,9 +14,10 @@ the human ranking become M1's EFT targets (srlm_jax/eft.py, workdir/m1_eft). OAS
 validation trees are held out: their human pairs measure each model as a judge, their prompts
 are the head-to-head prompts (eval.pairs, eval.prompts).
 
-Sized for about 90 minutes on an idle 2-core CPU (`--dry_run` prints every stage's size; the
-estimate, from the demo's measured rates, is in the stage comments below). Per iteration: 40
-few-shot requests, 4 candidates of at most 128 tokens, 2 compact-rubric judgments each with a
+Sized for about 60-90 minutes on an idle 2-core CPU (`--dry_run` prints every stage's size;
+the estimate, from the demo's rates of about 6.5 ms per trained token and 5-6 ms per sampled
+token-row, is in the stage comments below; not yet run). Per iteration: 64 few-shot requests, 4
+candidates of at most 128 tokens, 3 compact-rubric judgments each (the paper's k) with a
 forced verdict (a judgment without a "Score: N" line gets the model's expected score token,
 so every judgment counts), pairs by the shortest candidate within half a point of the best
 (length control), and DPO over them; then the eval stage (M0 and M1 too, in iteration 1).
@@ -49,20 +50,20 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
 
   # The judge: the compact additive rubric, short reasons, a forced verdict when none is written.
   c.creation.judge.template = 'compact'
-  c.creation.judge.k = 2
+  c.creation.judge.k = 3
   c.creation.judge.max_new_tokens = 64
   c.creation.judge.verdict = 'forced'
 
-  # Creation per iteration (~8 min): 40 requests -> ~35 prompts x 4 candidates of <= 128
-  # tokens (~4 min), 2 judgments each (~3 min).
-  c.creation.num_requests = 40
+  # Creation per iteration (~8-10 min): 64 requests -> ~56 prompts x 4 candidates of <= 128
+  # tokens (~3 min), 3 judgments of <= 64 tokens each (~4-5 min).
+  c.creation.num_requests = 64
   c.creation.prompt_max_new_tokens = 64
   c.creation.n_candidates = 4
   c.creation.max_new_tokens = 128
   c.creation.pair_truncated = True  # SmolLM2 cuts most answers at this limit (see demo.py)
   c.creation.length_margin = 0.5  # length control: the shortest within 0.5 of the best wins
 
-  # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8.
+  # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8 (~18 steps).
   c.sft.batch_size = 8
   c.sft.num_epochs = 1.0
   c.sft.max_len = 768  # compact-rubric judge prompts of OASST replies run to ~700 tokens
@@ -71,7 +72,7 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.sft.unroll_layers = False  # tens of steps: the loop over layers compiles 3.6x faster
   c.sft.head_at_loss_positions = False
 
-  # DPO per iteration (~4 min): ~30 pairs, batch 4, ~8 steps.
+  # DPO per iteration (~4 min): ~50 pairs, batch 4, ~12 steps.
   c.dpo.batch_size = 4
   c.dpo.max_len = 384
   c.dpo.lr, c.dpo.end_lr = 5e-6, 1e-6
