@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 # Each iteration's stages when a config names none (config.stages): today's built-in order.
-ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval')
+ITERATION_STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval', 'guard')
 # Relative cost of one work unit of each kind, used for the run's ETA only until a stage of
 # that kind has been timed: a training token (forward + backward, about 3 forwards), a scored
 # token (one forward) and a sampled token (a decode step: memory-bound, a few forwards' worth
@@ -74,6 +74,10 @@ def iteration_plan(config, t: int, prompts: int, pairs: int) -> list:
            'dpo': ('train', (_train_steps(dpo, pairs) if pairs else 0) * dpo.batch_size * 2
                    * dpo.max_len),
            'eval': ('sample', eval_units)}
+  # The frozen judge judges every candidate once: in review when it runs, else in guard.
+  frozen = responses * config.guard.k * config.guard.max_new_tokens
+  units['review'] = ('sample', frozen)
+  units['guard'] = ('sample', 0 if 'review' in stage_names(config) else frozen)
   # A stage the plan cannot size (one added through config.stages) weighs nothing in the ETA.
   return [StagePlan(t, name, *units.get(name, ('score', 0))) for name in stage_names(config)]
 

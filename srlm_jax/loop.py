@@ -22,4 +22,4 @@ read_records = store.read_records
 # '<training stage>:checkpoint' (inside training, its first checkpoint written).
 KILL_AT_ENV = train.KILL_AT_ENV
 # The built-in iteration stages in their default order (configs/common.py: config.stages).
-STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval')
+STAGES = ('prompts', 'candidates', 'judgments', 'pairs', 'dpo', 'eval', 'guard')
