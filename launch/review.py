@@ -36,7 +36,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The run\'s work directory.', re
 _ITERATION = flags.DEFINE_integer('iteration', None, 'Whose pairs (t of iter_<t>).',
                                   required=True)
 _N = flags.DEFINE_integer('n', 16, 'export: pairs in the sample.')
-_SEED = flags.DEFINE_integer('seed', 0, 'export: the seed of the A/B order.')
+_SEED = flags.DEFINE_integer('seed', None, 'export: the seed of the A/B sides (default: '
+                            'the run\'s, as the review stage draws them).')
 _SAMPLE = flags.DEFINE_string(
     'sample', None, 'serve: the sample JSONL (default: the review stage\'s sample.jsonl, else '
     'the export\'s <workdir>/human_labels/iter_<t>.sample.jsonl).')

@@ -3,6 +3,8 @@ labels roll back and whose length growth stops it (issue 19)."""
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,7 +18,7 @@ from srlm_jax import store
 from srlm_jax.pipeline import runner
 from srlm_jax.pipeline import seeds as seeds_lib
 from srlm_jax.review import labels as labels_lib
-from test_loop import load_model, tiny_config
+from test_loop import ROOT, load_model, tiny_config
 
 
 def test_score_length_correlation_is_pearson_over_scored_rows():
@@ -213,3 +215,30 @@ def test_labels_become_the_next_iterations_eft_data(guarded_run):
     assert mine and mine[0]['chosen'] == judge.eft_target(judge.eft_judgment(5),
                                                           config.data.eft_target)
     assert label['prompt'] in mine[0]['prompt'] or judges.quote(label['prompt']) in mine[0]['prompt']
+
+
+def test_launch_review_exports_and_imports_a_finished_iteration(guarded_run, tmp_path):
+  workdir, _, _ = guarded_run
+  items = labels_lib.sample_from_workdir(workdir, 2, 16)
+  stage_sample = store.read_records(os.path.join(workdir, 'iter_2', 'review', 'sample.jsonl'))
+  assert items == stage_sample  # the same frozen scores (review/arrays.npz), order and sides
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  launch = [sys.executable, os.path.join(ROOT, 'launch', 'review.py'), f'--workdir={workdir}',
+            '--iteration=2']
+  subprocess.run(launch + ['--mode=export', '--n=1'], check=True, env=env, capture_output=True)
+  exported = os.path.join(workdir, 'human_labels', 'iter_2.sample.jsonl')
+  assert [json.loads(line) for line in open(exported)] == items[:1]
+  tasks = json.load(open(os.path.join(workdir, 'human_labels', 'iter_2.sample.label_studio',
+                                      'tasks.json')))
+  tasks[0]['annotations'] = [{'completed_by': 'bo', 'result': [
+      {'from_name': 'comparison', 'value': {'selected': 'left'}}]}]
+  export = tmp_path / 'ls_export.json'
+  export.write_text(json.dumps(tasks))
+  subprocess.run(launch + ['--mode=import', f'--label_studio={export}'], check=True, env=env,
+                 capture_output=True)
+  labels = labels_lib.read_labels(labels_lib.labels_path(workdir, 2))
+  mine = [l for l in labels if l['pair_id'] == items[0]['pair_id']]
+  assert len(mine) == 1 and mine[0]['choice'] == 'a' and mine[0]['reviewer'] == 'label-studio:bo'
+  bad = subprocess.run(launch + ['--mode=import', '--labels=/nonexistent.jsonl'], env=env,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0 and 'no such file: /nonexistent.jsonl' in bad.stderr

@@ -164,14 +164,17 @@ def eft_records(labels: Sequence[dict], judge) -> list:
   return out
 
 
-def sample_from_workdir(workdir: str, t: int, n: int, seed: int = 0) -> list:
+def sample_from_workdir(workdir: str, t: int, n: int, seed: Optional[int] = None) -> list:
   """Returns up to n review items of iteration t of a finished run in workdir.
 
   The frozen judge's scores come from the review stage's or the guard stage's arrays.npz
-  (reference_scores_RxK; without either, no pair counts as a disagreement).
+  (reference_scores_RxK; without either, no pair counts as a disagreement). seed (default:
+  the run's config.json seed, as the review stage) draws the A/B sides.
   """
   from srlm_jax import judges  # pylint: disable=g-import-not-at-top
   from srlm_jax import store  # pylint: disable=g-import-not-at-top
+  if seed is None:
+    seed = int(data_io.read_json(os.path.join(workdir, 'config.json')).get('seed', 0))
   iter_dir = os.path.join(workdir, f'iter_{t}')
   cands = store.read_records(os.path.join(iter_dir, 'candidates', 'candidates.jsonl'))
   reference = {}

@@ -73,8 +73,7 @@ def run(ctx, out_dir: str) -> dict:
   items = labels_lib.build_sample(
       ctx.records('pairs', 'pairs.jsonl'), ctx.records('judgments', 'judgments.jsonl'),
       reference_map(cands, reference, ctx.settings.n_candidates, ctx.settings.judge.aggregate),
-      ctx.t, cfg.sample,
-      seed=ctx.settings.seed)
+      ctx.t, cfg.sample, seed=ctx.config.seed)  # the run's seed: launch/review.py's too
   write_jsonl(os.path.join(out_dir, 'sample.jsonl'), items)
   if distributed.is_writer():
     label_studio.write(items, os.path.join(out_dir, 'label_studio'))
