@@ -141,35 +141,34 @@ class GrpoRun:
     if self.has_tasks:
       host['true_rewards'] = rewards_lib.task_rewards(tasks_R, texts_R)
     if cfg.reward == rewards_lib.SELF:
-      prompts_R = [r['prompt'] for r in tasks_R]
+      # A task is judged on its question alone (its prompt adds the answer-format request).
+      prompts_R = [r.get('question', r['prompt']) for r in tasks_R]
       texts, scores = judging.judge(policy, self.judge, prompts_R, texts_R, self.judge_settings,
                                     seed=step_seed(cfg.seed, t, 1), progress=False)
       reward_R, valid_R = _self_rewards(scores.scores_RxK, scores.valid_RxK,
                                         jnp.float32(cfg.invalid_reward),
                                         how=self.judge_settings.aggregate)
-      got = distributed.to_host({'self': reward_R, 'valid': valid_R,
-                                 'scores': scores.scores_RxK})
-      host.update(self_rewards=got['self'], judge_valid=got['valid'], judgments=texts,
-                  judge_scores=got['scores'])
+      got = distributed.to_host({'self': reward_R, 'valid': valid_R})
+      host.update(self_rewards=got['self'], judge_valid=got['valid'], judgments=texts)
     elif cfg.reward == rewards_lib.TASK:
       reward_R = jax.device_put(np.nan_to_num(host['true_rewards'], nan=0.0))
     else:
       reward_R = self.rule(roll.tokens, roll.lengths)
     return reward_R, host
 
-  def record(self, t: int, rows, texts_R, host, batch_host, roll_host) -> list:
+  def record(self, t: int, rows, texts_R, host, got) -> list:
     """Returns RL step t's records: one per prompt, its G completions and their rewards."""
     n, out = self.cfg.num_generations, []
-    reasons = [sampler.StopReason(int(x)).name.lower() for x in roll_host['stop_reason']]
+    reasons = [sampler.StopReason(int(x)).name.lower() for x in got['stop_reason']]
     as_list = lambda x, b: [judges_base.score_json(v) for v in x[b * n:(b + 1) * n]]
     for b, i in enumerate(rows):
       rec = self.records[i]
       entry = {'step': t + 1, 'id': rec.get('id', int(i)), 'prompt': rec['prompt'],
                'responses': texts_R[b * n:(b + 1) * n],
-               'lengths': roll_host['lengths'][b * n:(b + 1) * n].tolist(),
+               'lengths': got['lengths'][b * n:(b + 1) * n].tolist(),
                'stop_reasons': reasons[b * n:(b + 1) * n],
-               'rewards': [judges_base.score_json(v) for v in batch_host['rewards'][b]],
-               'advantages': [judges_base.score_json(v) for v in batch_host['advantages'][b]]}
+               'rewards': [judges_base.score_json(v) for v in got['rewards'][b]],
+               'advantages': [judges_base.score_json(v) for v in got['advantages'][b]]}
       if 'self_rewards' in host:
         entry['self_rewards'] = as_list(host['self_rewards'], b)
         entry['judgments'] = host['judgments'][b * n:(b + 1) * n]
@@ -179,13 +178,13 @@ class GrpoRun:
       out.append(entry)
     return out
 
-  def stats(self, host, batch_host, roll_host) -> dict:
+  def stats(self, host, got) -> dict:
     """Returns the step's rollout metrics (host numbers, floats)."""
-    rewards_BxG = batch_host['rewards']
+    rewards_BxG = got['rewards']
     out = {'reward': float(rewards_BxG.mean()),
            'zero_variance_groups': float(np.mean(rewards_BxG.std(axis=1) == 0)),
-           'length': float(roll_host['lengths'].mean()),
-           'truncated': float(np.mean(roll_host['stop_reason'] == sampler.StopReason.MAX_TOKENS))}
+           'length': float(got['lengths'].mean()),
+           'truncated': float(np.mean(got['stop_reason'] == sampler.StopReason.MAX_TOKENS))}
     if 'self_rewards' in host:
       out['self_reward'] = float(host['self_rewards'].mean())
       out['judge_valid'] = float(host['judge_valid'].mean())
@@ -254,10 +253,10 @@ class GrpoRun:
                                    'advantages': batch['advantages'],
                                    'lengths': roll.lengths, 'stop_reason': roll.stop_reason})
         line = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
-        line.update(self.stats(host, got, got))
+        line.update(self.stats(host, got))
         log.write(t + 1, line)
         data_io.write_jsonl(os.path.join(self.workdir, 'rollouts', f'step_{t + 1:05d}.jsonl'),
-                            self.record(t, rows, texts_R, host, got, got))
+                            self.record(t, rows, texts_R, host, got))
         bar.set_postfix(reward=f'{line["reward"]:.3f}')
         bar.update(1)
         if t + 1 == cfg.num_steps or ckpts.should_save(t + 1):
