@@ -102,7 +102,7 @@ def test_grpo_raises_the_rule_reward_and_runs_as_a_stage(tmp_path):
   """The tiny GRPO config through the loop runner: the mean reward of the last steps is
   well above that of the first, and the stage leaves its records, metrics and params."""
   config = tiny_grpo.get_config()
-  config.grpo.num_steps, config.grpo.checkpoint_every = 12, 6  # it levels off by step 8
+  config.grpo.num_steps, config.grpo.checkpoint_every = 8, 4  # it levels off by step 6
   workdir = str(tmp_path / 'run')
   runner_lib.Runner(config, workdir, load_model=runner_lib.default_loader(config),
                     progress=False).run()
