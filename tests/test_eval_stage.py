@@ -99,3 +99,14 @@ def test_score_against_a_hand_count():
   assert [a['strict'] for a in audit] == [[True, True], [False], [False]]
   json.dumps(scores)  # JSON-ready
   assert np.isfinite(scores['prompt_loose_ci']).all()
+
+
+def test_identical_responses_are_ties_whatever_the_judge_says(monkeypatch):
+  import importlib  # pylint: disable=g-import-not-at-top
+  head_to_head = importlib.import_module('srlm_jax.evaluate.head_to_head')  # the module
+  monkeypatch.setattr(head_to_head, 'compare_pointwise',
+                      lambda *a, **k: np.array([1, -1, 1], np.int64))
+  out = head_to_head.head_to_head(None, ['p', 'q', 'r'], ['x', 'y', 'z'], ['x', 'w', 'z'],
+                                  [3, 3, 3], [3, 3, 3], None, n_boot=50)
+  assert out['outcomes'] == [0, -1, 0] and out['identical'] == 2
+  assert out['win_rate'] == pytest.approx((0.5 + 0 + 0.5) / 3)

@@ -7,7 +7,8 @@ judge model. Outcome per prompt: +1 A wins, 0 tie, -1 B wins. Two methods:
   * 'pairwise': the judge sees both responses and ends with `Verdict: 1|2|tie`, once with A
     first and once with B first; each order's k verdicts vote (invalid = tie), and the outcome
     is the sign of the two orders' preferences added (disagreeing orders give a tie).
-The outcomes go to metrics.win_rates and metrics.length_controlled.
+Identical responses are ties (counted as `identical`). The outcomes go to metrics.win_rates and
+metrics.length_controlled.
 """
 import re
 from typing import Any, Optional, Sequence
@@ -119,6 +120,11 @@ def head_to_head(judge: Any, prompts: Sequence[str], responses_a: Sequence[str],
                                                  settings, seed=seed, progress=progress)
   else:
     raise ValueError(f"head_to_head: method must be 'pointwise' or 'pairwise', got {method!r}")
+  # The same text is a tie whatever a sampled judge says of it (two judgments of one response
+  # differ only by sampling noise); counted, so a model that barely changed shows as such.
+  same = np.array([x == y for x, y in zip(responses_a, responses_b)], bool)
+  outcomes = np.where(same, 0, outcomes).astype(np.int64)
+  out['identical'] = int(same.sum())
   out.update(win_rates(outcomes, n_boot=n_boot, seed=seed))
   out['length_controlled'] = length_controlled(outcomes, lengths_a, lengths_b,
                                                max_ratio=max_ratio, n_boot=n_boot, seed=seed)
