@@ -31,10 +31,12 @@ def get_config(arg: str = ''):
   c.iterations = 1
   c.shard_size = 16
 
-  # Measured 2026-12-03 (a loaded CPU): M1 wrote 24 prompts, the instruction filter kept 5 (13
-  # 'not_an_instruction'), so 5 pairs and ONE DPO step of 4. Several steps need more kept
-  # prompts: more requests, or creation.filters.require_instruction=False (untested here).
+  # With the instruction filter on, M1's 24 prompts kept 5 (13 'not_an_instruction': a 135M
+  # model's tasks are often statements), so 5 pairs and ONE DPO step of 4 (measured
+  # 2026-12-03). Off, the other filters (length, duplicates) still apply, and the pairs are
+  # enough for several DPO steps.
   c.creation.num_requests = 24
+  c.creation.filters.require_instruction = False
   c.creation.prompt_max_new_tokens = 64
   c.creation.max_new_tokens = 96
   # Candidates cut by the 96-token limit may be chosen or rejected (the default excludes them):
@@ -42,6 +44,9 @@ def get_config(arg: str = ''):
   # about 5 of 16 prompts with a pair; a longer limit costs minutes of CPU per iteration.
   c.creation.pair_truncated = True
   c.creation.judge.max_new_tokens = 32  # "Score: N" and the end of turn; a short buffer
+  # M1 ends its judgments with "Score: N" itself; a judgment without one (M0's, in the eval
+  # stage's baseline) gets the forced score, so M0's judge agreement is measured too.
+  c.creation.judge.verdict = 'forced'
   # The additive rubric in brief (judges/additive.py COMPACT_RUBRIC): the full one makes ~430-token EFT
   # prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
   c.creation.judge.template = 'compact'
@@ -72,13 +77,16 @@ def get_config(arg: str = ''):
   c.dpo.unroll_layers = False  # a few steps: the loop over layers compiles 3.6x faster
   c.dpo.head_at_loss_positions = False  # a few steps: fewer batch shapes to compile
 
-  # The eval stage (M0, M1 and M2, each measured once): judge agreement on the 24 embedded
-  # held-out pairs, one judgment per response; greedy answers to the 12 held-out prompts and
-  # the 18 IFEval-style prompts; M2 against M1 (and M1 against M0) judged pointwise by M1, the
+  # The eval stage (M0, M1 and M2, each measured once): judge agreement on 16 of the embedded
+  # held-out pairs, one judgment per response; greedy answers to 6 held-out prompts and 8
+  # IFEval-style prompts; M2 against M1 (and M1 against M0) judged pointwise by M1, the
   # model the EFT taught to end with "Score: N" (M0 writes no verdict, and a 135M model asked
   # to compare two answers writes no "Verdict:" line either).
   c.eval.k = 1
-  c.eval.max_new_tokens = 96
+  c.eval.max_pairs = 16  # of the 24 held-out pairs (whole prompts)
+  c.eval.max_prompts = 6  # held-out prompts for head-to-head
+  c.eval.max_ifeval = 8  # IFEval-style prompts
+  c.eval.max_new_tokens = 64
   c.eval.judge = 'M1'
   c.eval.method = 'pointwise'
   return c
