@@ -1,7 +1,6 @@
 """Model-written EFT (srlm_jax/eft.py): the agreement filter against hand-built cases and a
 plain-Python reading of its rule, and the tiny loop with data.eft_source='model'."""
 
-import importlib.util
 import json
 import os
 
@@ -12,8 +11,8 @@ import srlm_jax
 from srlm_jax import eft
 from srlm_jax import judges
 from srlm_jax import loop
+from test_loop import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN = float('nan')
 
 
@@ -134,23 +133,8 @@ def test_model_written_keeps_exactly_the_agreeing_judgments():
     assert judges.get('additive').parse_host(r['judgment']) == r['score']
 
 
-def _tiny_config(**overrides):
-  spec = importlib.util.spec_from_file_location('tiny_cfg', os.path.join(ROOT, 'configs',
-                                                                         'tiny.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
 def test_tiny_loop_with_model_written_eft(tmp_path):
-  config = _tiny_config(**{'iterations': 1, 'data.eft_source': 'model',
+  config = tiny_config(**{'iterations': 1, 'data.eft_source': 'model',
                            'data.eft_tolerance': 1.0, 'data.eft_k': 2,
                            'stages': ('prompts',)})
   workdir = str(tmp_path / 'w')

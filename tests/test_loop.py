@@ -18,8 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-  spec = importlib.util.spec_from_file_location('tiny_cfg', os.path.join(ROOT, 'configs',
-                                                                         'tiny.py'))
+  """Returns configs/tiny.py's config with dotted-key overrides ('creation.judge.k': 2)."""
+  return loop_config('tiny', **overrides)
+
+
+def loop_config(name: str, **overrides):
+  """Returns configs/<name>.py's config with dotted-key overrides."""
+  spec = importlib.util.spec_from_file_location(f'cfg_{name}',
+                                                os.path.join(ROOT, 'configs', f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()

@@ -1,7 +1,6 @@
 """The meta-judge (judges/meta_judge.py): both-order battles, Elo and win counts against hand
 computations, the request layout, and a tiny loop whose DPO trains on judge pairs."""
 
-import importlib.util
 import json
 import os
 
@@ -14,8 +13,8 @@ from srlm_jax import rollout
 from srlm_jax import store
 from srlm_jax.judges import forced
 from srlm_jax.judges import meta_judge
+from test_loop import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN = np.nan
 
 
@@ -106,29 +105,14 @@ def test_meta_verdict_is_parsed_and_forced_on_smollm2_tokens():
   assert len(set(ids.tolist())) == 2
 
 
-def _tiny_config(**overrides):
-  spec = importlib.util.spec_from_file_location('tiny_cfg', os.path.join(ROOT, 'configs',
-                                                                         'tiny.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
 def test_meta_judge_needs_its_stage_before_dpo(tmp_path):
-  config = _tiny_config(**{'creation.meta_judge.enabled': True})
+  config = tiny_config(**{'creation.meta_judge.enabled': True})
   with pytest.raises(ValueError, match="'judge_pairs' in stages before 'dpo'"):
     loop.Loop(config, str(tmp_path), load_model=lambda name: None)
 
 
 def test_tiny_loop_trains_dpo_on_judge_pairs(tmp_path):
-  config = _tiny_config(**{
+  config = tiny_config(**{
       'iterations': 1, 'sft.enabled': False, 'creation.meta_judge.enabled': True,
       'creation.meta_judge.verdict': 'forced', 'creation.meta_judge.max_new_tokens': 4,
       'creation.meta_judge.max_pairs': 3,

@@ -1,7 +1,6 @@
 """Process-based self-rewarding: step splitting, pairwise scores, truth labels, the step
 search's DPO rows (against a full forward pass), and the tiny loops to step_dpo and rpo."""
 
-import importlib.util
 import json
 import os
 
@@ -19,8 +18,7 @@ from srlm_jax.pipeline.stages import verified as verified_stage
 from srlm_jax.process import search
 from srlm_jax.process import steps
 from srlm_jax.process import truth
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_loop import loop_config
 
 
 @pytest.mark.parametrize('kind,marker,text,want', [
@@ -150,23 +148,8 @@ def test_pairwise_step_judge_search(tiny):
   assert all(0.0 <= x <= 1.0 for x in scores) and sum(scores) == pytest.approx(1.0, abs=1e-5)
 
 
-def _config(name, **overrides):
-  spec = importlib.util.spec_from_file_location(f'cfg_{name}',
-                                                os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
 def test_tiny_process_loop_reaches_step_dpo_with_pairs(tmp_path):
-  config = _config('tiny_process', **{'iterations': 1, 'sft.enabled': False})
+  config = loop_config('tiny_process', **{'iterations': 1, 'sft.enabled': False})
   workdir = str(tmp_path / 'run')
   load = loop.default_loader(config)
   loop.Loop(config, workdir, load_model=load, progress=False).run()
@@ -198,7 +181,7 @@ def test_tiny_irpo_loop_pairs_correct_against_incorrect(tmp_path, monkeypatch):
     return text == first[task['id']] or real_check(task, text)
 
   monkeypatch.setattr(verified_stage.tasks_lib, 'check', check)
-  config = _config('tiny_irpo', **{'iterations': 1, 'sft.enabled': False})
+  config = loop_config('tiny_irpo', **{'iterations': 1, 'sft.enabled': False})
   workdir = str(tmp_path / 'run')
   loop.Loop(config, workdir, load_model=loop.default_loader(config), progress=False).run()
   done = json.load(open(os.path.join(workdir, 'iter_1', 'verified', 'DONE')))
