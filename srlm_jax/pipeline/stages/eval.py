@@ -75,8 +75,8 @@ def _judge_settings(ctx):
 
 
 def _write(out_dir: str, name: str, records: list) -> None:
-  if distributed.is_writer():
-    write_jsonl(os.path.join(out_dir, name), records)
+  # Every process calls it: process 0 writes, and all meet at write_jsonl's barrier.
+  write_jsonl(os.path.join(out_dir, name), records)
 
 
 def respond(ctx, model, name: str, prompts: list, out_dir: str, tag: str) -> tuple[list, list]:
