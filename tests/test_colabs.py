@@ -54,13 +54,16 @@ BATCH_SIZE = 8
 LR = 1e-3
 MAX_LEN = 64
 EVAL_EVERY = 5''',
-    # SmolLM2 judging every rubric: 3 replies, k up to 2 (1 per rubric), 8-token judgments; the
-    # cost is SmolLM2's forward over rows x (rubric + reply) tokens, so rows and tokens are
-    # what is cut. Forced verdicts score each judgment, so agreement is measured on all of them.
+    # SmolLM2 judging: 3 replies, k up to 2 (1 per rubric), 8-token judgments; the cost is
+    # SmolLM2's forward over rows x (rubric + reply) tokens, and a compile per rubric, so rows,
+    # tokens and rubrics are what is cut: the k study's rubric (reused) and the custom one
+    # (every cell runs; the other two built-in rubrics are the same code with other text).
+    # Forced verdicts score each judgment, so agreement is measured on all of them.
     'judge_study': '''\
 OASST1 = os.path.join(os.environ['SRLM_JAX_SHARED_DATA'], 'oasst1', 'en-validation.jsonl')
 MAX_PAIRS = 2
 KS = (1, 2)
+RUBRICS = ('additive', 'custom')
 RUBRIC_K = 1
 MAX_NEW_TOKENS = 8
 VERDICT = 'forced'

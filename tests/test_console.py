@@ -322,14 +322,11 @@ def test_console_of_a_run_its_resumes_and_a_finished_run(tmp_path):
   workdir = tmp_path / 'w'
   args = ['launch/srlm.py', f'--config={TINY}', f'--workdir={workdir}', '--config.iterations=1',
           '--config.creation.num_requests=2']
-  # The three runs share a persistent compilation cache: each would otherwise compile it all.
-  cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  # Killed inside M1's SFT after its step-2 checkpoint (of 4), then run to the end.
-  killed = _launch(args, SRLM_JAX_KILL_AT='sft:checkpoint', **cache)
+  # The three runs share the session's persistent compilation cache (conftest.py). Killed
+  # inside M1's SFT after its step-2 checkpoint (of 4), then run to the end.
+  killed = _launch(args, SRLM_JAX_KILL_AT='sft:checkpoint')
   assert killed.returncode == -9, killed.stderr[-3000:]
-  proc = _launch(args, **cache)
+  proc = _launch(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out, err = proc.stdout, proc.stderr
   assert out.startswith('srlm_jax: self-rewarding run')
@@ -353,7 +350,7 @@ def test_console_of_a_run_its_resumes_and_a_finished_run(tmp_path):
             'counts/judgments', 'candidate_lengths'} <= tags
     assert any(t.startswith('samples') for t in tags)
 
-  again = _launch(args, **cache)
+  again = _launch(args)
   assert again.returncode == 0, again.stderr[-3000:]
   out = again.stdout
   assert re.search(r'^sft: done, 32 examples, 4 steps, loss [\d.]+, skipped$', out, re.M)

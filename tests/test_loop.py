@@ -413,13 +413,11 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   cmd = [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
          f'--config={os.path.join(ROOT, "configs", "tiny.py")}', f'--workdir={workdir}',
          '--config.iterations=1', f'--config.stages={WITH_TOKEN_COUNT!r}']
-  # The runs share a persistent compilation cache: each would otherwise compile everything.
+  # The runs share the session's persistent compilation cache (conftest.py): each would
+  # otherwise compile everything.
   env = dict(os.environ, XLA_FLAGS=multihost.xla_flags(8),
              PYTHONPATH=os.pathsep.join([os.path.join(ROOT, 'tests'), ROOT,
-                                         os.environ.get('PYTHONPATH', '')]),
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+                                         os.environ.get('PYTHONPATH', '')]))
   dpo_dir = os.path.join(workdir, 'iter_1', 'dpo')
   for point in KILL_POINTS:
     proc = subprocess.run(cmd, env={**env, loop.KILL_AT_ENV: point}, capture_output=True,
