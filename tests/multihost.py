@@ -17,11 +17,17 @@ import time
 # tests compile many small programs: at level 0, tests/test_train.py took 64 s, not 91 s. The
 # matmuls are library calls either way and the HLO is the same; the suite passes at both levels.
 FAST_COMPILE = '--xla_backend_optimization_level=0'
+# jaxlib 0.10.2 and 0.11.0 send some CPU fusions to YNNPACK, which can crash (SIGSEGV on a worker
+# thread, the Python traceback wherever the main thread was) or hang on some shapes (jax-ml/jax
+# #39257, #40412). A CI run of this suite died that way: a segfault in an xdist worker, after
+# which `--dist loadfile` waited forever (pytest-xdist #784). The tests turn those fusions off;
+# XLA's own CPU code computes the same HLO.
+NO_YNN_FUSION = '--xla_cpu_experimental_ynn_fusion_type='
 
 
 def xla_flags(devices: int = 1) -> str:
   """Returns the XLA_FLAGS of a test process with `devices` fake CPU devices."""
-  return f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'
+  return f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE} {NO_YNN_FUSION}'
 
 
 def free_port() -> int:

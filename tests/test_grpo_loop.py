@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import multihost
 import srlm_jax
 from srlm_jax import rl, rollout, sampler
 from srlm_jax.pipeline import runner as runner_lib
@@ -99,10 +100,10 @@ def test_group_batch_rows_and_logps_match_a_full_forward(tiny, roll):
 
 
 def test_grpo_raises_the_rule_reward_and_runs_as_a_stage(tmp_path):
-  """The tiny GRPO config through the loop runner: the mean reward of the last steps is
-  well above that of the first, and the stage leaves its records, metrics and params."""
+  """The tiny GRPO config through the loop runner, its 24 steps: the mean reward of the last
+  steps is well above that of the first, and the stage leaves its records, metrics and params."""
   config = tiny_grpo.get_config()
-  config.grpo.num_steps, config.grpo.checkpoint_every = 8, 4  # it levels off by step 6
+  assert config.grpo.num_steps == 24
   workdir = str(tmp_path / 'run')
   runner_lib.Runner(config, workdir, load_model=runner_lib.default_loader(config),
                     progress=False).run()
@@ -172,7 +173,7 @@ def test_eight_devices_give_the_numbers_of_one(tmp_path):
   compared: they sample from params that differ at rounding level, and a near-tied tail token
   of the random model flips (measured: 1 to 9 of 16 groups differ by a token at steps 2-3)."""
   code = EIGHT_DEVICES.format(configs=os.path.join(ROOT, 'configs'), tmp=str(tmp_path))
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+  env = {**os.environ, 'XLA_FLAGS': multihost.xla_flags(8),
          'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': ROOT}
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        timeout=900, env=env)
