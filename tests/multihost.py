@@ -19,9 +19,10 @@ import time
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 # jaxlib 0.10.2 and 0.11.0 send some CPU fusions to YNNPACK, which can crash (SIGSEGV on a worker
 # thread, the Python traceback wherever the main thread was) or hang on some shapes (jax-ml/jax
-# #39257, #40412). A CI run of this suite died that way: a segfault in an xdist worker, after
-# which `--dist loadfile` waited forever (pytest-xdist #784). The tests turn those fusions off;
-# XLA's own CPU code computes the same HLO.
+# #39257, #40412). A CI run of this suite fits that: an xdist worker segfaulted at about 95%,
+# and the run then timed out, as `--dist loadfile` can after it replaces a crashed worker
+# (pytest-xdist #784). The tests turn those fusions off; XLA's own CPU code computes the same
+# HLO.
 NO_YNN_FUSION = '--xla_cpu_experimental_ynn_fusion_type='
 
 
