@@ -97,6 +97,12 @@ def _max_diff(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
+# Params after 3 Adam steps (lr 1e-3) on one device and on a mesh differ only by float32
+# reduction order: up to 1.28e-5 (1.3% of one step) with XLA's own CPU dots, which the tests use
+# (YNN fusions off, tests/multihost.py); below 1e-5 with YNNPACK's.
+PARAM_TOL = 2e-5
+
+
 def test_schedule_warmup_then_decay_to_end_lr():
   for kind, mid in (('cosine', 0.55), ('linear', 0.55)):
     sched = train.lr_schedule(_opt_cfg(schedule=kind, warmup_steps=4, num_steps=25, lr=1.0,
@@ -138,7 +144,7 @@ def test_sharded_step_matches_single_device(params, dpo_set, kind):
   one, h1 = _run(step_fn, params, get_batch, 3, _mesh())
   eight, h8 = _run(step_fn, params, get_batch, 3, _mesh((2, 2, 2)))
   np.testing.assert_allclose([m['loss'] for m in h8], [m['loss'] for m in h1], atol=1e-5)
-  assert _max_diff(one, eight) < 1e-5
+  assert _max_diff(one, eight) < PARAM_TOL
 
 
 def test_length_buckets_and_trim_batch():
@@ -221,7 +227,7 @@ def test_head_at_loss_positions_gives_the_same_steps(params, dpo_set, kind, mesh
   for key in set(h1[0]) - {'rewards/accuracies'}:
     np.testing.assert_allclose([m[key] for m in h2], [m[key] for m in h1], rtol=1e-5, atol=1e-6,
                                err_msg=key)
-  assert _max_diff(full, ours) < (2e-5 if grad_accum > 1 else 1e-5)
+  assert _max_diff(full, ours) < PARAM_TOL
 
 
 def test_loss_positions_list_each_groups_targets():
