@@ -50,6 +50,7 @@ setuptools.setup(
         'test': [
             'pytest>=8',
             'pytest-xdist>=3.5',  # the suite runs in two workers, one test file each at a time
+            'pytest-timeout>=2.3',  # a hung test fails with its stack (pytest.ini), not CI's limit
             'hypothesis>=6.100',
             'torch==2.13.0',
             'accelerate>=1.0',

@@ -66,6 +66,10 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
 
   # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8 (~18 steps).
   c.sft.batch_size = 8
+  # 8 rows of 768 tokens in one pass went past 23 GB (killed for memory): their float32
+  # attention scores and full-vocabulary logits are kept for the backward pass. Four
+  # micro-batches of 2 rows make the same step.
+  c.sft.grad_accum = 4
   c.sft.num_epochs = 1.0
   c.sft.max_len = 768  # compact-rubric judge prompts of OASST replies run to ~700 tokens
   c.sft.lr, c.sft.end_lr = 5e-5, 5e-6

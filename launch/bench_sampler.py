@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import srlm_jax
-from srlm_jax import llama, sampler
+from srlm_jax import llama, sampler, token_draw
 from bench_util import matmul_peak, timed, torch_model, write_json  # launch/bench_util.py, beside this script
 
 FLAGS = flags.FLAGS
@@ -88,7 +88,7 @@ def decode_times(config, params, tokens, mask, m: int) -> dict:
   """Returns the sampler's greedy decode tokens/s (prefill excluded) and prefill seconds."""
   pad = ((0, 0), (sampler.prompt_bucket(tokens.shape[1]) - tokens.shape[1], 0))
   tokens, mask = jnp.asarray(np.pad(tokens, pad)), jnp.asarray(np.pad(mask, pad))
-  mode, knobs = sampler.make_mode(), sampler.make_knobs(max_new_tokens=m)
+  mode, knobs = token_draw.make_mode(), token_draw.make_knobs(max_new_tokens=m)
   ids = jnp.arange(tokens.shape[0], dtype=jnp.int32)
   prefill = lambda: jax.block_until_ready(sampler.prefill(
       config, params, tokens, mask, jax.random.key(0), ids, n=1,

@@ -18,7 +18,8 @@ The judge and its options: --judge_kind (additive, spct, or any registered judge
 path), --votes (k judgments per response), --verdict=sampled|forced|forced_always (forced: read
 the score from the next-token distribution where a judgment has no verdict line), --aggregate
 (mean, or sum: SPCT's vote; default sum for spct), --meta_filter=k_meta (the meta RM keeps
-each response's top k_meta judgments), --together (SPCT: a question's responses in one
+each response's top k_meta judgments; --out's `without_meta_filter` has the same judgments
+voted unfiltered, what a run without the flag measures), --together (SPCT: a question's responses in one
 request, shown in a seeded order per sample; on by default for spct), --max_pairs with
 --subset_seed (a random subset of whole prompts), --chunk (responses per device batch):
 

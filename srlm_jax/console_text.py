@@ -182,10 +182,13 @@ def end_table(results: Sequence[tuple], total_seconds: float, workdir: str,
   lines.append(f'{"total":<{width}}  {format_seconds(total_seconds):>7}  this session')
   for report in reports:
     t = report['iteration']
-    j = report['judgments']
-    lines.append(f'iteration {t} ({report["model"]}): {report["prompts"]["kept"]} prompts, '
-                 f'{report["candidates"]} candidates, {j["valid"]}/{j["total"]} valid '
-                 f'judgments, {report["pairs"]} pairs; report: '
+    j, grpo = report['judgments'], report.get('grpo') or {}
+    made = (f'{report["prompts"]["kept"]} prompts, {report["candidates"]} candidates, '
+            f'{j["valid"]}/{j["total"]} valid judgments, {report["pairs"]} pairs')
+    if grpo and not report['candidates']:  # online RL: its own rollouts, no pairs
+      made = (f'GRPO, {grpo.get("steps")} steps on {grpo.get("prompts")} prompts, last reward '
+              f'{grpo.get("reward")}')
+    lines.append(f'iteration {t} ({report["model"]}): {made}; report: '
                  f'{os.path.join(workdir, f"iter_{t}", "report.md")}')
   lines += list(logs)
   return lines

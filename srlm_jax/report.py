@@ -103,12 +103,18 @@ def build_report(iter_dir: str, t: int, timings: Optional[dict] = None) -> dict:
       # stage's DONE (its stage module computes them)
       'judge_stats': info.get('judgments', {}),
       'score_histogram': score_histogram(judgments),
+      # The padding share of each sampling stage's prefill (their DONE's `prefill`)
+      'padded_fraction': {stage: info[stage]['prefill'].get('padded_fraction')
+                          for stage in ('prompts', 'candidates', 'judgments')
+                          if info.get(stage, {}).get('prefill')},
       'pairs': len(pairs),
       'no_pair': {k: v for k, v in decided.items() if k != 'pair'},
       'lengths': response_lengths(pairs, candidates),
       'dpo': dpo_metrics(os.path.join(iter_dir, 'dpo')),
       'evaluation': evaluation,
       'guard': guard,
+      # An online-RL iteration (the grpo stage) trains on its own rollouts: no pairs
+      'grpo': info.get('grpo', {}),
       'seconds': timings or {},
       'stages': info,
   }
@@ -132,6 +138,10 @@ def to_markdown(report: dict) -> str:
            f"| prompts without a pair | {report['no_pair']} |",
            f"| mean length chosen / rejected / all (tokens) | {lengths['chosen']['mean']} / "
            f"{lengths['rejected']['mean']} / {lengths['all']['mean']} |"]
+  padded = report.get('padded_fraction') or {}
+  if padded:
+    lines.append(f"| prefill padded fraction: {' / '.join(padded)} | "
+                 f"{' / '.join(str(v) for v in padded.values())} |")
   after = report['evaluation'].get('dpo_after') or {}
   for key in ('loss', 'rewards/accuracies', 'rewards/margins'):
     if key in report['dpo'] or key in after:
@@ -139,6 +149,11 @@ def to_markdown(report: dict) -> str:
       final = f'{after[key]:.4f}' if key in after else '-'
       lines.append(f'| DPO {key}: last logged step (before its update) / after the last update, '
                    f'all pairs | {logged} / {final} |')
+  grpo = report.get('grpo') or {}
+  if grpo:
+    lines.append(f"| GRPO steps / prompts | {grpo.get('steps')} / {grpo.get('prompts')} |")
+    lines += [f'| GRPO {key}, last step | {grpo[key]} |' for key in
+              ('reward', 'self_reward', 'true_reward', 'agreement', 'kl') if key in grpo]
   lines += eval_lines(report['evaluation'])
   if report.get('guard'):
     lines += guards.markdown_lines(report['guard'])

@@ -1,7 +1,7 @@
 """Batched sampling from a Llama: one prefill, then a device-side `lax.while_loop` decode.
 
 Axis legend: B prompts, N samples per prompt, R = B*N rows, P prompt bucket, Q = P - 1 prompt
-cache slots, M new-token bucket, C candidate tokens, W longest stop sequence; V, K, G, Dh, D as in
+cache slots, M new-token bucket, W longest stop sequence; V, K, G, Dh, D as in
 llama.py.
 
 Two jitted functions (the tunix layout): `prefill` runs the left-padded prompts, minus their
@@ -21,21 +21,14 @@ a response) is bound by these reads on a CPU.
 Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5} * 2^i (at most a
 third of a prompt batch is padding: prefill and every decode step scale with P), and buffers to
 M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
-sampling mode. temperature, top_p, min_p and max_new_tokens are device scalars (no recompile
-when they change); which filters are active (temperature == 0 is greedy, top_k > 0, top_p < 1,
-min_p > 0), top_k, eos ids and stop sequences are static, as they decide which ops run: greedy is a max, and top-p without top-k
-never sorts V: it finds the nucleus threshold by a 31-step bisection over V (on XLA:CPU,
-`lax.top_k` over a 49k vocabulary becomes a full sort, 10-20x slower than the bisection).
+sampling mode (`token_draw.Mode`; temperature, top_p, min_p and max_new_tokens are device
+scalars, no recompile when they change).
 
-Filters, in Hugging Face's order: logits / temperature, top-k (exactly k tokens), top-p (the most
-likely tokens until their mass reaches top_p, renormalised over the top-k survivors), min-p
-(probability >= min_p times the top one's). A token is drawn by inverse CDF from a per-row
-uniform: row j of prompt i uses fold_in(key, prompt_id_i * N + j), the step folded in, so a sample
-does not depend on how prompts were batched. Log-probs are those of the sampled token under the
-model's raw distribution (log-softmax of the logits at temperature 1, unfiltered): what DPO needs.
+Each step draws its tokens with `token_draw.next_token` (the filters, in Hugging Face's order).
+Row j of prompt i uses the key fold_in(key, prompt_id_i * N + j), so a sample does not depend on
+how prompts were batched.
 """
 
-import dataclasses
 import enum
 import functools
 import sys
@@ -46,11 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import data_io, llama, sharding
+from srlm_jax import data_io, llama, sharding, token_draw
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
-_NEG_INF = float(np.finfo(np.float32).min)
 MIN_BUCKET = 32  # smallest prompt and new-token bucket
 
 
@@ -85,22 +77,6 @@ class DecodeState:
   done_R: Array
   length_R: Array
   reason_R: Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Mode:
-  """The static sampling settings (a jit cache key)."""
-  greedy: bool = True
-  top_k: int = 0
-  use_top_p: bool = False
-  use_min_p: bool = False
-  eos_ids: tuple[int, ...] = ()
-  stop_seqs: tuple[tuple[int, ...], ...] = ()
-  pad_id: int = 0
-
-  @property
-  def stop_width(self) -> int:
-    return max([len(s) for s in self.stop_seqs], default=1)
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
@@ -251,95 +227,49 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
   return llama.logits(config, dparams, x_RD), cache
 
 
-def _first_above(c_RX: Array, t_R: Array, w_RX: Array) -> Array:
-  """Returns per row the first index with c > t (c = cumsum(w)), else the last one with w > 0."""
-  x = c_RX.shape[1]
-  i_R = jnp.sum(c_RX <= t_R[:, None], axis=1)
-  last_R = x - 1 - jnp.argmax(w_RX[:, ::-1] > 0, axis=1)
-  return jnp.where(i_R < x, i_R, last_R).astype(jnp.int32)
+@functools.partial(jax.jit, static_argnames='config')
+def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_RT: Array,
+                  start_R: Array) -> Array:
+  """Returns the final-norm hidden states [R, T, D] of tokens fed after a finished decode.
 
-
-def _inverse_cdf(w_RX: Array, u_R: Array, block: int = 256) -> Array:
-  """Returns one index per row drawn with probability w / sum(w), from uniforms u in [0, 1)."""
-  r, x = w_RX.shape
-  if x <= 4 * block:
-    c_RX = jnp.cumsum(w_RX, axis=1)
-    return _first_above(c_RX, u_R * c_RX[:, -1], w_RX)
-  # Two levels (blocks, then within the chosen block): a cumsum over V is slow on CPU.
-  nb = -(-x // block)
-  w_RNB = jnp.pad(w_RX, ((0, 0), (0, nb * block - x))).reshape(r, nb, block)
-  mass_RN = jnp.sum(w_RNB, axis=2)
-  c_RN = jnp.cumsum(mass_RN, axis=1)
-  t_R = u_R * c_RN[:, -1]
-  j_R = _first_above(c_RN, t_R, mass_RN)
-  inner_RB = jnp.take_along_axis(w_RNB, j_R[:, None, None], axis=1)[:, 0]
-  before_R = jnp.take_along_axis(c_RN - mass_RN, j_R[:, None], axis=1)[:, 0]
-  i_R = _first_above(jnp.cumsum(inner_RB, axis=1), t_R - before_R, inner_RB)
-  return j_R * block + i_R
-
-
-def _nucleus_bisect(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mode) -> Array:
-  """Returns tokens drawn from the exact top-p (and min-p) filter over all of V, sort-free."""
-  w_RV = jnp.exp(x_RV - jnp.max(x_RV, axis=1, keepdims=True))
-  q_RV = w_RV / jnp.sum(w_RV, axis=1, keepdims=True)
-  # The smallest threshold t whose mass strictly above is < top_p: bisection over the bit patterns
-  # of non-negative float32s (ordered like the floats), 31 steps.
-  def body(_, lo_hi):
-    lo, hi = lo_hi
-    mid = lo + (hi - lo) // 2
-    t_R = jax.lax.bitcast_convert_type(mid, jnp.float32)
-    ok = jnp.sum(jnp.where(q_RV > t_R[:, None], q_RV, 0.0), axis=1) < top_p
-    return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
-  r, one = x_RV.shape[0], int(np.float32(1).view(np.int32))
-  _, hi = jax.lax.fori_loop(0, 31, body, (jnp.zeros(r, jnp.int32), jnp.full(r, one, jnp.int32)))
-  keep = q_RV >= jax.lax.bitcast_convert_type(hi, jnp.float32)[:, None]
-  if mode.use_min_p:
-    keep &= w_RV >= min_p
-  return _inverse_cdf(jnp.where(keep, w_RV, 0.0), u_R)
-
-
-def _filtered_draw(x_RV: Array, u_R: Array, top_p: Array, min_p: Array, mode: Mode) -> Array:
-  """Returns tokens drawn from softmax(x) after the top-k / top-p / min-p filters of mode."""
-  v = x_RV.shape[1]
-  if not (mode.top_k or mode.use_top_p):
-    w_RV = jnp.exp(x_RV - jnp.max(x_RV, axis=1, keepdims=True))  # the max has weight 1
-    if mode.use_min_p:
-      w_RV = jnp.where(w_RV >= min_p, w_RV, 0.0)
-    return _inverse_cdf(w_RV, u_R)
-  if not mode.top_k:  # top-p (and min-p): exact over all of V, sort-free
-    return _nucleus_bisect(x_RV, u_R, top_p, min_p, mode)
-  vals_RC, idx_RC = jax.lax.top_k(x_RV, min(v, mode.top_k))  # sorted, most likely first
-  w_RC = jnp.exp(vals_RC - vals_RC[:, :1])
-  keep = jnp.ones(w_RC.shape, bool)
-  if mode.use_top_p:  # renormalised over the top-k survivors
-    total_R = jnp.sum(w_RC, axis=1)
-    c_RC = jnp.cumsum(w_RC, axis=1) / total_R[:, None]
-    keep = c_RC - w_RC / total_R[:, None] < top_p
-  if mode.use_min_p:
-    keep &= w_RC >= min_p
-  choice_R = _inverse_cdf(jnp.where(keep, w_RC, 0.0), u_R)
-  return jnp.take_along_axis(idx_RC, choice_R[:, None], axis=1)[:, 0]
-
-
-def next_token(logits_RV: Array, key_R: Array, step: Array, knobs: dict, mode: Mode):
-  """Returns (sampled tokens [R], their raw-model log-probs [R]) for one decode step."""
-  v = logits_RV.shape[1]
-  max_R = jnp.max(logits_RV, axis=1)
-  lse_R = max_R + jnp.log(jnp.sum(jnp.exp(logits_RV - max_R[:, None]), axis=1))
-  if mode.greedy:  # the first maximum; two plain reductions are 2x faster than argmax on CPU
-    token_R = jnp.min(jnp.where(logits_RV == max_R[:, None], jnp.arange(v)[None, :], v), axis=1)
-    return token_R.astype(jnp.int32), max_R - lse_R
-  u_R = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(key_R)
-  x_RV = logits_RV / knobs['temperature']
-  token_R = _filtered_draw(x_RV, u_R, knobs['top_p'], knobs['min_p'], mode).astype(jnp.int32)
-  return token_R, jnp.take_along_axis(logits_RV, token_R[:, None], axis=1)[:, 0] - lse_R
+  Row r keeps its prompt cache (its prompt but the last token) and its first start_R[r]
+  generation slots (slot 0: the prompt's last token; slot j: generated token j - 1); the T
+  tokens take slots start_R[r].. and the positions after them, so the row reads as [prompt,
+  generated tokens 0 .. start_R[r] - 2, tokens_RT[r]] (start_R[r] = 0: the prompt without its
+  last token, then tokens_RT[r]) run from scratch. Each needs start_R <= the row's length
+  (later slots may hold padding). The state is read, not changed: this is how a
+  judge appends a verdict prefix to its judgments without running their prompts again.
+  """
+  t = tokens_RT.shape[1]
+  prompt, rows, shared = state.cache['prompt'], state.cache['rows'], state.cache.get('shared')
+  m = rows[0]['k'].shape[2]
+  positions_RT = (state.position_R - state.step + start_R)[:, None] + jnp.arange(t)[None, :]
+  prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
+  kept_allowed_R1M = (jnp.arange(m)[None, :] < start_R[:, None])[:, None, :]
+  new_allowed_1TT = jnp.tril(jnp.ones((t, t), bool))[None]
+  x_RTD = sharding.constrain(llama.embed(config, params, tokens_RT.astype(jnp.int32)),
+                             sharding.ACTIVATION)
+  for l in range(config.n_layers):
+    def attend_kv(q_RKGTd, key_RKTd, val_RKTd, l=l):
+      dt = config.dtype
+      as_cached = lambda x: x.astype(rows[l]['k'].dtype).astype(dt)  # as decode stores them
+      blocks = [(prompt[l]['k'].astype(dt), prompt[l]['v'].astype(dt), prompt_allowed_B1Q),
+                (rows[l]['k'].astype(dt), rows[l]['v'].astype(dt), kept_allowed_R1M),
+                (as_cached(key_RKTd), as_cached(val_RKTd), new_allowed_1TT)]
+      if shared is not None:
+        blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
+                          jnp.ones((1, 1, shared[l]['k'].shape[2]), bool)))
+      return llama.attend(q_RKGTd, blocks, dt), None
+    x_RTD, _ = llama.layer(config, llama.layer_params(params, l), x_RTD, positions_RT,
+                           attend_kv)
+  return llama.rms_norm(x_RTD, params['final_norm']['scale'], config.norm_eps, config.dtype)
 
 
 def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: dict,
-                mode: Mode) -> tuple[DecodeState, Array]:
+                mode: token_draw.Mode) -> tuple[DecodeState, Array]:
   """Returns (the state after one token per row, its float32 logits [R, V]) (split_layers)."""
   logits_RV, cache = step_logits(config, dparams, state)
-  token_R, logprob_R = next_token(logits_RV, state.key_R, state.step, knobs, mode)
+  token_R, logprob_R = token_draw.next_token(logits_RV, state.key_R, state.step, knobs, mode)
   done, step = state.done_R, state.step
   token_R = jnp.where(done, mode.pad_id, token_R)
   logprob_R = jnp.where(done, 0.0, logprob_R)
@@ -361,35 +291,12 @@ def decode_step(config: llama.LlamaConfig, dparams, state: DecodeState, knobs: d
 
 @functools.partial(jax.jit, static_argnames=('config', 'mode'), donate_argnames='state')
 def decode(config: llama.LlamaConfig, params, state: DecodeState, knobs: dict,
-           mode: Mode) -> DecodeState:
+           mode: token_draw.Mode) -> DecodeState:
   """Returns the state once every row is done or knobs['max_new_tokens'] tokens were made."""
   def cond(s):
     return (s.step < knobs['max_new_tokens']) & ~jnp.all(s.done_R)
   dparams = split_layers(params)
   return jax.lax.while_loop(cond, lambda s: decode_step(config, dparams, s, knobs, mode)[0], state)
-
-
-def make_mode(*, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-              min_p: float = 0.0, eos_ids: Sequence[int] = (),
-              stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0) -> Mode:
-  """Returns the static Mode of these settings (checking them)."""
-  if temperature < 0 or top_k < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1:
-    raise ValueError(f'need temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1; got '
-                     f'{temperature}, {top_k}, {top_p}, {min_p}')
-  stop_seqs = tuple(tuple(int(t) for t in s) for s in stop_seqs)
-  if any(not s for s in stop_seqs):
-    raise ValueError('stop sequences must not be empty')
-  return Mode(greedy=temperature == 0, top_k=int(top_k), use_top_p=top_p < 1,
-              use_min_p=min_p > 0, eos_ids=tuple(sorted({int(e) for e in eos_ids})),
-              stop_seqs=stop_seqs, pad_id=int(pad_id))
-
-
-def make_knobs(*, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               min_p: float = 0.0) -> dict:
-  """Returns the dynamic settings as device scalars (changing them does not recompile)."""
-  put = lambda x, dtype: jax.device_put(np.asarray(x, dtype))  # an explicit transfer
-  return {'max_new_tokens': put(max_new_tokens, np.int32), 'top_p': put(top_p, np.float32),
-          'temperature': put(temperature or 1.0, np.float32), 'min_p': put(min_p, np.float32)}
 
 
 @functools.partial(jax.jit, static_argnames='max_new_tokens')
@@ -402,22 +309,23 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
            max_new_tokens: int, n: int = 1, temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, min_p: float = 0.0, eos_ids: Sequence[int] = (),
            stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0,
-           prompt_ids_B=None, shared=None) -> SampleOutput:
+           prompt_ids_B=None, shared=None, return_state: bool = False):
   """Returns n samples per left-padded prompt (prompt-major rows), from one prefill per prompt.
 
   Call it from the host (under `jax.set_mesh` for a sharded run): the float settings pick the
   compiled mode. Every row needs a real last token (left padding). `prompt_ids_B` (default
   0..B-1) seeds the rows, row j of prompt i using fold_in(key, prompt_ids_B[i] * n + j).
   With `shared` (`prefill_prefix` of a prefix every prompt starts with), the prompts are given
-  without that prefix.
+  without that prefix. With `return_state`, returns (SampleOutput, the final DecodeState), whose
+  cache `continue_rows` reads.
   """
   b, p = np.shape(prompt_tokens_BP)
   if max_new_tokens < 1 or n < 1:
     raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
   if not isinstance(prompt_mask_BP, jax.Array) and not np.asarray(prompt_mask_BP)[:, -1].all():
     raise ValueError('every prompt row must be left-padded with a real last token')
-  mode = make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                   eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
+  mode = token_draw.make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
   # Host values reach the device by explicit transfers only (rollouts are sampled under
   # jax.transfer_guard('disallow')); the prompts are padded to their bucket inside `prefill`.
   put = lambda x, dtype: x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x, dtype))
@@ -428,6 +336,8 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
                   put(prompt_ids_B, np.int32), n=n, max_new_bucket=bucket(max_new_tokens),
                   stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p),
                   shared=shared)
-  knobs = make_knobs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     min_p=min_p)
-  return _output(decode(config, params, state, knobs, mode), max_new_tokens)
+  knobs = token_draw.make_knobs(max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, min_p=min_p)
+  state = decode(config, params, state, knobs, mode)
+  out = _output(state, max_new_tokens)
+  return (out, state) if return_state else out

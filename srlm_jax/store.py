@@ -26,7 +26,8 @@ from srlm_jax import distributed
 from srlm_jax import workdir as workdir_lib
 
 ARRAYS = 'arrays.npz'
-ShardFn = Callable[[list, int], tuple]  # (items, shard index) -> (records, {name: array})
+# (items, shard index) -> (records, {name: array}) or (records, arrays, info: a JSON object)
+ShardFn = Callable[[list, int], tuple]
 
 
 def exists(path: str) -> bool:
@@ -148,11 +149,14 @@ def concat_shards(parts: list) -> dict:
 
 
 def sharded(stage_dir: str, items: list, shard_size: int, fn: ShardFn, desc: str,
-            crash_point: Callable[[str], None] = lambda name: None) -> tuple:
+            crash_point: Callable[[str], None] = lambda name: None,
+            infos: Optional[list] = None) -> tuple:
   """Returns (records, arrays) of fn applied shard by shard; finished shards are read back.
 
   fn(items of one shard, shard index) returns (records, {name: array}); arrays are
-  concatenated over shards (`concat_shards`) and returned on the device.
+  concatenated over shards (`concat_shards`) and returned on the device. fn may also return a
+  third item, a small JSON object about the shard's work (prefill counts, say): it is kept in
+  the shard's sidecar, and each shard's (read back too, {} when none) is appended to `infos`.
   """
   shard_dir = os.path.join(stage_dir, 'shards')
   if distributed.is_writer():
@@ -166,7 +170,7 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: ShardFn, desc: str
     # A shard without its digests was cut off before they were recorded: written again.
     if not exists(sidecar):
       logging.info('%s: shard %d/%d', desc, s + 1, n_shards)
-      shard_records, shard_arrays = fn(items[s * shard_size:(s + 1) * shard_size], s)
+      shard_records, shard_arrays, *info = fn(items[s * shard_size:(s + 1) * shard_size], s)
       data_io.write_jsonl(path, shard_records)
       if shard_arrays:
         save_arrays(npz, shard_arrays)
@@ -174,6 +178,8 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: ShardFn, desc: str
         digests = {os.path.basename(path): workdir_lib.file_digest(path)}
         if shard_arrays:
           digests[os.path.basename(npz)] = workdir_lib.file_digest(npz)
+        if info and info[0]:
+          digests[workdir_lib.SHARD_INFO] = info[0]
         write_json(sidecar, digests)
       distributed.barrier(f'digest {sidecar}')
       crash_point(f'{desc}:shard')
@@ -182,4 +188,6 @@ def sharded(stage_dir: str, items: list, shard_size: int, fn: ShardFn, desc: str
     records.extend(obj for _, _, obj in data_io.read_jsonl(path, allow_empty=True))
     if npz in expected:
       parts.append(load_arrays(npz, expected[npz], sidecar))
+    if infos is not None:
+      infos.append(workdir_lib.read_json(sidecar).get(workdir_lib.SHARD_INFO, {}))
   return records, to_device(concat_shards(parts))

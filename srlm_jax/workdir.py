@@ -95,6 +95,9 @@ def verify_output(path: str) -> None:
     verify_file(path, expected, done)
 
 
+SHARD_INFO = 'info'  # a shard sidecar's key for the shard's info (store.sharded), not a file
+
+
 def shard_sidecar(shard_path: str) -> str:
   """Returns the path of the digest file beside a shard (NNNNN.jsonl -> NNNNN.json)."""
   return shard_path[:-len('.jsonl')] + '.json'
@@ -103,8 +106,9 @@ def shard_sidecar(shard_path: str) -> str:
 def shard_digests(sidecar: str) -> dict:
   """Returns {path: digest} of the shard files a sidecar (NNNNN.json) records.
 
-  A sidecar holds {file name: digest}; one written before shards had arrays holds the digest
-  of its NNNNN.jsonl alone, and is read as such.
+  A sidecar holds {file name: digest} (and the shard's info under 'info', not a file); one
+  written before shards had arrays holds the digest of its NNNNN.jsonl alone, and is read as
+  such.
   """
   info = read_json(sidecar)
   folder = os.path.dirname(sidecar)
@@ -113,7 +117,8 @@ def shard_digests(sidecar: str) -> dict:
                        f'{type(info).__name__}')
   if 'sha256' in info:
     return {sidecar[:-len('.json')] + '.jsonl': info}
-  return {os.path.join(folder, name): digest for name, digest in info.items()}
+  return {os.path.join(folder, name): digest for name, digest in info.items()
+          if name != SHARD_INFO}
 
 
 def verify_workdir(workdir: str) -> int:

@@ -10,8 +10,8 @@ import multihost
 # sharded and single-device runs can be compared in one process.
 os.environ.setdefault('XLA_FLAGS', multihost.xla_flags(8))
 
-# One persistent XLA compilation cache for the whole session, shared by the xdist workers and
-# the subprocesses the tests launch (they inherit this environment): the suite runs the same
+# One persistent XLA compilation cache for the whole session, shared by the subprocesses the
+# tests launch (they inherit this environment): the suite runs the same
 # tiny-model stages many times, and compiling them is most of a tiny loop's time (a tiny run
 # measured 108 s cold, 40 s warm). The controller makes it and removes it at the end.
 _OWN_XLA_CACHE = None
@@ -26,6 +26,12 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 jax.config.update('jax_default_matmul_precision', 'highest')
+# The pytest processes themselves do not use that cache, only the subprocesses the tests launch
+# (whole loops, each a fresh process, are where it saves time): writing an entry from a worker
+# that had run hundreds of tests segfaulted inside jax's executable.serialize() in CI (twice,
+# in test_grpo_loop's runner, 2026-12-03), taking the worker down; in-process tests keep jit's
+# in-memory cache.
+jax.config.update('jax_enable_compilation_cache', False)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 # What the data tests read from ../shared/data (or $SRLM_JAX_SHARED_DATA): public datasets, by

@@ -7,8 +7,8 @@ jax.transfer_guard('allow') below:
   1. tokenising the prompts (host only: no transfer) and uploading them (rollout.sample's
      explicit device_put);
   2. detokenising the candidates into judge prompts (rollout.texts: one device_get);
-  3. inside the judge: its requests' upload, and which judgments need a forced verdict
-     (one device_get of the valid flags);
+  3. inside the judge: its requests' upload and the forced-verdict constants (the prefix and
+     score tokens); the verdicts are read from each batch's decode cache on the device;
   4. the blank-text flags of the candidates (a property of their texts: one device_put);
   5. the number of pairs, which sets the dataset's shape (rewards.pairs.pair_rows);
   6. the DPO batch's row indices and length bucket (train.DeviceBatches);

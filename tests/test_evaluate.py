@@ -290,6 +290,20 @@ def test_launch_judge_flags_end_to_end(tmp_path, capsys):
     assert math.isclose(r['value'], sum(s for s, k in zip(r['scores'], r['kept']) if k),
                         rel_tol=1e-5)
   assert '"valid_fraction": 1.0' in capsys.readouterr().out
+  # The same judgments voted without the filter: what a run without --meta_filter measures.
+  plain = tmp_path / 'plain.json'
+  with flagsaver.flagsaver():
+    flags.FLAGS([a for a in argv if not a.startswith(('--meta_filter', '--out'))]
+                + [f'--out={plain}'])
+    launch.main([])
+  plain = json.loads(plain.read_text())
+  assert 'without_meta_filter' not in plain
+  for key in evaluate.AGREEMENT_KEYS[:5]:
+    assert got['without_meta_filter'][key] == pytest.approx(plain[key], nan_ok=True), key
+    assert got['without_meta_filter'][f'{key}_ci'] == pytest.approx(plain[f'{key}_ci'],
+                                                                     nan_ok=True), key
+  plain_records = [json.loads(line) for line in open(f'{tmp_path}/plain.json.judgments.jsonl')]
+  assert [r['scores'] for r in plain_records] == [r['scores'] for r in records]
   # Bad flags are refused before any model loads.
   with flagsaver.flagsaver():
     flags.FLAGS(argv[:5] + ['--votes=2', '--meta_filter=3'])

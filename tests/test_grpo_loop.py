@@ -17,8 +17,8 @@ import pytest
 
 import multihost
 import srlm_jax
-from srlm_jax import rl, rollout, sampler
-from srlm_jax.pipeline import runner as runner_lib
+from srlm_jax import console_text, rl, rollout, sampler
+from srlm_jax import report as report_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
@@ -100,13 +100,21 @@ def test_group_batch_rows_and_logps_match_a_full_forward(tiny, roll):
 
 
 def test_grpo_raises_the_rule_reward_and_runs_as_a_stage(tmp_path):
-  """The tiny GRPO config through the loop runner, its 24 steps: the mean reward of the last
-  steps is well above that of the first, and the stage leaves its records, metrics and params."""
+  """The tiny GRPO config through launch/srlm.py, its 24 steps: the mean reward of the last
+  steps is well above that of the first, and the stage leaves its records, metrics and params.
+
+  The run is a fresh process, as a user's is: run inside a pytest worker that had already run
+  hundreds of tests, XLA's compile of this loop's train step segfaulted in CI (three times,
+  2026-12-03/04; never in a fresh process), taking the worker and its remaining tests down."""
   config = tiny_grpo.get_config()
   assert config.grpo.num_steps == 24
   workdir = str(tmp_path / 'run')
-  runner_lib.Runner(config, workdir, load_model=runner_lib.default_loader(config),
-                    progress=False).run()
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
+       f"--config={os.path.join(ROOT, 'configs', 'tiny_grpo.py')}", f'--workdir={workdir}'],
+      capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False,
+      env={**os.environ, 'PYTHONPATH': ROOT})
+  assert proc.returncode == 0, proc.stderr[-3000:]
   stage_dir = os.path.join(workdir, 'iter_1', 'grpo')
   metrics = read_metrics(os.path.join(stage_dir, 'metrics.jsonl'))
   assert [m['step'] for m in metrics] == list(range(1, config.grpo.num_steps + 1))
@@ -127,6 +135,14 @@ def test_grpo_raises_the_rule_reward_and_runs_as_a_stage(tmp_path):
   assert any(r['responses'][0].count(newline) for r in records)
   assert os.path.isdir(os.path.join(stage_dir, 'params'))
   assert not os.listdir(os.path.join(stage_dir, 'checkpoints'))  # pruned once DONE
+  # The iteration's report and the console's end line say what GRPO did (no pairs were made).
+  report_md = open(os.path.join(workdir, 'iter_1', 'report.md'), encoding='utf-8').read()
+  prompts = len(open(os.path.join(stage_dir, 'prompts.jsonl'), encoding='utf-8').readlines())
+  assert f'| GRPO steps / prompts | {config.grpo.num_steps} / {prompts} |' in report_md
+  assert f"| GRPO reward, last step | {round(metrics[-1]['reward'], 4)} |" in report_md
+  report = report_lib.build_report(os.path.join(workdir, 'iter_1'), 1)
+  end = console_text.end_table([], 1.0, workdir, [report])[-1]
+  assert f'GRPO, {config.grpo.num_steps} steps on {prompts} prompts' in end, end
 
 
 EIGHT_DEVICES = textwrap.dedent('''

@@ -90,6 +90,18 @@ def test_two_iterations_write_every_stage(two_iterations):
     dpo_info = json.load(open(os.path.join(d, 'dpo', 'DONE')))
     assert dpo_info['skipped'] is False
     assert report['dpo']['step'] >= 2  # more than one step: a checkpoint lies between them
+    # Each sampling stage's prefill counts, added over its shards, and their padded share.
+    for stage in ('prompts', 'candidates', 'judgments'):
+      prefill = json.load(open(os.path.join(d, stage, 'DONE')))['prefill']
+      assert 0 < prefill['prompt_tokens'] <= prefill['prefill_slots'], (stage, prefill)
+      assert prefill['padded_fraction'] == round(
+          1 - prefill['prompt_tokens'] / prefill['prefill_slots'], 4)
+      assert report['padded_fraction'][stage] == prefill['padded_fraction']
+    # The judge rubric every request starts with is prefilled once per shard.
+    assert json.load(open(os.path.join(d, 'judgments', 'DONE')))['prefill'][
+        'shared_prefix_tokens'] > 0
+    assert '| prefill padded fraction: prompts / candidates / judgments |' in open(
+        os.path.join(d, 'report.md')).read()
 
 
 def test_resume_after_a_finished_run_recomputes_nothing(two_iterations):
@@ -443,6 +455,11 @@ def test_sigkill_inside_each_stage_then_resume_gives_the_same_artifacts(tmp_path
   want = checkpoint.load_params(os.path.join(reference, 'iter_1', 'dpo', 'params'))
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # The prefill counts of shards done before a kill are read back from their sidecars.
+  for stage in ('prompts', 'candidates', 'judgments'):
+    got, want = (json.load(open(os.path.join(w, 'iter_1', stage, 'DONE')))['prefill']
+                 for w in (workdir, reference))
+    assert got == want, stage
   shards = os.listdir(os.path.join(workdir, 'iter_1', 'judgments', 'shards'))
   assert sorted(shards) == sorted(os.listdir(os.path.join(reference, 'iter_1', 'judgments',
                                                           'shards')))

@@ -210,6 +210,19 @@ def test_shared_prefix_gives_the_unshared_samples(tiny, temperature):
   assert stats['prompt_tokens'] == plain_stats['prompt_tokens'] - len(ids) * stats[
       'shared_prefix_tokens']
   assert stats['prefill_slots'] < plain_stats['prefill_slots']
+  # By hand: each prompt's tokens after the shared prefix but its last; the slots, per batch of
+  # 2 prompts taken longest first, 2 rows of the bucketed width of its longest prompt.
+  s0 = stats['shared_prefix_tokens']
+  lengths = sorted((len(x) - s0 for x in ids), reverse=True)
+  assert stats['prompt_tokens'] == sum(n - 1 for n in lengths)
+  assert stats['prefill_slots'] == sum(
+      len(lengths[i:i + 2]) * (sampler.prompt_bucket(lengths[i]) - 1)
+      for i in range(0, len(lengths), 2))
+  assert stats['padded_fraction'] == round(1 - stats['prompt_tokens'] / stats['prefill_slots'],
+                                           4)
+  both = rollout.prefill_summary([stats, plain_stats])
+  assert both['prompt_tokens'] == stats['prompt_tokens'] + plain_stats['prompt_tokens']
+  assert both['padded_fraction'] == round(1 - both['prompt_tokens'] / both['prefill_slots'], 4)
   for k in rollout.FIELDS:
     if k == 'logprobs':
       np.testing.assert_allclose(shared[k], plain[k], atol=1e-5, rtol=0)

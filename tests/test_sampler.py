@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from srlm_jax import llama, rollout, sampler, sharding
+from srlm_jax import llama, rollout, sampler, sharding, token_draw
 
 TINY = llama.LlamaConfig(vocab_size=96, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
                          rope_theta=1e4)
@@ -43,11 +43,11 @@ def _prompts(lengths, seed=0, vocab=TINY.vocab_size):
 def test_decode_step_logits_equal_full_forward(tiny_params):
   rows = _prompts([5, 17, 1, 40])
   tokens, mask = _left_pad(rows, p=64)  # the prompt bucket `sample` would use
-  mode = sampler.make_mode()
+  mode = token_draw.make_mode()
   steps = 12
   state = sampler.prefill(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
                           jax.random.key(0), jnp.arange(4), n=1, max_new_bucket=32)
-  knobs = sampler.make_knobs(max_new_tokens=steps)
+  knobs = token_draw.make_knobs(max_new_tokens=steps)
   dparams = sampler.split_layers(tiny_params)
   step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
   step_logits, seqs = [], [list(r) for r in rows]
@@ -90,8 +90,8 @@ def test_decode_logits_equal_forward_over_the_growing_sequence(tiny_params):
     assert jax.tree.structure(state.cache[name]) == jax.tree.structure(want)
     assert [x.shape for x in jax.tree.leaves(state.cache[name])] == [
         x.shape for x in jax.tree.leaves(want)]
-  mode = sampler.make_mode(temperature=1.0)
-  knobs = sampler.make_knobs(max_new_tokens=steps, temperature=1.0)
+  mode = token_draw.make_mode(temperature=1.0)
+  knobs = token_draw.make_knobs(max_new_tokens=steps, temperature=1.0)
   step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
   dparams = sampler.split_layers(tiny_params)
   forward = jax.jit(llama.forward, static_argnums=0)
@@ -106,6 +106,36 @@ def test_decode_logits_equal_forward_over_the_growing_sequence(tiny_params):
     for r, seq in enumerate(seqs):
       seq.append(int(state.token_R[r]))
   assert len({tuple(s) for s in seqs}) > 2  # the sampled rows went their own ways
+
+
+@pytest.mark.parametrize('share', [False, True])
+def test_continue_rows_equals_forward_over_the_continued_sequence(tiny_params, share):
+  """After a sampled decode (N = 2 rows per prompt, eos ends some rows early), feeding T tokens
+  at each row's slot `start` (0 .. its length) reads as a forward over [prompt, its first
+  start - 1 generated tokens, the T tokens]; with a shared prefix, that prefix comes first."""
+  n, t, steps = 2, 3, 10
+  head = _prompts([40], seed=5)[0] if share else []
+  rows = _prompts([6, 19, 2], seed=7)
+  tokens, mask = _left_pad(rows, p=32)
+  shared = (sampler.prefill_prefix(TINY, tiny_params, jnp.asarray([head], jnp.int32))
+            if share else None)
+  out, state = sampler.sample(TINY, tiny_params, tokens, mask, 4, max_new_tokens=steps, n=n,
+                              temperature=1.0, eos_ids=(5, 6, 7), shared=shared,
+                              return_state=True)
+  lengths = np.asarray(out.lengths)
+  assert lengths.min() < steps  # some rows stopped early: slots past them hold padding
+  rng = np.random.default_rng(0)
+  start = np.array([rng.integers(0, n_ + 1) for n_ in lengths], np.int32)
+  start[:2] = 0, lengths[1]  # both ends
+  fed = rng.integers(3, TINY.vocab_size, (len(lengths), t)).astype(np.int32)
+  hidden = sampler.continue_rows(TINY, tiny_params, state, jnp.asarray(fed), jnp.asarray(start))
+  got = llama.logits(TINY, tiny_params, hidden.reshape(-1, TINY.dim)).reshape(len(lengths), t, -1)
+  gen = np.asarray(out.tokens)
+  seqs = [head + rows[r // n] + list(gen[r, :max(start[r] - 1, 0)]) + list(fed[r])
+          if start[r] else head + rows[r // n][:-1] + list(fed[r]) for r in range(len(lengths))]
+  seq_tokens, seq_mask = _left_pad(seqs)
+  want = llama.forward(TINY, tiny_params, jnp.asarray(seq_tokens), mask=jnp.asarray(seq_mask))
+  np.testing.assert_allclose(got, want[:, -t:], atol=1e-4, rtol=1e-4)
 
 
 def test_bfloat16_compute_samples_close_to_float32(tiny_params):
@@ -126,7 +156,7 @@ def test_bfloat16_compute_samples_close_to_float32(tiny_params):
   # bound test_llama holds a bfloat16 forward to, with room for other seeds.
   state = sampler.prefill(config, params, jnp.asarray(tokens), jnp.asarray(mask),
                           jax.random.key(0), jnp.arange(3), n=1, max_new_bucket=32)
-  knobs, mode = sampler.make_knobs(max_new_tokens=8), sampler.make_mode()
+  knobs, mode = token_draw.make_knobs(max_new_tokens=8), token_draw.make_mode()
   seqs, dparams = [list(r) for r in rows], sampler.split_layers(params)
   step_fn = jax.jit(sampler.decode_step, static_argnames=('config', 'mode'))
   for _ in range(4):
@@ -204,10 +234,11 @@ def test_filtered_distribution(tiny_params, temperature, top_k, top_p, min_p):
   want = _reference_filter(logits, temperature, top_k, top_p, min_p)
   kept = (want > 0).sum()
   assert kept > 3 and (kept < TINY.vocab_size or not (top_k or top_p < 1 or min_p))
-  mode = sampler.make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+  mode = token_draw.make_mode(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
   state = sampler.prefill(TINY, tiny_params, jnp.asarray(tokens), jnp.asarray(mask),
                           jax.random.key(1), jnp.arange(1), n=n, max_new_bucket=32)
-  knobs = sampler.make_knobs(max_new_tokens=1, temperature=temperature, top_p=top_p, min_p=min_p)
+  knobs = token_draw.make_knobs(max_new_tokens=1, temperature=temperature, top_p=top_p,
+                                min_p=min_p)
   state = sampler.decode(TINY, tiny_params, state, knobs, mode)
   first = np.asarray(state.tokens_RM[:, 0])
   counts = np.bincount(first, minlength=TINY.vocab_size)
@@ -223,8 +254,7 @@ def test_inverse_cdf_two_levels():
   w = np.zeros(v, np.float32)
   w[rng.choice(v, 40, replace=False)] = rng.uniform(0.1, 1, 40)
   u = jnp.asarray(rng.random(n), jnp.float32)
-  inverse_cdf = sampler._inverse_cdf  # pylint: disable=protected-access
-  draws = inverse_cdf(jnp.tile(jnp.asarray(w), (n, 1)), u)
+  draws = token_draw.inverse_cdf(jnp.tile(jnp.asarray(w), (n, 1)), u)
   counts = np.bincount(np.asarray(draws), minlength=v)
   assert counts[w == 0].sum() == 0
   assert _chi2_pvalue(counts, w) > 1e-3

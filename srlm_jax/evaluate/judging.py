@@ -199,12 +199,35 @@ def evaluate_judge(model: Any, groups: Sequence[dict], settings: judge_lib.Judge
   scores, records = judge_groups(model, groups, settings, seed=seed, progress=progress,
                                  cache_dir=cache_dir, judge_id=judge_id, together=together,
                                  chunk=chunk)
-  top = judge_lib.get(settings.kind).score_values[-1]
-  if settings.aggregate == 'sum':  # a perfect vote: every counted judgment gave the top score
-    top *= settings.meta_filter or settings.k
+  best = judge_lib.get(settings.kind).score_values[-1]
+  # A perfect vote: every counted judgment gave the top score.
+  top = lambda k: best * k if settings.aggregate == 'sum' else best
   metrics = judge_agreement([(g['ranks'], s, g['pairs']) for g, s in zip(groups, scores)],
-                            n_boot=n_boot, seed=seed, top=top)
+                            n_boot=n_boot, seed=seed, top=top(settings.meta_filter or settings.k))
+  if settings.meta_filter:
+    # The same judgments voted without the filter (every judgment with a score): the meta RM
+    # only chooses among judgments already sampled, so one run measures both.
+    unfiltered = unfiltered_scores(groups, records, settings.aggregate)
+    metrics['without_meta_filter'] = judge_agreement(
+        [(g['ranks'], s, g['pairs']) for g, s in zip(groups, unfiltered)],
+        n_boot=n_boot, seed=seed, top=top(settings.k))
   # Judgments with a score of their own (sampled or forced), before any meta filter.
   valid = [v is not None for r in records for v in r['scores']]
   metrics['counts']['valid_judgment_fraction'] = float(np.mean(valid)) if valid else float('nan')
   return metrics, records
+
+
+def unfiltered_scores(groups: Sequence[dict], records: Sequence[dict],
+                      how: str) -> list[np.ndarray]:
+  """Returns per group each response's vote over all of its judgments with a score (the mean or
+  sum, `how`), ignoring a meta filter's choice; NaN where none has a score."""
+  by_key = {(r['prompt_id'], r['response_index']): r for r in records}
+  out = []
+  for g in groups:
+    values = []
+    for ri in range(len(g['responses'])):
+      scored = [x for x in by_key[(g['id'], ri)]['scores'] if x is not None]
+      values.append(np.nan if not scored else
+                    float(np.sum(scored, dtype=np.float32)) / (len(scored) if how == 'mean' else 1))
+    out.append(np.asarray(values))
+  return out

@@ -4,26 +4,24 @@ Verdicts (`JudgeSettings.verdict`): 'sampled' parses the judge's own final verdi
 (parser.py), and a judgment without one is invalid. 'forced' keeps each valid sampled verdict
 and, for a judgment without one, appends the verdict prefix ('\\nScore: ') to the judge's text
 and reads its next-token distribution over the score tokens (one per value of the judge's
-scale) in one more forward pass: the score is the expectation under that distribution
-renormalised over the scores, so every judgment is valid; the argmax and the probability mass
-the scores held are recorded. 'forced_always' forces every judgment, straight after its
-reasons (a sampled verdict line is cut off first: `reasons_length`). A score of several tokens
-('10' is '1', '0' for SmolLM2) has the product of its tokens' probabilities, read from one row
-that appends the shared leading tokens after the prefix (`score_tokens`), less the probability
-of the longer scores that continue it.
+scale): the score is the expectation under that distribution renormalised over the scores, so
+every judgment is valid; the argmax and the probability mass the scores held are recorded.
+'forced_always' forces every judgment, straight after its reasons (a sampled verdict line is
+cut off first: `reasons_length`). A score of several tokens ('10' is '1', '0' for SmolLM2) has
+the product of its tokens' probabilities, read from one row that appends the shared leading
+tokens after the prefix (`score_tokens`), less the probability of the longer scores that
+continue it.
 
-The rows [prompt, judgment body, prefix] are built on the device from the judge Rollout
-(`verdict_rows`): the left-padded prompt, the completion with its tail past the body masked
-out, then the prefix. Masked slots are neither attended to nor counted in positions, so a row
-with such a hole reads as the compact sequence does. The forward pass (`verdict_distribution`)
-runs the output head at the last position only: one prefill-sized pass per batch of rows.
+The verdicts are read while the judge is sampled (`verdict_hook`, rollout.sample's on_batch):
+each device batch's decode cache already holds every judgment's prompt and tokens, so the
+prefix is fed after the judgment's body as a few more decode-like steps
+(sampler.continue_rows), for every row at once; no judge prompt is run twice. The output head
+runs at the last L positions only.
 
-Axis legend: B prompts, R rows (judgments), P prompt width, M judgment width, X prefix
-tokens, W row width, F forced rows, S score values, L tokens of the longest score, V
-vocabulary.
+Axis legend: B prompts, R rows (judgments), M judgment width, X prefix tokens, T = 1 + X fed
+tokens, J prefixes, S score values, L tokens of the longest score, V vocabulary.
 """
 
-import contextlib
 import functools
 from typing import Any, Optional, Sequence
 
@@ -31,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import data_io
 from srlm_jax import llama
 from srlm_jax import sampler
 from srlm_jax import sharding
@@ -95,29 +92,21 @@ def _continuations(ids_SxL: np.ndarray) -> np.ndarray:
   return out
 
 
-@functools.partial(jax.jit, static_argnames='config')
-def verdict_distribution(config: llama.LlamaConfig, params, tokens_BT: jax.Array,
-                         mask_BT: jax.Array, score_ids_SxL: jax.Array, values_S: jax.Array,
-                         cont_SxS: Optional[jax.Array] = None, shared=None):
+def read_scores(config: llama.LlamaConfig, params, hidden_BLD: jax.Array,
+                score_ids_SxL: jax.Array, values_S: jax.Array,
+                cont_SxS: Optional[jax.Array] = None) -> tuple:
   """Returns (expected score [B], most likely score [B], probability mass on the scores [B]).
 
-  Each row ends with the verdict prefix and then the L - 1 path tokens (mask marks real
-  tokens); the next-token distributions at the last L positions give each score's probability,
-  the product over its tokens (score_ids_SxL, -1 padded), less that of the longer scores that
-  continue its tokens (cont_SxS: '1' then '0' is 10, not 1), renormalised over the scores.
-  With `shared` (sampler.prefill_prefix's cache), the rows are what follows that prefix.
+  hidden_BLD are the final-norm hidden states at the last L positions of rows that end with
+  the verdict prefix and then the L - 1 path tokens; their next-token distributions give each
+  score's probability, the product over its tokens (score_ids_SxL, -1 padded), less that of
+  the longer scores that continue its tokens (cont_SxS: '1' then '0' is 10, not 1),
+  renormalised over the scores.
   """
   score_ids_SxL = score_ids_SxL.reshape(score_ids_SxL.shape[0], -1)
   num_l = score_ids_SxL.shape[1]
-  positions_BT = llama.default_positions(mask_BT)
-  if shared is None:
-    hidden_BTD, _ = llama.Llama(config).apply({'params': params}, tokens_BT, positions_BT,
-                                              mask_BT, hidden_only=True)
-  else:
-    hidden_BTD, _ = sampler.after_prefix(config, params, tokens_BT,
-                                         positions_BT + shared[0]['k'].shape[2], mask_BT, shared)
   head = params['embed']['embedding'] if config.tie_embeddings else params['lm_head']['kernel']
-  logits_BLV = llama.head_matmul(hidden_BTD[:, -num_l:], head, config.tie_embeddings)
+  logits_BLV = llama.head_matmul(hidden_BLD[:, -num_l:], head, config.tie_embeddings)
   logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
   real_SxL = score_ids_SxL >= 0
   picked_BSL = logp_BLV[:, jnp.arange(num_l)[None, :], jnp.maximum(score_ids_SxL, 0)]
@@ -129,6 +118,12 @@ def verdict_distribution(config: llama.LlamaConfig, params, tokens_BT: jax.Array
   dist_BS = p_BS / jnp.maximum(mass_B, jnp.finfo(jnp.float32).tiny)[:, None]
   values_S = values_S.astype(jnp.float32)
   return dist_BS @ values_S, values_S[jnp.argmax(p_BS, axis=-1)], mass_B
+
+
+@jax.jit
+def body_lengths(lengths_R: jax.Array, stop_reason_R: jax.Array) -> jax.Array:
+  """Returns each judgment's length without its eos token (what a forced verdict follows)."""
+  return lengths_R - (stop_reason_R == int(sampler.StopReason.EOS)).astype(jnp.int32)
 
 
 def text_features(vocab_texts: Sequence[str]) -> np.ndarray:
@@ -177,26 +172,6 @@ def reasons_length(tokens_RxM: jax.Array, body_R: jax.Array, features_Vx4: jax.A
   return kept.sum(axis=1, dtype=jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('n', 'width', 'pad_id'))
-def verdict_rows(prompt_tokens_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-                 tokens_RxM: jax.Array, body_R: jax.Array, rows_F: jax.Array,
-                 prefix_X: jax.Array, *, n: int, width: int, pad_id: int):
-  """Returns (tokens_FxW, mask_FxW): per forced row, [padding, prompt, body, prefix]."""
-  f, m = rows_F.shape[0], tokens_RxM.shape[1]
-  x = prefix_X.shape[0]
-  prompt = prompt_tokens_BxP[rows_F // n]
-  prompt_mask = prompt_mask_BxP[rows_F // n]
-  body = tokens_RxM[rows_F]
-  body_mask = jnp.arange(m)[None, :] < body_R[rows_F][:, None]
-  pad = width - prompt.shape[1] - m - x
-  tokens_FxW = jnp.concatenate([jnp.full((f, pad), pad_id, jnp.int32), prompt, body,
-                                jnp.broadcast_to(prefix_X, (f, x))], axis=1)
-  mask_FxW = jnp.concatenate([jnp.zeros((f, pad), bool), prompt_mask, body_mask,
-                              jnp.ones((f, x), bool)], axis=1)
-  spec = jax.sharding.PartitionSpec(sharding.BATCH, None)
-  return sharding.constrain(tokens_FxW, spec), sharding.constrain(mask_FxW, spec)
-
-
 def replicate(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
   """Returns host arrays uploaded explicitly: whole on every device of `mesh` (global arrays,
   so a multi-host run's jitted calls can mix them with sharded ones), else to the default
@@ -207,57 +182,56 @@ def replicate(mesh: Optional[jax.sharding.Mesh], tree: Any) -> Any:
   return jax.tree.map(lambda x: sharding.put_global(x, whole), tree)
 
 
-@functools.partial(jax.jit, static_argnames='s0')
-def drop_prefix(tokens_BxP: jax.Array, mask_BxP: jax.Array, s0: int) -> tuple:
-  """Returns left-padded prompts without their first s0 real tokens: [B, P - s0] each."""
-  real_BxP = jnp.cumsum(mask_BxP.astype(jnp.int32), axis=1) > s0
-  return tokens_BxP[:, s0:], (mask_BxP & real_BxP)[:, s0:]
+@functools.partial(jax.jit, static_argnames='config')
+def continued_verdicts(config: llama.LlamaConfig, params, state: Any, prompts_BP: jax.Array,
+                       tokens_RxM: jax.Array, body_R: jax.Array, prefixes: tuple,
+                       score_ids_SxL: jax.Array, values_S: jax.Array,
+                       cont_SxS: jax.Array) -> tuple:
+  """Returns (expected, argmax, mass) float32 [R, J]: per judgment row of a finished decode
+  (sampler.DecodeState), the verdict after its first body_R tokens and each of the J
+  `prefixes` (token arrays, each ending with score_tokens' path), read from the state's cache.
+
+  The row's body token at slot body_R (its prompt's last token, from the left-padded
+  prompts_BP, when the body is empty) is fed again, then the prefix: T = 1 + X tokens per row and prefix, with no prompt
+  run again (sampler.continue_rows).
+  """
+  r = tokens_RxM.shape[0]
+  last_R = jnp.repeat(prompts_BP[:, -1], r // prompts_BP.shape[0])
+  before_R = jnp.take_along_axis(tokens_RxM, jnp.maximum(body_R - 1, 0)[:, None], axis=1)[:, 0]
+  first_R = jnp.where(body_R > 0, before_R, last_R)
+  outs = []
+  for prefix_X in prefixes:
+    tokens_RT = jnp.concatenate(
+        [first_R[:, None], jnp.broadcast_to(prefix_X, (r, prefix_X.shape[0]))], axis=1)
+    hidden_RTD = sampler.continue_rows(config, params, state, tokens_RT, body_R)
+    outs.append(read_scores(config, params, hidden_RTD, score_ids_SxL, values_S, cont_SxS))
+  return tuple(jnp.stack([o[i] for o in outs], axis=1) for i in range(3))
 
 
-def forced_verdicts(model: Any, rollout: Any, body_R: jax.Array, rows: np.ndarray,
-                    prefix: Sequence[int], score_ids: np.ndarray, values: Sequence[int],
-                    batch_rows: int = 16, shared_prefix: Sequence[int] = ()) -> tuple:
-  """Returns device (expected, argmax, mass) float32 [F] of the score after each forced row.
+def verdict_hook(model: Any, parser: Any, verdict: str, prefixes: Sequence[Sequence[int]],
+                 score_ids: np.ndarray, values: Sequence[int],
+                 features: Optional[np.ndarray] = None):
+  """Returns rollout.sample's on_batch for a judge: per judgment row (expected, argmax, mass)
+  float32 [R, J], its forced verdict after each of the J prefixes.
 
-  `rows` (host int array) index the rollout's rows; each row is its prompt, its first body_R
-  tokens and the prefix (with a multi-token scale, `prefix` ends with score_tokens' path and
-  score_ids is its [S, L]). Rows go in batches of `batch_rows` at one width (the prompt,
-  judgment and prefix widths summed, bucketed as the sampler's prompts are), so each judge
-  call compiles once per bucket. `shared_prefix`, the tokens every prompt starts with (the
-  rubric: rollout.shared_prefix_length), is run once and the rows attend to its cache.
+  Every row gets one, as cheap as J short decode steps: with verdict='forced' the caller keeps
+  those of the rows without a parsed verdict; with 'forced_always' the verdict follows the
+  reasons (a parsed verdict line cut, `reasons_length` over the tokenizer's `features`).
+  `parser` is the judge's jitted device parser; `prefixes` end with score_tokens' path and
+  score_ids is its [S, L].
   """
   mesh = getattr(model, 'mesh', None)
-  multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
-  batch_rows = -(-batch_rows // multiple) * multiple
-  s0 = len(shared_prefix)
-  p, m = rollout.prompt_tokens.shape[1] - s0, rollout.tokens.shape[1]
-  width = data_io.length_bucket(p + m + len(prefix), max_len=1 << 62)
-  # Long rows go in smaller batches: the attention scores grow as rows * width^2.
-  batch_rows = max(multiple, min(batch_rows, (_ROWS_X_WIDTH2 // width ** 2) // multiple
-                                 * multiple))
   ids_SxL = np.asarray(score_ids, np.int32).reshape(len(values), -1)
-  prefix_X, score_ids_S, values_S, cont_SxS = replicate(
-      mesh, (np.asarray(prefix, np.int32), ids_SxL, np.asarray(values, np.int32),
-             _continuations(ids_SxL)))
-  outs = []
-  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    prompt_tokens, prompt_mask, shared = rollout.prompt_tokens, rollout.prompt_mask, None
-    if s0:
-      shared = sampler.prefill_prefix(model.config, model.params, replicate(
-          mesh, np.asarray(shared_prefix, np.int32)[None]))
-      prompt_tokens, prompt_mask = drop_prefix(prompt_tokens, prompt_mask, s0)
-    for start in range(0, len(rows), batch_rows):
-      chunk = np.asarray(rows[start:start + batch_rows], np.int32)
-      chunk = np.concatenate([chunk, np.full(batch_rows - len(chunk), chunk[0], np.int32)])
-      tokens, mask = verdict_rows(prompt_tokens, prompt_mask, rollout.tokens,
-                                  body_R, replicate(mesh, chunk), prefix_X, n=rollout.n,
-                                  width=width, pad_id=model.tokenizer.pad_id)
-      outs.append(verdict_distribution(model.config, model.params, tokens, mask, score_ids_S,
-                                       values_S, cont_SxS, shared))
-  return _concat(tuple(outs), len(rows))
+  prefixes_X, ids, values_S, cont_SxS = replicate(mesh, (
+      tuple(np.asarray(p, np.int32) for p in prefixes), ids_SxL,
+      np.asarray(values, np.int32), _continuations(ids_SxL)))
+  features_Vx4 = replicate(mesh, features) if verdict == 'forced_always' else None
 
-
-@functools.partial(jax.jit, static_argnames='f')
-def _concat(outs: tuple, f: int) -> tuple:
-  """Returns the batches' (expected, argmax, mass) joined, the batch padding cut: [F] each."""
-  return tuple(jnp.concatenate([o[i] for o in outs])[:f] for i in range(3))
+  def on_batch(out, state, prompts_BP):
+    body_R = body_lengths(out.lengths, out.stop_reason)
+    if features_Vx4 is not None:
+      _, valid_R = parser(out.tokens)
+      body_R = jnp.where(valid_R, reasons_length(out.tokens, body_R, features_Vx4), body_R)
+    return continued_verdicts(model.config, model.params, state, prompts_BP, out.tokens, body_R,
+                              prefixes_X, ids, values_S, cont_SxS)
+  return on_batch

@@ -1,11 +1,10 @@
 """Judging: sample a judge's K judgments of each response and read their verdicts on the device.
 
 `judge` samples the judge Rollout (rollout.sample), parses each judgment's verdict from the
-Rollout's device tokens with the judge's jitted parser (no host re-padding), runs forced
-verdicts from device rows (forced.py) and returns JudgeScores on the device, plus the judgment
-texts (the host edge). Its host edges: the requests are tokenised on the host; with
-verdict='forced' the valid mask comes to the host to pick the rows to force; the texts are
-decoded on the host. `judge_responses` is the host view of one call (numpy arrays and the
+Rollout's device tokens with the judge's jitted parser (no host re-padding), reads forced
+verdicts from each batch's decode cache as it is sampled (forced.py) and returns JudgeScores on
+the device, plus the judgment texts (the host edge). Its host edges: the requests are
+tokenised on the host and the texts decoded on the host. `judge_responses` is the host view of one call (numpy arrays and the
 mean over valid judgments), for evaluation and records.
 
 Axis legend: R judged responses, K judgments per response (R * K rollout rows).
@@ -20,7 +19,6 @@ import numpy as np
 
 from srlm_jax import distributed
 from srlm_jax import rollout as rollout_lib
-from srlm_jax import sampler
 from srlm_jax.judges import base
 from srlm_jax.judges import forced as forced_lib
 from srlm_jax.judges import meta_rm
@@ -37,17 +35,11 @@ def text_features(tokenizer: Any) -> np.ndarray:
 
 
 @jax.jit
-def body_lengths(lengths_R: jax.Array, stop_reason_R: jax.Array) -> jax.Array:
-  """Returns each judgment's length without its eos token (what a forced row keeps)."""
-  return lengths_R - (stop_reason_R == int(sampler.StopReason.EOS)).astype(jnp.int32)
-
-
-@jax.jit
-def _merge(scores_R, valid_R, forced_R, rows_F, expected_F, argmax_F, mass_F):
+def _merge(scores_R, valid_R, forced_R, expected_R, argmax_R, mass_R):
   """Returns (scores, valid, argmax, mass) [R] with the forced rows' verdicts set."""
   nan = jnp.full(scores_R.shape, jnp.nan, jnp.float32)
-  return (scores_R.at[rows_F].set(expected_F), valid_R | forced_R,
-          nan.at[rows_F].set(argmax_F), nan.at[rows_F].set(mass_F))
+  return (jnp.where(forced_R, expected_R, scores_R), valid_R | forced_R,
+          jnp.where(forced_R, argmax_R, nan), jnp.where(forced_R, mass_R, nan))
 
 
 def _empty(mesh, k: int) -> base.JudgeScores:
@@ -77,12 +69,14 @@ def meta_filtered(model: Any, settings: base.JudgeSettings, prompts: Sequence[st
 def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
           responses: Sequence[str], settings: base.JudgeSettings, seed: int = 0, *,
           progress: Any = True, where: Optional[Sequence[str]] = None,
-          truncate: bool = False) -> tuple[list, base.JudgeScores]:
+          truncate: bool = False, stats: Optional[dict] = None
+          ) -> tuple[list, base.JudgeScores]:
   """Returns (judgment texts [R][K], JudgeScores on the device) of settings.k judgments of
   each (prompt, response) pair by `model` as judge `judge_` (a Judge or a registered name).
 
   `where` names the pairs in context-length errors; `truncate` drops the middle of a judge
-  prompt too long for the context instead (counted in truncated_R).
+  prompt too long for the context instead (counted in truncated_R); `stats` gets the judge
+  requests' prefill counts (rollout.sample's).
   """
   judge_ = base.get(judge_) if isinstance(judge_, str) else judge_
   tok, k = model.tokenizer, settings.k
@@ -100,32 +94,25 @@ def judge(model: Any, judge_: Union[str, base.Judge], prompts: Sequence[str],
   ids, dropped = rollout_lib.encode_prompts(model, requests,
                                             max_new_tokens=settings.max_new_tokens,
                                             where=where, truncate=truncate, reserve=len(prefix))
+  hook = None
+  if forcing:
+    hook = forced_lib.verdict_hook(
+        model, judge_.parser(tok), settings.verdict, [prefix], score_ids, judge_.score_values,
+        text_features(tok) if settings.verdict == 'forced_always' else None)
   roll = rollout_lib.sample(model, ids, n=k, max_new_tokens=settings.max_new_tokens,
                             temperature=settings.temperature, top_p=settings.top_p, seed=seed,
-                            progress=progress)
+                            progress=progress, on_batch=hook, stats=stats)
+  if forcing:
+    roll, verdicts = roll  # each [R, 1]: one prefix
   # Only the judge's own generated tokens are parsed: text quoted in the prompt never counts.
   scores_R, valid_R = judge_.parser(tok)(roll.tokens)
   num_rows = len(ids) * k
   forced_R = put(np.zeros(num_rows, bool))
   argmax_R = mass_R = put(np.full(num_rows, np.nan, np.float32))
-  if forcing:
-    body_R = body_lengths(roll.lengths, roll.stop_reason)
-    if settings.verdict == 'forced_always':
-      # The sampled verdict line is cut; the reasons stay.
-      body_R = jnp.where(valid_R, forced_lib.reasons_length(roll.tokens, body_R,
-                                                            put(text_features(tok))), body_R)
-      rows = np.arange(num_rows, dtype=np.int32)
-    else:  # host edge: which judgments have no verdict of their own
-      rows = np.flatnonzero(~distributed.to_host(valid_R)).astype(np.int32)
-    forced_np = np.zeros(num_rows, bool)
-    forced_np[rows] = True
-    forced_R = put(forced_np)
-    if len(rows):
-      got = forced_lib.forced_verdicts(
-          model, roll, body_R, rows, prefix, score_ids, judge_.score_values,
-          shared_prefix=ids[0][:rollout_lib.shared_prefix_length(ids)])
-      scores_R, valid_R, argmax_R, mass_R = _merge(scores_R, valid_R, forced_R,
-                                                   put(rows), *got)
+  if forcing:  # every judgment, or those without a verdict of their own
+    forced_R = put(np.ones(num_rows, bool)) if settings.verdict == 'forced_always' else ~valid_R
+    scores_R, valid_R, argmax_R, mass_R = _merge(scores_R, valid_R, forced_R,
+                                                 *(v[:, 0] for v in verdicts))
   shape = (len(ids), k)
   out = base.JudgeScores(
       scores_RxK=scores_R.reshape(shape), valid_RxK=valid_R.reshape(shape),

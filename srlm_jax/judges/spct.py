@@ -266,9 +266,9 @@ def _forced_prefix(j: int) -> str:
 
 
 @jax.jit
-def _set_rows(shown_BxN, rows_F, values_FxN):
-  """Returns shown_BxN with the forced rows' scores set."""
-  return shown_BxN.at[rows_F].set(values_FxN)
+def _set_rows(forced_B, olds: tuple, news: tuple) -> tuple:
+  """Returns each [B, N] array of `olds` with the forced rows taken from `news`."""
+  return tuple(jnp.where(forced_B[:, None], new, old) for old, new in zip(olds, news))
 
 
 def judge_together(model: Any, prompts: Sequence[str], responses: Sequence[Sequence[str]],
@@ -298,39 +298,33 @@ def judge_together(model: Any, prompts: Sequence[str], responses: Sequence[Seque
   ids, dropped = rollout_lib.encode_prompts(
       model, requests, max_new_tokens=settings.max_new_tokens, truncate=truncate,
       reserve=max(len(p) for p in prefixes))
+  hook = None
+  if forcing:
+    hook = forced_lib.verdict_hook(
+        model, list_parser(tok, n), settings.verdict, prefixes, ids_SxL, GRAMMAR.values,
+        judging.text_features(tok) if settings.verdict == 'forced_always' else None)
   roll = rollout_lib.sample(model, ids, n=1, max_new_tokens=settings.max_new_tokens,
                             temperature=settings.temperature, top_p=settings.top_p, seed=seed,
-                            progress=progress)
+                            progress=progress, on_batch=hook)
+  if forcing:
+    roll, (expected_BxN, forced_argmax_BxN, forced_mass_BxN) = roll
   shown_BxN, valid_B = list_parser(tok, n)(roll.tokens)
   nan = np.full((g * k, n), np.nan, np.float32)
-  forced_B = np.zeros(g * k, bool)
+  forced_B = put(np.zeros(g * k, bool))
   argmax_BxN, mass_BxN = put(nan), put(nan)
-  if forcing:
-    body_B = judging.body_lengths(roll.lengths, roll.stop_reason)
-    if settings.verdict == 'forced_always':
-      body_B = jnp.where(valid_B, forced_lib.reasons_length(
-          roll.tokens, body_B, put(judging.text_features(tok))), body_B)
-      rows = np.arange(g * k, dtype=np.int32)
-    else:  # host edge: which judgments have no verdict line of their own
-      rows = np.flatnonzero(~distributed.to_host(valid_B)).astype(np.int32)
-    forced_B[rows] = True
-    if len(rows):
-      shared = ids[0][:rollout_lib.shared_prefix_length(ids)]
-      got = [forced_lib.forced_verdicts(model, roll, body_B, rows, prefixes[j], ids_SxL,
-                                        GRAMMAR.values, shared_prefix=shared) for j in range(n)]
-      rows_F = put(rows)
-      stack = lambda i: jnp.stack([got[j][i] for j in range(n)], axis=1)
-      shown_BxN = _set_rows(shown_BxN, rows_F, stack(0))
-      argmax_BxN = _set_rows(argmax_BxN, rows_F, stack(1))
-      mass_BxN = _set_rows(mass_BxN, rows_F, stack(2))
-      valid_B = valid_B | put(forced_B)
+  if forcing:  # every judgment, or those without a verdict line of their own
+    forced_B = put(np.ones(g * k, bool)) if settings.verdict == 'forced_always' else ~valid_B
+    shown_BxN, argmax_BxN, mass_BxN = _set_rows(
+        forced_B, (shown_BxN, argmax_BxN, mass_BxN),
+        (expected_BxN, forced_argmax_BxN, forced_mass_BxN))
+    valid_B = valid_B | forced_B
   order = put(order_GxKxN)
   by_response = lambda x_BxN: unshuffle(jnp.asarray(x_BxN).reshape(g, k, n), order)
   every = lambda x_B: jnp.broadcast_to(jnp.asarray(x_B)[:, None], (g * k, n))
   dropped_R = np.repeat(np.asarray(dropped, np.int32).reshape(g, k).max(axis=1, initial=0), n)
   out = base.JudgeScores(
       scores_RxK=by_response(shown_BxN), valid_RxK=by_response(every(valid_B)),
-      forced_RxK=by_response(every(put(forced_B))), argmax_RxK=by_response(argmax_BxN),
+      forced_RxK=by_response(every(forced_B)), argmax_RxK=by_response(argmax_BxN),
       mass_RxK=by_response(mass_BxN), truncated_R=put(dropped_R),
       kept_RxK=put(np.ones((g * n, k), bool)), meta_RxK=put(np.full((g * n, k), np.nan,
                                                                     np.float32)))

@@ -209,9 +209,11 @@ class Context:
     """Returns the DONE info of an earlier stage ({} when it has not finished)."""
     return store.done_info(os.path.join(self.iter_dir, stage))
 
-  def sharded(self, out_dir: str, items: list, fn: store.ShardFn, desc: str) -> tuple:
-    """Returns (records, arrays) of fn over items in config.shard_size shards, resumable."""
-    return store.sharded(out_dir, items, self.config.shard_size, fn, desc, crash_point)
+  def sharded(self, out_dir: str, items: list, fn: store.ShardFn, desc: str,
+              infos: Optional[list] = None) -> tuple:
+    """Returns (records, arrays) of fn over items in config.shard_size shards, resumable;
+    `infos` gets each shard's info (store.sharded)."""
+    return store.sharded(out_dir, items, self.config.shard_size, fn, desc, crash_point, infos)
 
   def publish(self, out_dir: str, arrays: dict) -> None:
     """Writes out_dir/arrays.npz (recorded in DONE) and keeps the arrays for later stages."""

@@ -142,9 +142,10 @@ def pair_rows(has_pair_P: jax.Array) -> jax.Array:
   return jax.device_put(rows)
 
 
-def _sequence(prompt_QxP, prompt_mask_QxP, tokens_QxM, logps_QxM, lengths_Q, pad_id):
+def sequence_rows(prompt_QxP, prompt_mask_QxP, tokens_QxM, logps_QxM, lengths_Q, pad_id):
   """Returns (DPO arrays {inputs, targets, loss_mask, mask} [Q, S], ref log-probs [Q, S] at
-  the targets) of rows = the real prompt tokens followed by the completion's tokens."""
+  the targets) of rows = the real prompt tokens followed by the completion's tokens (the row
+  builder of preference_dataset and of GRPO's batches, rl/step.py)."""
   (q, p), m = prompt_QxP.shape, tokens_QxM.shape[1]
   s = p + m
   rows_Q1 = jnp.arange(q)[:, None]
@@ -185,7 +186,7 @@ def preference_dataset(cand: rollout_lib.Rollout, chosen_P: jax.Array, rejected_
   out = {}
   for name, index_P in (('chosen', chosen_P), ('rejected', rejected_P)):
     rows_Q = pair_rows_Q * cand.n + index_P[pair_rows_Q]
-    seq, ref_QxS = _sequence(prompt_QxP, prompt_mask_QxP, cand.tokens[rows_Q],
+    seq, ref_QxS = sequence_rows(prompt_QxP, prompt_mask_QxP, cand.tokens[rows_Q],
                              cand.logprobs[rows_Q], cand.lengths[rows_Q], pad_id)
     out[name] = seq
     out[f'ref_{name}_token_logps'] = ref_QxS

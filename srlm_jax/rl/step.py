@@ -46,7 +46,7 @@ def group_batch(roll: rollout_lib.Rollout, rewards_R: jax.Array, *, pad_id: int,
   prompt_RxP = jnp.repeat(roll.prompt_tokens, n, axis=0)
   prompt_mask_RxP = jnp.repeat(roll.prompt_mask.astype(bool), n, axis=0)
   # The DPO dataset's row builder: real prompt tokens to the front, the completion after them.
-  seq, _ = pairs_lib._sequence(  # pylint: disable=protected-access
+  seq, _ = pairs_lib.sequence_rows(
       prompt_RxP, prompt_mask_RxP, roll.tokens, roll.logprobs, roll.lengths, pad_id)
   m = roll.tokens.shape[1]
   loss_mask_RxM = jnp.arange(m)[None, :] < roll.lengths[:, None]

@@ -98,12 +98,13 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
                     batch_size: Optional[int] = None, progress: bool = True,
                     mesh: Optional[jax.sharding.Mesh] = None,
                     where: Optional[Sequence[str]] = None, truncate: bool = False,
-                    reserve: int = 0) -> list[list[Completion]]:
+                    reserve: int = 0, stats: Optional[dict] = None) -> list[list[Completion]]:
   """Returns per prompt its n Completions (token ids, raw log-probs, stop reason and text).
 
   The prompts are tokenised by `encode_prompts` (context errors name `where[i]`; `truncate`
   drops a prompt's middle, counted in the Completion), sampled by `rollout.sample` (results
-  in input order, independent of `batch_size` for a given seed) and copied to the host once.
+  in input order, independent of `batch_size` for a given seed; `stats` gets its prefill
+  counts) and copied to the host once.
   """
   if n < 1:
     raise ValueError(f'need max_new_tokens >= 1 and n >= 1; got {max_new_tokens}, {n}')
@@ -113,7 +114,7 @@ def generate_tokens(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_ne
   out = rollout_lib.sample(model, ids, n=n, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                            stop=stop, seed=seed, batch_size=batch_size, progress=progress,
-                           mesh=mesh)
+                           mesh=mesh, stats=stats)
   host = records.to_host(out)
   results = []
   for i in range(len(ids)):
@@ -133,7 +134,7 @@ def generate(model: Any, prompts: Sequence[Prompt], *, n: int = 1, max_new_token
              stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
              progress: bool = True, mesh: Optional[jax.sharding.Mesh] = None,
              where: Optional[Sequence[str]] = None, truncate: bool = False,
-             reserve: int = 0) -> list[list[str]]:
+             reserve: int = 0, stats: Optional[dict] = None) -> list[list[str]]:
   """Returns per prompt a list of n completion strings (temperature 0 is greedy)."""
   kwargs = dict(locals())  # every argument, passed on as is
   return [[c.text for c in comps] for comps in generate_tokens(**kwargs)]

@@ -12,7 +12,7 @@ permutation uploaded explicitly); `records.py` turns a Rollout into texts and fi
 
 import contextlib
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.struct
 import jax
@@ -87,6 +87,12 @@ def _gather_rows(parts: tuple, src_R: jax.Array, n: int) -> tuple:
   return cat('tokens'), cat('logprobs'), cat('lengths'), cat('stop_reason')
 
 
+@jax.jit
+def _gather_extras(parts: tuple, src_R: jax.Array):
+  """Returns the batches' on_batch pytrees joined, their rows in input order."""
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[src_R], *parts)
+
+
 def shared_prefix_length(ids: Sequence[np.ndarray], minimum: int = SHARE_MIN,
                          multiple: int = SHARE_MULTIPLE) -> int:
   """Returns how many leading tokens every prompt shares, rounded down to `multiple`, or 0
@@ -107,7 +113,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
            stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
            progress: Any = True, prompt_width: int = 0,
            mesh: Optional[jax.sharding.Mesh] = None, share_prefix: bool = True,
-           stats: Optional[dict] = None, ignore_eos: bool = False) -> Rollout:
+           stats: Optional[dict] = None, ignore_eos: bool = False,
+           on_batch: Optional[Callable] = None):
   """Returns the Rollout of n samples of each tokenised prompt (rows in input order).
 
   `prompt_ids` are chat-formatted ids that already fit the context with max_new_tokens (see
@@ -122,6 +129,14 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   `prefill_slots` (what the batches ran, padding included), `padded_fraction`, and
   `shared_prefix_tokens` (run once). `ignore_eos` makes every row run to max_new_tokens
   (benchmarks that must do a fixed amount of work).
+
+  `on_batch(out, state, prompts_BP)`, when given, runs on each device batch while its decode
+  state is alive: `out` is the batch's sampler.SampleOutput, `state` its final
+  sampler.DecodeState (what sampler.continue_rows reads), `prompts_BP` its left-padded prompts
+  (without the shared prefix). It returns a pytree of
+  arrays with one leading row per sample of the batch; the call then returns (Rollout, that
+  pytree with its rows gathered into input order, as the Rollout's are). A judge reads its
+  forced verdicts this way (judges/forced.py), without running the judge prompts again.
   """
   tok = model.tokenizer
   mesh = mesh if mesh is not None else getattr(model, 'mesh', None)
@@ -148,7 +163,7 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   # Host edges: the seed and the prompts go up explicitly; the rest runs on the device.
   with jax.transfer_guard('allow'):
     key = jax.random.key(seed)
-  parts, src = [], np.zeros(len(ids) * n, np.int32)
+  parts, extras, src = [], [], np.zeros(len(ids) * n, np.int32)
   offset, slots = 0, 0
   with (jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()), \
       bars.progress_bar(progress, len(ids), desc='generate', unit='prompt') as bar:
@@ -166,8 +181,13 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
       p = max(len(rest[i]) for i in rows)
       tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
                                rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
-      parts.append(sampler.sample(model.config, model.params, tokens, mask, key,
-                                  prompt_ids_B=pids, shared=shared, **settings))
+      out = sampler.sample(model.config, model.params, tokens, mask, key, prompt_ids_B=pids,
+                           shared=shared, return_state=on_batch is not None, **settings)
+      if on_batch is not None:
+        out, state = out
+        extras.append(on_batch(out, state, tokens))
+        del state  # the batch's caches are freed before the next batch runs
+      parts.append(out)
       slots += len(rows) * (sampler.prompt_bucket(p) - 1)
       for r, i in enumerate(chunk):
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
@@ -175,16 +195,30 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
       bar.update(len(chunk))
     if stats is not None:
       real = sum(len(x) - 1 for x in rest)  # a prompt's last token is decode's first input
-      stats.update(prompt_tokens=int(real), prefill_slots=int(slots),
-                   padded_fraction=float(1 - real / slots) if slots else 0.0,
-                   shared_prefix_tokens=int(s0))
+      stats.update(prefill_summary([{'prompt_tokens': int(real), 'prefill_slots': int(slots),
+                                     'shared_prefix_tokens': int(s0)}]))
     prompt_tokens, prompt_mask = put(host_tokens, host_mask)
     if not parts:
       zeros = lambda dtype: jax.device_put(np.zeros((0, max_new_tokens), dtype))
-      return Rollout(prompt_tokens, prompt_mask, zeros(np.int32), zeros(np.float32),
-                     jax.device_put(np.zeros(0, np.int32)),
-                     jax.device_put(np.zeros(0, np.int32)), n=n)
+      empty = Rollout(prompt_tokens, prompt_mask, zeros(np.int32), zeros(np.float32),
+                      jax.device_put(np.zeros(0, np.int32)),
+                      jax.device_put(np.zeros(0, np.int32)), n=n)
+      return empty if on_batch is None else (empty, None)
     (src_dev,) = put(src)
     tokens, logprobs, lengths, reason = _gather_rows(tuple(parts), src_dev, n)
-  return Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, tokens=tokens,
-                 logprobs=logprobs, lengths=lengths, stop_reason=reason, n=n)
+    out = Rollout(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask, tokens=tokens,
+                  logprobs=logprobs, lengths=lengths, stop_reason=reason, n=n)
+    if on_batch is None:
+      return out
+    return out, _gather_extras(tuple(extras), src_dev)
+
+
+def prefill_summary(parts: Sequence[dict]) -> dict:
+  """Returns the prefill counts of several `sample` calls (their `stats`) added up, with the
+  padded fraction of the slots the batches ran: {prompt_tokens, prefill_slots, padded_fraction,
+  shared_prefix_tokens (each call's shared prefix, prefilled once per call)}."""
+  total = {key: sum(int(p.get(key, 0)) for p in parts)
+           for key in ('prompt_tokens', 'prefill_slots', 'shared_prefix_tokens')}
+  slots = total['prefill_slots']
+  total['padded_fraction'] = round(1 - total['prompt_tokens'] / slots, 4) if slots else 0.0
+  return total

@@ -18,8 +18,10 @@ from srlm_jax.pipeline.stage import Stage
 
 
 def raw_prompts(model: Any, seed_prompts: Sequence[str], settings, start: int = 0,
-                count: Optional[int] = None, *, progress: Any = True) -> list:
-  """Returns few-shot requests [start, start+count) and the generator's raw completions.
+                count: Optional[int] = None, *, progress: Any = True,
+                stats: Optional[dict] = None) -> list:
+  """Returns few-shot requests [start, start+count) and the generator's raw completions
+  (`stats` gets their prefill counts).
 
   Request i's examples depend on (settings.seed, i) and its sampling key on (settings.seed,
   start, i), so a fixed shard size gives the same records in any order and after a restart.
@@ -34,7 +36,7 @@ def raw_prompts(model: Any, seed_prompts: Sequence[str], settings, start: int = 
       temperature=settings.prompt_temperature, top_p=settings.prompt_top_p,
       seed=settings.seed * 1_000_003 + start, progress=progress,
       where=[f'few-shot request {start + k}' for k in range(count)],
-      truncate=settings.truncate_prompts)]
+      truncate=settings.truncate_prompts, stats=stats)]
   return [{'request': start + k, 'examples': e, 'raw': r}
           for k, (e, r) in enumerate(zip(examples, raw))]
 
@@ -56,15 +58,20 @@ def run(ctx, out_dir: str) -> dict:
   generator = (ctx.load_model(ctx.config.prompt_generator) if ctx.config.prompt_generator
                else ctx.model())
   seeds, settings = ctx.seeds['seed_prompts'], ctx.settings
-  raw, _ = ctx.sharded(
-      out_dir, list(range(settings.num_requests)),
-      lambda ids, s: (raw_prompts(generator, seeds, settings, ids[0], len(ids),
-                                  progress=ctx.progress), {}),
-      'prompts')
+
+  def shard(ids, s):
+    stats = {}
+    raw = raw_prompts(generator, seeds, settings, ids[0], len(ids), progress=ctx.progress,
+                      stats=stats)
+    return raw, {}, {'prefill': stats}
+
+  infos = []
+  raw, _ = ctx.sharded(out_dir, list(range(settings.num_requests)), shard, 'prompts', infos)
   kept, rejected = select_prompts(raw, seeds, settings)
   write_jsonl(os.path.join(out_dir, 'prompts.jsonl'), kept)
   write_jsonl(os.path.join(out_dir, 'rejected.jsonl'), rejected)
-  return {'kept': len(kept), 'rejected': len(rejected)}
+  return {'kept': len(kept), 'rejected': len(rejected),
+          'prefill': rollout.prefill_summary([i.get('prefill', {}) for i in infos])}
 
 
 STAGE = register(Stage('prompts', run, records=('prompts.jsonl', 'rejected.jsonl')))
