@@ -1,27 +1,23 @@
 """The self-rewarding loop's config, every field commented; the other loop configs start here.
 
-Each loop config (demo.py, tiny.py, ...) loads this file with `load('common')` and changes
-what it needs.
+Each loop config (demo.py, tiny.py, ...) loads this file with
+`config_files.beside(__file__, 'common.py')` (srlm_jax/config_files.py) and changes what it needs.
 
 Any field can be overridden on the command line: `--config.creation.n_candidates=8`. The
 SFT and DPO blocks are configs/sft.py and configs/dpo.py's own configs (their `model` and
 `train_data` fields are filled in by the loop).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from srlm_jax import config_files
+
 
 def load(name: str):
-  """Returns the module configs/<name>.py (configs are files, not an installed package)."""
-  here = os.path.dirname(os.path.abspath(__file__))
-  spec = importlib.util.spec_from_file_location(f'srlm_configs_{name}',
-                                                os.path.join(here, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """Returns the module configs/<name>.py, the file beside this one."""
+  return config_files.beside(__file__, f'{name}.py')
 
 
 def oasst_data(arg: str) -> dict:

@@ -16,17 +16,12 @@ valid judgments, scores spread over 0-5, and preference pairs. A larger model (c
 smollm2_oasst.py, paper_llama2_70b.py) keeps the paper's reasons-then-score judgments.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the demo config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  c = common.get_config(arg)
+  c = config_files.beside(__file__, 'common.py').get_config(arg)
   c.model = 'smollm2-135m-instruct'
   c.iterations = 1
   c.shard_size = 16

@@ -13,16 +13,12 @@ Llama 3 reads `tokenizer.json` and its chat template from the model directory; L
 RoPE scaling comes from its config.json.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = '/data/srlm_oasst'):
   """Returns the Llama 3 8B config; arg is the build_data.py output directory."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
+  common = config_files.beside(__file__, 'common.py')
   c = common.get_config()
   sources = common.oasst_data(arg or '/data/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = '/models/Meta-Llama-3.1-8B-Instruct'  # a local HF safetensors directory

@@ -18,16 +18,12 @@ Sized for a TPU v5p-128 / 64 H100 class pod: fully sharded (fsdp) over all devic
 tensor parallelism 8, bf16 compute with fp32 master weights, remat on.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = '/data/srlm_oasst'):
   """Returns the paper config; arg is the build_data.py output directory."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
+  common = config_files.beside(__file__, 'common.py')
   c = common.get_config()
   sources = common.oasst_data(arg or '/data/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = '/models/Llama-2-70b-hf'  # a local HF safetensors directory (no hub access)

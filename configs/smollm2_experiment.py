@@ -24,16 +24,12 @@ so every judgment counts), pairs by the shortest candidate within half a point o
 (length control), and DPO over them; then the eval stage (M0 and M1 too, in iteration 1).
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = '/tmp/srlm_oasst'):
   """Returns the experiment config; arg is launch/build_data.py's output directory."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
+  common = config_files.beside(__file__, 'common.py')
   c = common.get_config()
   sources = common.oasst_data(arg or '/tmp/srlm_oasst')
   c.model = 'smollm2-135m-instruct'

@@ -12,18 +12,12 @@ paper). verified/DONE's `accuracy` is M_t's pass rate on the iteration's new pro
 iterations.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the SmolLM2 Iterative RPO config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_process', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           'smollm2_process.py'))
-  process = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(process)
-  c = process.get_config(arg)
+  c = config_files.beside(__file__, 'smollm2_process.py').get_config(arg)
   c.stages = ('tasks', 'verified', 'rpo')
   c.tasks.n = 32
   c.tasks.difficulty = (1, 2, 3)

@@ -17,16 +17,12 @@ agreement in the eval stage. The same sets as TFDS datasets (array_record, no Te
 few-shot requests; on one GPU an iteration takes minutes, on a 2-core CPU hours.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = '/tmp/srlm_oasst'):
   """Returns the SmolLM2 + OASST config; arg is the build_data.py output directory."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
+  common = config_files.beside(__file__, 'common.py')
   c = common.get_config()
   sources = common.oasst_data(arg or '/tmp/srlm_oasst')  # '<dir>' (JSONL) or 'tfds:<dir>'
   c.model = 'smollm2-135m-instruct'

@@ -15,17 +15,12 @@ truth (judge_vs_truth) and the solutions' accuracy: compare iter_1 (M1) with ite
 Sized for a CPU: minutes per iteration.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the SmolLM2 process-based config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  c = common.get_config(arg)
+  c = config_files.beside(__file__, 'common.py').get_config(arg)
   c.model = 'smollm2-135m-instruct'
   c.iterations = 2
   c.shard_size = 8

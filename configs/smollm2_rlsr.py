@@ -21,17 +21,12 @@ Sized for a CPU (about a minute a step on a free 2-core machine): 4 problems x 4
 step, 96 new tokens, 12 steps.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the SmolLM2 RLSR config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  c = common.get_config(arg)
+  c = config_files.beside(__file__, 'common.py').get_config(arg)
   c.model = 'smollm2-135m-instruct'
   c.iterations = 1
   c.stages = ('grpo',)

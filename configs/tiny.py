@@ -11,17 +11,12 @@ makes pairs and trains M_{t+1} with DPO (several steps, with a checkpoint betwee
 Stages, shards, records and resumption are those of a real run.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the tiny config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  c = common.get_config(arg)
+  c = config_files.beside(__file__, 'common.py').get_config(arg)
   c.model = 'tiny:0'
   c.iterations = 2
   c.shard_size = 2

@@ -15,17 +15,12 @@ rollout records, params/ for the next iteration. Self-reward instead:
 --config.grpo.reward=judge (the forced verdicts set below).
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the tiny GRPO config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
-  common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(common)
-  c = common.get_config(arg)
+  c = config_files.beside(__file__, 'common.py').get_config(arg)
   c.model = 'tiny:0'
   c.iterations = 1
   c.mesh = (1, -1, 1)

@@ -8,17 +8,12 @@ model never answers right, so its iterations make no pairs and skip rpo; tests m
 checker accept one candidate per task to run the training path.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the tiny Iterative RPO config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_tiny', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny.py'))
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
-  c = tiny.get_config(arg)
+  c = config_files.beside(__file__, 'tiny.py').get_config(arg)
   c.stages = ('tasks', 'verified', 'rpo')
   c.tasks.kind = 'arithmetic'
   c.tasks.n = 2

@@ -10,17 +10,12 @@ A random model writes no real steps, so nothing here measures learning: it runs 
 record and resume path of a real run in about a minute or two on a CPU.
 """
 
-import importlib.util
-import os
+from srlm_jax import config_files
 
 
 def get_config(arg: str = ''):
   """Returns the tiny process-based config."""
-  spec = importlib.util.spec_from_file_location(
-      'srlm_configs_tiny', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'tiny.py'))
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
-  c = tiny.get_config(arg)
+  c = config_files.beside(__file__, 'tiny.py').get_config(arg)
   c.stages = ('tasks', 'steps', 'step_dpo')
   c.tasks.kind = 'arithmetic'
   c.tasks.n = 2

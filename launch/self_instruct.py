@@ -10,7 +10,6 @@ shard. Seed prompts come from --seeds (JSONL with a "prompt" field; default: the
 seed set); the other settings are configs/common.py's.
 """
 
-import importlib.util
 import json
 import os
 
@@ -18,6 +17,7 @@ from absl import app
 from absl import flags
 
 import srlm_jax
+from srlm_jax import config_files
 from srlm_jax import console
 from srlm_jax import data_io
 from srlm_jax import validate
@@ -40,11 +40,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 
 def creation_config():
   """Returns configs/common.py's loop config set to this run's flags and stages."""
-  spec = importlib.util.spec_from_file_location('srlm_configs_common',
-                                                os.path.join(validate.CONFIGS, 'common.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_files.get_config(os.path.join(config_files.CONFIGS, 'common.py'))
   c.model, c.seed, c.iterations, c.stages = _MODEL.value, _SEED.value, 1, STAGES
   c.sft.enabled = False  # the model as it is judges its own candidates
   c.data.ift = _SEEDS.value  # recorded in config.json; the seeds are read here (prompts only)

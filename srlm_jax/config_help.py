@@ -10,13 +10,14 @@ fields under `sft.`), so the help shows each field's resolved default with its c
     app.run(main)
 """
 
-import importlib.util
 import io
 import os
 import re
 import sys
 import tokenize
 from typing import Optional, Sequence
+
+from srlm_jax import config_files
 
 HELP_ARGS = ('--help', '-h', '-help', '--helpshort', '-?')
 _ASSIGN = re.compile(r'^\s*c\.([\w.]+)\s*=')
@@ -85,13 +86,7 @@ def config_path(name: str) -> str:
   return os.path.relpath(os.path.join(root, 'configs', name))
 
 
-def load_config(spec: str):
-  """Returns the ConfigDict of a --config value ('path.py' or 'path.py:arg')."""
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('srlm_help_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+load_config = config_files.get_config  # a --config value ('path.py' or 'path.py:arg')
 
 
 def flatten(config, prefix: str = '') -> list:

@@ -11,7 +11,6 @@ Two checks, both reporting every bad field at once as one ConfigError:
     type check.
 """
 
-import importlib.util
 import math
 import os
 import string
@@ -19,7 +18,9 @@ from typing import Any, Callable, Optional
 
 import ml_collections
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+from srlm_jax import config_files
+
+CONFIGS = config_files.CONFIGS
 Check = Callable[[Any], Optional[str]]  # value -> what was expected, or None when it is fine
 
 
@@ -352,10 +353,7 @@ def default_config(name: str, arg: str = '') -> Optional[dict]:
   path = os.path.join(CONFIGS, f'{name}.py')
   if not os.path.exists(path):
     return None
-  spec = importlib.util.spec_from_file_location(f'srlm_validate_defaults_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return flatten(module.get_config(arg))
+  return flatten(config_files.module(path).get_config(arg))
 
 
 def check(config, defaults: Optional[dict] = None, where: str = 'config',

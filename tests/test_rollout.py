@@ -95,6 +95,26 @@ def test_rows_in_input_order_whatever_the_batching(tiny):
   assert len({tuple(a['tokens'][r]) for r in range(len(a['tokens']))}) > len(PROMPTS)
 
 
+def test_long_prompts_go_in_smaller_batches(tiny, monkeypatch):
+  # The default batch: DEFAULT_ROWS // n prompts, and at most PREFILL_SCORES / longest^2.
+  assert rollout.default_batch_size(1, 200) == rollout.DEFAULT_ROWS
+  assert rollout.default_batch_size(4, 200) == rollout.DEFAULT_ROWS // 4
+  assert rollout.default_batch_size(1, 1448) == 16  # 2^25 / 1448^2 = 16.0
+  assert rollout.default_batch_size(1, 1449) == 8
+  assert rollout.default_batch_size(1, 100_000) == 1
+  # A budget that fits two of these prompts per batch: the call runs in batches of two, and
+  # its rows are the one-batch call's.
+  _, whole = _sample(tiny, share_prefix=False)
+  longest = max(len(x) for x in rollout.encode_prompts(tiny, PROMPTS, max_new_tokens=12)[0])
+  monkeypatch.setattr(rollout.rollout, 'PREFILL_SCORES', 2 * longest ** 2)
+  seen = []
+  _, (small, _) = _sample(tiny, share_prefix=False, on_batch=lambda out, state, prompts: (
+      seen.append(prompts.shape[0]) or {'r': out.tokens[:, 0]}))
+  assert seen and max(seen) == 2 and len(seen) == -(-len(PROMPTS) // 2)
+  a, b = rollout.to_host(whole), rollout.to_host(small)
+  np.testing.assert_array_equal(a['tokens'], b['tokens'])
+
+
 def test_generate_tokens_is_the_rollout_on_the_host(tiny):
   ids, out = _sample(tiny)
   host = rollout.to_host(out)

@@ -22,6 +22,13 @@ import numpy as np
 from srlm_jax import bars, sampler, sharding
 
 DEFAULT_ROWS = 64  # rows (prompts * n) per device batch
+# ... and at most this many attention scores per head in a batch's prefill (prompts x length^2,
+# what the prefill's [B, heads, T, T] scores hold): long prompts go in smaller batches. 2^25 is
+# 16 prompts of 1448 tokens, 1.2 GB of float32 scores for SmolLM2's 9 heads; 64 prompts of the
+# additive judge's ~200 tokens after its shared rubric are far below it. The meta RM's requests
+# (a question, a response and a judgment, up to ~1500 tokens) in 64-prompt batches took 24 GB
+# and were killed on a 24 GB CPU machine.
+PREFILL_SCORES = 1 << 25
 # A token prefix every prompt of a call starts with (a judge's rubric, a few-shot header) is
 # prefilled once when it is at least SHARE_MIN tokens; its length is rounded down to a multiple
 # of SHARE_MULTIPLE so that calls whose prefixes differ a little share compiled shapes.
@@ -108,6 +115,13 @@ def shared_prefix_length(ids: Sequence[np.ndarray], minimum: int = SHARE_MIN,
   return common if common >= minimum else 0
 
 
+def default_batch_size(n: int, longest: int) -> int:
+  """Returns the prompts per device batch: DEFAULT_ROWS // n, and at most PREFILL_SCORES /
+  longest^2 (the prefill's attention scores), rounded down to a power of two, at least 1."""
+  prompts = min(DEFAULT_ROWS // n, PREFILL_SCORES // max(longest, 1) ** 2)
+  return 1 << (max(1, prompts).bit_length() - 1)
+
+
 def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
            stop: Sequence[str] = (), seed: int = 0, batch_size: Optional[int] = None,
@@ -119,7 +133,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
 
   `prompt_ids` are chat-formatted ids that already fit the context with max_new_tokens (see
   completions.encode_prompts). Prompts are sorted by length into device batches of `batch_size`
-  (default DEFAULT_ROWS // n rounded down to a power of two), so a batch's padding is only
+  (default DEFAULT_ROWS // n, and at most PREFILL_SCORES / longest prompt^2, rounded down to a
+  power of two), so a batch's padding is only
   the spread of its lengths; row j of prompt i is seeded by (seed, i * n + j), so the samples
   do not depend on the batching. With `share_prefix`, the tokens every prompt starts with
   (`shared_prefix_length`) are prefilled once and each batch runs only what follows. Stop
@@ -155,7 +170,7 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
   settings = dict(max_new_tokens=max_new_tokens, n=n, temperature=temperature, top_k=top_k,
                   top_p=top_p, min_p=min_p, eos_ids=() if ignore_eos else tuple(tok.eos_ids),
                   stop_seqs=stop_seqs, pad_id=tok.pad_id)
-  batch_size = batch_size or 1 << (max(1, DEFAULT_ROWS // n).bit_length() - 1)
+  batch_size = batch_size or default_batch_size(n, rest_width)
   multiple = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in sharding.BATCH]))
   order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
   put = lambda *xs: tuple(sharding.shard_batch(mesh, x) if mesh is not None
