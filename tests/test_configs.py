@@ -1,7 +1,6 @@
 """Every loop config loads, documents its fields, and passes the loop's validation."""
 
 import glob
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ import sys
 
 import pytest
 
+from srlm_jax import config_files
 from srlm_jax import loop
 from srlm_jax import train
 from srlm_jax import validate
@@ -22,11 +22,7 @@ OASST_CONFIGS = ('paper_llama2_70b', 'llama3_8b', 'smollm2_oasst', 'smollm2_expe
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(f'cfg_{name}',
-                                                os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_files.module(os.path.join(ROOT, 'configs', f'{name}.py'))
 
 
 def no_model(name):
@@ -39,6 +35,18 @@ def oasst_dir(tmp_path_factory, shared_data):
   subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'build_data.py'),
                   f'--out_dir={out}'], check=True, capture_output=True, timeout=600)
   return str(out)
+
+
+def test_config_files_load_by_path_with_an_arg_and_name_a_missing_file(tmp_path):
+  assert config_files.CONFIGS == os.path.join(ROOT, 'configs')
+  tiny = config_files.get_config(os.path.join(ROOT, 'configs', 'tiny.py'))
+  assert tiny.model == 'tiny:0' and tiny.dpo.loss == load('dpo').get_config().loss
+  # 'path.py:arg' passes arg to get_config: the OASST configs read their data folder from it.
+  oasst = config_files.get_config(os.path.join(ROOT, 'configs', 'smollm2_oasst.py') + ':/d')
+  assert oasst.data.ift.startswith('/d/') and oasst.data.eft.startswith('/d/')
+  missing = str(tmp_path / 'nope.py')
+  with pytest.raises(FileNotFoundError, match=f'config file {missing} does not exist'):
+    config_files.get_config(missing)
 
 
 def test_every_config_file_is_listed():
