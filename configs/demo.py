@@ -3,10 +3,12 @@ r"""The embedded default: one self-rewarding iteration of SmolLM2-135M-Instruct 
   python launch/srlm.py --config=configs/demo.py --workdir=/tmp/srlm_demo
 
 Seed data is the project's own embedded IFT and EFT sets (no download). M1 SFT plus one full
-iteration (prompts, candidates, judgments, pairs, DPO, eval, guard) took 14m57s on an idle
-2-core CPU (2026-12-03; eval and guard 4m48s of it): a short SFT, 24 few-shot requests, 4 candidates and 3 judgments
-each, DPO on the pairs, and the eval stage measuring M0, M1 and M2 (srlm_jax/pipeline/stages/
-eval.py; the run table: `python launch/evaluate.py --workdir=/tmp/srlm_demo --out=table.json`).
+iteration (prompts, candidates, judgments, pairs, DPO, eval, guard) took 8m25s on an idle
+2-core CPU, model load included (2026-12-04: SFT 2m11s, eval 1m54s, guard 45s, the rest under
+75 s each; 14m57s on the slower 2-core machine of 2026-12-03): a short SFT, 24 few-shot
+requests, 4 candidates and 3 judgments each, DPO on the pairs, and the eval stage measuring M0,
+M1 and M2 (srlm_jax/pipeline/stages/eval.py; the run table:
+`python launch/evaluate.py --workdir=/tmp/srlm_demo --out=table.json`).
 
 M1 is taught to judge by score-only EFT targets (data.eft_target='score_only': the judge
 answers "Score: N" without its reasons). SmolLM2-135M-Instruct before training writes no
