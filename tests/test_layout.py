@@ -19,10 +19,12 @@ PACKAGE = 'srlm_jax'
 # (layer, path prefixes relative to the repository root), in data-flow order.
 LAYERS = (
     # Used by every layer and importing none of them: processes, sharding rules, files on disk,
-    # run directories, checkpoints, logs, bars, config help, the instruction filter.
+    # run directories, checkpoints, logs, bars, config files and their help, the instruction
+    # filter.
     ('base', ('srlm_jax/distributed.py', 'srlm_jax/sharding.py', 'srlm_jax/data_io.py',
               'srlm_jax/workdir.py', 'srlm_jax/checkpoint.py', 'srlm_jax/metrics_log.py',
-              'srlm_jax/bars.py', 'srlm_jax/config_help.py', 'srlm_jax/instructions.py',
+              'srlm_jax/bars.py', 'srlm_jax/config_files.py', 'srlm_jax/config_help.py',
+              'srlm_jax/instructions.py',
               # The one resume mechanism (DONE, atomic shards): stages and evaluate both use it.
               'srlm_jax/store.py')),
     # One decoder and what reads weights and text into it.
