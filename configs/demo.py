@@ -44,8 +44,8 @@ def get_config(arg: str = ''):
   # M1 ends its judgments with "Score: N" itself; a judgment without one (M0's, in the eval
   # stage's baseline) gets the forced score, so M0's judge agreement is measured too.
   c.creation.judge.verdict = 'forced'
-  # The additive rubric in brief (judges/additive.py COMPACT_RUBRIC): the full one makes ~430-token EFT
-  # prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
+  # The additive rubric in brief (judges/additive.py COMPACT_RUBRIC): the full one makes
+  # ~430-token EFT prompts, which a 256-token SFT window would drop, and slows judging on a CPU.
   c.creation.judge.template = 'compact'
 
   # M1: a short SFT on a slice of the seed sets (the full sets take an hour on a laptop CPU).

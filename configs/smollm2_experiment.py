@@ -14,12 +14,13 @@ the human ranking become M1's EFT targets (srlm_jax/eft.py, workdir/m1_eft). OAS
 validation trees are held out: their human pairs measure each model as a judge, their prompts
 are the head-to-head prompts (eval.pairs, eval.prompts).
 
-Sized for about 60-90 minutes on an idle 2-core CPU, not yet run: `--dry_run` prints each
-stage's size (172k trained tokens, 212k sampled token-rows), which at the demo's rates (about
-6.5 ms per trained token, 5-6 ms per sampled token-row) is ~40 minutes of token work, before
-prompt prefill, compiles and model loads; the stage comments below split it. Per iteration: 64 few-shot requests, 4
-candidates of at most 128 tokens, 3 compact-rubric judgments each (the paper's k) with a
-forced verdict (a judgment without a "Score: N" line gets the model's expected score token,
+Sized for about 60-90 minutes on an idle 2-core CPU; its one run (2026-12-03, README Results)
+took about 2 h with tests beside it part of the time. `--dry_run` prints each stage's size (172k
+trained tokens, 212k sampled token-rows), which at the demo's rates (about 6.5 ms per trained
+token, 5-6 ms per sampled token-row) is ~40 minutes of token work, before prompt prefill,
+compiles and model loads; the stage comments below split it. Per iteration: 64 few-shot
+requests, 4 candidates of at most 128 tokens, 3 compact-rubric judgments each (the paper's k)
+with a forced verdict (a judgment without a "Score: N" line gets the model's expected score token,
 so every judgment counts), pairs by the shortest candidate within half a point of the best
 (length control), and DPO over them; then the eval stage (M0 and M1 too, in iteration 1).
 """

@@ -31,7 +31,7 @@ import numpy as np
 
 import srlm_jax
 from srlm_jax import llama, sampler, token_draw
-from bench_util import matmul_peak, timed, torch_model, write_json  # launch/bench_util.py, beside this script
+from bench_util import matmul_peak, timed, torch_model, write_json  # launch/, beside this file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'smollm2-135m-instruct', 'Model directory, .gguf or name.')

@@ -192,8 +192,8 @@ def continued_verdicts(config: llama.LlamaConfig, params, state: Any, prompts_BP
   `prefixes` (token arrays, each ending with score_tokens' path), read from the state's cache.
 
   The row's body token at slot body_R (its prompt's last token, from the left-padded
-  prompts_BP, when the body is empty) is fed again, then the prefix: T = 1 + X tokens per row and prefix, with no prompt
-  run again (sampler.continue_rows).
+  prompts_BP, when the body is empty) is fed again, then the prefix: T = 1 + X tokens per row
+  and prefix, with no prompt run again (sampler.continue_rows).
   """
   r = tokens_RxM.shape[0]
   last_R = jnp.repeat(prompts_BP[:, -1], r // prompts_BP.shape[0])

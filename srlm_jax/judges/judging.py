@@ -4,8 +4,8 @@
 Rollout's device tokens with the judge's jitted parser (no host re-padding), reads forced
 verdicts from each batch's decode cache as it is sampled (forced.py) and returns JudgeScores on
 the device, plus the judgment texts (the host edge). Its host edges: the requests are
-tokenised on the host and the texts decoded on the host. `judge_responses` is the host view of one call (numpy arrays and the
-mean over valid judgments), for evaluation and records.
+tokenised on the host and the texts decoded on the host. `judge_responses` is the host view
+of one call (numpy arrays and the mean over valid judgments), for evaluation and records.
 
 Axis legend: R judged responses, K judgments per response (R * K rollout rows).
 """
