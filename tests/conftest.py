@@ -1,6 +1,5 @@
 """Shared test set-up: 8 fake CPU devices for sharding tests, strict rank promotion, fixtures."""
 
-import gc
 import os
 import shutil
 import tempfile
@@ -24,6 +23,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+
+from srlm_jax import compiled_programs  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 jax.config.update('jax_default_matmul_precision', 'highest')
@@ -81,30 +82,20 @@ def shared_data():
   return shared_data_dir()
 
 
-# Every program XLA:CPU compiles keeps its JIT-ed kernels in memory maps of their own, for as
-# long as jit's caches hold the program. A Linux process may have at most vm.max_map_count of
-# them (65530 by default); past it mmap fails and the process dies by SIGSEGV, wherever its
-# threads happen to be. Measured here: four test files in one process left 27,362 maps (3.6 GB)
-# after 56 tests, and an xdist worker runs ~340. That fits how CI's runs died: a worker
-# segfaulted at 95-99% of the suite, in whichever test it had reached (stops 27 and 28: while
-# test_loop_multihost ran; earlier, in jax's executable.serialize()). Dropping the compiled
-# programs at the end of each test file, and whenever a file's tests pass MAX_MAPS, keeps a
-# worker under 15,000 maps (the same four files: at most 14,319).
+# Every program XLA:CPU compiles holds memory maps while jit's caches keep it, and past
+# vm.max_map_count (65530) a process dies by SIGSEGV (srlm_jax/compiled_programs.py). Four test
+# files in one process left 27,362 maps after 56 tests, and an xdist worker runs ~340: CI's
+# workers segfaulted at 95-99% of the suite, in whichever test they had reached (stops 27 and
+# 28: test_loop_multihost; earlier, jax's executable.serialize()). Dropping the compiled programs
+# after each test file, and whenever a file's tests pass MAX_MAPS, kept both workers of a full
+# run under 15,100 maps (2026-12-04).
 MAX_MAPS = 30_000
 
 
-def _memory_maps() -> int:
-  try:
-    with open('/proc/self/maps', 'rb') as f:
-      return sum(1 for _ in f)
-  except OSError:  # not Linux
-    return 0
-
-
 def pytest_runtest_teardown(item, nextitem):
-  if nextitem is None or nextitem.module is not item.module or _memory_maps() > MAX_MAPS:
-    jax.clear_caches()
-    gc.collect()
+  if (nextitem is None or nextitem.module is not item.module
+      or compiled_programs.memory_maps() > MAX_MAPS):
+    compiled_programs.release()
 
 
 def pytest_unconfigure(config):

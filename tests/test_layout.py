@@ -24,7 +24,7 @@ LAYERS = (
     ('base', ('srlm_jax/distributed.py', 'srlm_jax/sharding.py', 'srlm_jax/data_io.py',
               'srlm_jax/workdir.py', 'srlm_jax/checkpoint.py', 'srlm_jax/metrics_log.py',
               'srlm_jax/bars.py', 'srlm_jax/config_files.py', 'srlm_jax/config_help.py',
-              'srlm_jax/instructions.py',
+              'srlm_jax/instructions.py', 'srlm_jax/compiled_programs.py',
               # The one resume mechanism (DONE, atomic shards): stages and evaluate both use it.
               'srlm_jax/store.py')),
     # One decoder and what reads weights and text into it.

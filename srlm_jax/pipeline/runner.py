@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from srlm_jax import compiled_programs
 from srlm_jax import console as console_lib
 from srlm_jax import evaluate as evaluate_lib
 from srlm_jax import model_dir
@@ -152,6 +153,7 @@ class Runner:
         timings[stage.name] = seconds
         store.mark_done(os.path.join(ctx.iter_dir, 'timings'), timings)
       self.console.stage_end(ctx.t, stage.name, out_dir, info, seconds)
+      compiled_programs.release_if_crowded()  # a long run must not reach the kernel's map limit
     if stage.params:  # also after a kill between DONE and the pruning
       _prune_done(os.path.dirname(os.path.join(out_dir, stage.params)),
                   self.config[stage.name] if stage.name in self.config else None)
