@@ -189,6 +189,8 @@ def test_eval_stage_fills_every_metric(two_iterations):
       for key in ('pairwise_accuracy', 'exact_match', 'spearman', 'kendall_tau', 'five_best'):
         assert key in a and len(a[f'{key}_ci']) == 2, (name, key)
       judged = loop.read_records(os.path.join(d, f'judgments_{name}.jsonl'))
+      # every model judges with the same draws, in either iteration: rows differ by the model
+      assert {j['settings']['seed'] for j in judged} == {config.seed}, name
       assert a['pairwise_accuracy'] == pytest.approx(_pairwise_accuracy(groups, judged))
       scores = [s for j in judged for s in j['scores']]
       assert a['valid_fraction'] == pytest.approx(np.mean([s is not None for s in scores]))

@@ -79,6 +79,12 @@ def _write(out_dir: str, name: str, records: list) -> None:
   write_jsonl(os.path.join(out_dir, name), records)
 
 
+def eval_seed(ctx) -> int:
+  """Returns the seed of every measurement: the run's, not the iteration's, so each model judges
+  the held-out pairs with the same draws and the table's rows differ by the model alone."""
+  return ctx.config.seed
+
+
 def respond(ctx, model, name: str, prompts: list, out_dir: str, tag: str) -> tuple[list, list]:
   """Returns (greedy responses, their token lengths), read back from an earlier eval when one
   wrote the same model's responses to the same prompts with the same limit."""
@@ -92,7 +98,7 @@ def respond(ctx, model, name: str, prompts: list, out_dir: str, tag: str) -> tup
           r['max_new_tokens'] == limit for r in rows):
         return [r['response'] for r in rows], [r['length'] for r in rows]
   texts, lengths = evaluate_lib.respond(model, prompts, max_new_tokens=limit,
-                                        seed=ctx.settings.seed, progress=ctx.progress)
+                                        seed=eval_seed(ctx), progress=ctx.progress)
   _write(out_dir, f'{tag}_{name}.jsonl',
          [{'prompt': p, 'response': x, 'length': n, 'max_new_tokens': limit}
           for p, x, n in zip(prompts, texts, lengths)])
@@ -106,7 +112,7 @@ def measure(ctx, model, name: str, out_dir: str, prompts: list, if_records: list
   if ctx.eval_groups:  # the model judges the human pairs, as a self-rewarding judge would
     metrics, records = evaluate_lib.evaluate_judge(
         model, ctx.eval_groups, _judge_settings(ctx), n_boot=cfg.eval.n_boot,
-        seed=ctx.settings.seed, progress=ctx.progress, cache_dir=os.path.join(out_dir, name))
+        seed=eval_seed(ctx), progress=ctx.progress, cache_dir=os.path.join(out_dir, name))
     _write(out_dir, f'judgments_{name}.jsonl', records)
     out['judge_agreement'] = {'model': name, 'pairs_file': cfg.eval.pairs, **metrics,
                               'valid_fraction': metrics['counts']['valid_judgment_fraction']}
@@ -116,7 +122,7 @@ def measure(ctx, model, name: str, out_dir: str, prompts: list, if_records: list
   if if_records:
     answers, _ = respond(ctx, model, name, [r['prompt'] for r in if_records], out_dir, 'ifeval')
     scores, audit = ifeval.score(if_records, answers, n_boot=cfg.eval.n_boot,
-                                 seed=ctx.settings.seed)
+                                 seed=eval_seed(ctx))
     _write(out_dir, f'ifeval_audit_{name}.jsonl', audit)
     out['instruction_following'] = {'prompts_file': cfg.eval.ifeval, **scores}
   return out, (texts, lengths)
@@ -127,7 +133,7 @@ def compare(ctx, judge, prompts: list, a: tuple, b: tuple, names: tuple, out_dir
   cfg = ctx.config
   result = evaluate_lib.head_to_head(
       judge, prompts, a[0], b[0], a[1], b[1], _judge_settings(ctx), method=cfg.eval.method,
-      max_ratio=cfg.eval.max_ratio, n_boot=cfg.eval.n_boot, seed=ctx.settings.seed,
+      max_ratio=cfg.eval.max_ratio, n_boot=cfg.eval.n_boot, seed=eval_seed(ctx),
       progress=ctx.progress)
   _write(out_dir, f'head_to_head_{names[0]}_vs_{names[1]}.jsonl',
          [{'prompt': p, 'a': x, 'b': y, 'outcome': o} for p, x, y, o in
