@@ -14,8 +14,8 @@ the human ranking become M1's EFT targets (srlm_jax/eft.py, workdir/m1_eft). OAS
 validation trees are held out: their human pairs measure each model as a judge, their prompts
 are the head-to-head prompts (eval.pairs, eval.prompts).
 
-Sized for about 60-90 minutes on an idle 2-core CPU; its one run (2026-12-03, README Results)
-took about 2 h with tests beside it part of the time. `--dry_run` prints each stage's size (172k
+Sized for at most 90 minutes on an idle 2-core CPU: its run there (2026-12-04, README Results)
+took 46 minutes, and the table 2 s. `--dry_run` prints each stage's size (172k
 trained tokens, 212k sampled token-rows), which at the demo's rates (about 6.5 ms per trained
 token, 5-6 ms per sampled token-row) is ~40 minutes of token work, before prompt prefill,
 compiles and model loads; the stage comments below split it. Per iteration: 64 few-shot
@@ -37,8 +37,8 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.iterations = 2  # M1 -> M2 -> M3
   c.shard_size = 20
 
-  # Seeds: 96 IFT, 48 human-ranked EFT replies judged by M0 twice each (~96 judgments of at
-  # most 64 tokens: ~3 min), the agreeing ones kept as M1's EFT targets.
+  # Seeds: 96 IFT, 48 human-ranked EFT replies judged by M0 twice each (96 judgments of at most
+  # 64 tokens: 3m52s measured), the agreeing ones kept as M1's EFT targets (30 of 96).
   c.data.ift, c.data.eft = sources['ift'], sources['eft']
   c.data.max_ift = 96
   c.data.max_eft = 48
@@ -52,8 +52,9 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.creation.judge.max_new_tokens = 64
   c.creation.judge.verdict = 'forced'
 
-  # Creation per iteration (~8-10 min): 64 requests -> ~56 prompts x 4 candidates of <= 128
-  # tokens (~3 min), 3 judgments of <= 64 tokens each (~4-5 min).
+  # Creation per iteration (measured 7.5-8 min): 64 requests (~4.5 min), of which the filters
+  # kept 18 and 23 prompts; x 4 candidates of <= 128 tokens (~1 min); 3 judgments of <= 64
+  # tokens each (~2 min).
   c.creation.num_requests = 64
   c.creation.prompt_max_new_tokens = 64
   c.creation.n_candidates = 4
@@ -61,7 +62,7 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.creation.pair_truncated = True  # SmolLM2 cuts most answers at this limit (see demo.py)
   c.creation.length_margin = 0.5  # length control: the shortest within 0.5 of the best wins
 
-  # M1's SFT (~12 min): one epoch over ~96 IFT + the kept EFT examples, batch 8 (~18 steps).
+  # M1's SFT (12.5 min measured): one epoch over 96 IFT + 30 kept EFT examples, batch 8 (15 steps).
   c.sft.batch_size = 8
   # 8 rows of 768 tokens in one pass went past 23 GB (killed for memory): their float32
   # attention scores and full-vocabulary logits are kept for the backward pass. Four
@@ -74,7 +75,7 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.sft.unroll_layers = False  # tens of steps: the loop over layers compiles 3.6x faster
   c.sft.head_at_loss_positions = False
 
-  # DPO per iteration (~4 min): ~50 pairs, batch 4, ~12 steps.
+  # DPO per iteration (~1.5 min measured): 17 and 22 pairs, batch 4, 4 and 5 steps.
   c.dpo.batch_size = 4
   c.dpo.max_len = 384
   c.dpo.lr, c.dpo.end_lr = 5e-6, 1e-6
@@ -82,7 +83,7 @@ def get_config(arg: str = '/tmp/srlm_oasst'):
   c.dpo.unroll_layers = False
   c.dpo.head_at_loss_positions = False
 
-  # Eval (~6 min in iteration 1 for M0, M1 and M2; ~3 min after): OASST1 held-out pairs (32,
+  # Eval (6-7.5 min in iteration 1 for M0, M1 and M2; ~2.5 min after): OASST1 held-out pairs (32,
   # one forced judgment per response), 12 of their prompts answered greedily (<= 128 tokens)
   # for the head-to-head, judged pointwise by M1 (the run's fixed judge), and the 18
   # IFEval-style prompts.
