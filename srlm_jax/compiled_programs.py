@@ -4,10 +4,10 @@ Each program XLA:CPU compiles keeps its JIT-ed kernels in memory maps of their o
 as jit's caches hold it, and a Linux process may have at most vm.max_map_count maps (65530 by
 default). Past it mmap fails and the process dies by SIGSEGV, wherever its threads are. A process
 that compiles many shapes gets there: the CPU-sized experiment's loop, two iterations, held
-54,082 maps at its end (83% of the limit; 2026-12-04), and four of the test files in one pytest process left
-27,362 after their 56 tests (CI's workers, which run ~340 tests each, segfaulted late in the
-suite). `release_if_crowded` empties jit's caches when the count passes a fraction of the limit;
-the programs still needed are compiled again.
+54,082 maps at its end (83% of the limit; 2026-12-04), and four of the test files in one pytest
+process left 27,362 after their 56 tests (CI's workers, which run ~340 tests each, segfaulted
+late in the suite). `release_if_crowded` empties jit's caches when the count passes a fraction of
+the limit; the programs still needed are compiled again.
 """
 
 import gc
