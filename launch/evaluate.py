@@ -21,8 +21,8 @@ the score from the next-token distribution where a judgment has no verdict line)
 each response's top k_meta judgments; --out's `without_meta_filter` has the same judgments
 voted unfiltered, what a run without the flag measures), --together (SPCT: a question's
 responses in one request, shown in a seeded order per sample; on by default for spct),
---max_pairs with
---subset_seed (a random subset of whole prompts), --chunk (responses per device batch):
+--max_pairs with --subset_seed (a random subset of whole prompts), --chunk (responses per
+device batch):
 
   python launch/evaluate.py --judge=smollm2-135m-instruct --judge_kind=spct --votes=8 \
       --meta_filter=4 --verdict=forced --pairs=/tmp/srlm_data/human_pairs.jsonl \

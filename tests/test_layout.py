@@ -20,7 +20,7 @@ PACKAGE = 'srlm_jax'
 LAYERS = (
     # Used by every layer and importing none of them: processes, sharding rules, files on disk,
     # run directories, checkpoints, logs, bars, config files and their help, the instruction
-    # filter.
+    # filter, the release of compiled programs.
     ('base', ('srlm_jax/distributed.py', 'srlm_jax/sharding.py', 'srlm_jax/data_io.py',
               'srlm_jax/workdir.py', 'srlm_jax/checkpoint.py', 'srlm_jax/metrics_log.py',
               'srlm_jax/bars.py', 'srlm_jax/config_files.py', 'srlm_jax/config_help.py',
