@@ -12,7 +12,11 @@ memory (params + KV cache read once per decode step, at the better of a measured
 matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
 at that peak, its prompts run without padding (2 * params * (generated + real prompt tokens)):
 a speed-up over transformers above `unpadded_floor_tok_s / transformers_tok_s` would need more
-than the device's matmul peak.
+than the device's matmul peak. `ceiling_tok_s` is a tighter bound, measured: a prefill of the
+real prompt tokens at that peak, then decode steps that cost only their weight matmuls at that
+batch size (timed alone, `matmul_step_ms`) and reading the cache slots written so far at the
+best bandwidth (`kv_read_step_ms`); `ceiling_ratio` and `ceiling_floor_fraction` are the ratio
+over transformers and the fraction of the floor such a sampler would reach.
 
   python launch/bench_sampler.py --out=/tmp/bench_sampler.json
   python launch/bench_sampler.py --batch_sizes=1,16 --new_tokens=32 --out=/tmp/b.json  # quick
@@ -102,6 +106,34 @@ def decode_times(config, params, tokens, mask, m: int) -> dict:
   return {'decode_tok_s': tokens.shape[0] * m / min(decode_s), 'prefill_s': min(prefill_s)}
 
 
+def matmul_step_seconds(config, params, b: int) -> float:
+  """Returns the best time of one decode step's weight matmuls alone, at b rows.
+
+  Every layer's q, k, v, o, gate, up and down projections and the output head, chained through
+  the residual as decode chains them, the per-layer weights passed in as arrays of their own:
+  no attention, norms, RoPE, cache writes or token draw. No decode step built on these matmuls
+  runs faster.
+  """
+  dt = config.dtype
+  layers = jax.block_until_ready(sampler.split_layers(params)['layers'])
+
+  def step(x_BD, layers, head_params):
+    for lp in layers:
+      att = lp['attn']
+      q = llama.dense(x_BD, att['q_proj']['kernel'], dt)
+      kv = [llama.dense(x_BD, att[n]['kernel'], dt) for n in ('k_proj', 'v_proj')]
+      x_BD = x_BD + llama.dense(q, att['o_proj']['kernel'], dt) + 1e-3 * sum(
+          jnp.mean(a, axis=-1, keepdims=True) for a in kv)  # keeps k and v live
+      x_BD = x_BD + llama.mlp(config, lp['mlp'], x_BD)
+    return llama.logits(config, head_params, x_BD)
+
+  head_params = {k: v for k, v in params.items() if k != 'layers'}
+  f = jax.jit(step)
+  x = jax.random.normal(jax.random.key(0), (b, config.dim), jnp.float32).astype(dt)
+  f(x, layers, head_params).block_until_ready()
+  return min(timed(lambda: f(x, layers, head_params).block_until_ready())[1] for _ in range(5))
+
+
 def main(argv):
   del argv
   if not FLAGS.no_reference:
@@ -145,8 +177,9 @@ def main(argv):
       row.update(transformers_tok_s=b * m / t_ref, ratio=t_ref / t_ours,
                  same_tokens=float((ref[:, tokens.shape[1]:].numpy() == np.asarray(out)).mean()))
     s = tokens.shape[1] + sampler.bucket(m)
-    cache_bytes = 2 * config.n_layers * b * s * config.n_kv_heads * config.head_dim * (
-        jnp.dtype(config.dtype).itemsize)
+    slot_bytes = 2 * config.n_layers * config.n_kv_heads * config.head_dim * (
+        jnp.dtype(config.dtype).itemsize)  # one cache slot's keys and values, all layers
+    cache_bytes = b * s * slot_bytes
     compute_floor = 2 * config.num_params * b * m / peak
     prefill_floor = 2 * config.num_params * tokens.size / peak  # the padded prompts, extra
     unpadded_floor = 2 * config.num_params * (b * m + mask.sum()) / peak
@@ -156,11 +189,25 @@ def main(argv):
                floor_fraction=max(compute_floor, memory_floor) / t_ours,
                floor_with_prefill_fraction=(max(compute_floor, memory_floor) + prefill_floor)
                / t_ours)
+    # The ceiling of a sampler whose decode steps cost only their weight matmuls (measured) and
+    # reading the cache slots written so far (real prompt slots, then on average half the new
+    # ones) at the best bandwidth measured, after a prefill of the real prompt tokens at the
+    # matmul peak: a figure above it would need faster matmuls or memory than these.
+    matmul_s = matmul_step_seconds(config, model.params, b)
+    kv_s = (int(mask.sum()) + b * (m + 1) / 2) * slot_bytes / bw
+    ceiling = 2 * config.num_params * int(mask.sum()) / peak + m * (matmul_s + kv_s)
+    row.update(matmul_step_ms=1e3 * matmul_s, kv_read_step_ms=1e3 * kv_s,
+               ceiling_tok_s=b * m / ceiling,
+               ceiling_floor_fraction=max(compute_floor, memory_floor) / ceiling)
+    if reference is not None:
+      row['ceiling_ratio'] = row['ceiling_tok_s'] / row['transformers_tok_s']
     rows.append(row)
     print(json.dumps(row))
   cols = ['batch', 'prompt_len', 'ours_tok_s', 'decode_tok_s', 'prefill_s', 'transformers_tok_s',
           'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s',
-          'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction']
+          'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction',
+          'matmul_step_ms', 'kv_read_step_ms', 'ceiling_tok_s', 'ceiling_ratio',
+          'ceiling_floor_fraction']
   print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
   cell = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
   for row in rows:

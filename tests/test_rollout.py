@@ -96,12 +96,16 @@ def test_rows_in_input_order_whatever_the_batching(tiny):
 
 
 def test_long_prompts_go_in_smaller_batches(tiny, monkeypatch):
-  # The default batch: DEFAULT_ROWS // n prompts, and at most PREFILL_SCORES / longest^2.
+  # The default batch: DEFAULT_ROWS // n prompts, and at most PREFILL_SCORES / longest^2 ...
   assert rollout.default_batch_size(1, 200) == rollout.DEFAULT_ROWS
   assert rollout.default_batch_size(4, 200) == rollout.DEFAULT_ROWS // 4
   assert rollout.default_batch_size(1, 1448) == 16  # 2^25 / 1448^2 = 16.0
   assert rollout.default_batch_size(1, 1449) == 8
   assert rollout.default_batch_size(1, 100_000) == 1
+  # ... and at most DECODE_CACHE_BYTES of generation cache.
+  assert rollout.default_batch_size(1, 200, rollout.DECODE_CACHE_BYTES // 8) == 8
+  assert rollout.default_batch_size(4, 200, rollout.DECODE_CACHE_BYTES // 8) == 2
+  assert rollout.default_batch_size(4, 200, rollout.DECODE_CACHE_BYTES) == 1
   # A budget that fits two of these prompts per batch: the call runs in batches of two, and
   # its rows are the one-batch call's.
   _, whole = _sample(tiny, share_prefix=False)
@@ -113,6 +117,18 @@ def test_long_prompts_go_in_smaller_batches(tiny, monkeypatch):
   assert seen and max(seen) == 2 and len(seen) == -(-len(PROMPTS) // 2)
   a, b = rollout.to_host(whole), rollout.to_host(small)
   np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  # A generation-cache budget of two prompts' rows (n=3, 12 new tokens in a 32-slot bucket of
+  # keys and values in every layer): batches of two again.
+  monkeypatch.setattr(rollout.rollout, 'PREFILL_SCORES', 1 << 25)
+  cfg = tiny.config
+  row_bytes = sampler.bucket(12) * 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (
+      jax.numpy.dtype(cfg.dtype).itemsize)
+  monkeypatch.setattr(rollout.rollout, 'DECODE_CACHE_BYTES', 2 * 3 * row_bytes)
+  seen.clear()
+  _, (budget, _) = _sample(tiny, share_prefix=False, on_batch=lambda out, state, prompts: (
+      seen.append(prompts.shape[0]) or {'r': out.tokens[:, 0]}))
+  assert max(seen) == 2 and len(seen) == -(-len(PROMPTS) // 2)
+  np.testing.assert_array_equal(a['tokens'], rollout.to_host(budget)['tokens'])
 
 
 def test_generate_tokens_is_the_rollout_on_the_host(tiny):

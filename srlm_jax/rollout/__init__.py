@@ -9,6 +9,6 @@ from srlm_jax.rollout.completions import (Completion, Prompt, chat_messages, enc
                                           fit_context, generate, generate_tokens)
 from srlm_jax.rollout.records import (concat, cut_at_stop, flatten, load, save, texts, to_host,
                                       unflatten)
-from srlm_jax.rollout.rollout import (DEFAULT_ROWS, FIELDS, Rollout, default_batch_size,
-                                     from_arrays, left_pad, prefill_summary, sample,
-                                     shared_prefix_length)
+from srlm_jax.rollout.rollout import (DECODE_CACHE_BYTES, DEFAULT_ROWS, FIELDS, Rollout,
+                                     default_batch_size, from_arrays, left_pad, prefill_summary,
+                                     sample, shared_prefix_length)
