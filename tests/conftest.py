@@ -85,8 +85,8 @@ def shared_data():
 # Every program XLA:CPU compiles holds memory maps while jit's caches keep it, and past
 # vm.max_map_count (65530) a process dies by SIGSEGV (srlm_jax/compiled_programs.py). Four test
 # files in one process left 27,362 maps after 56 tests, and an xdist worker runs ~340: CI's
-# workers segfaulted at 95-99% of the suite, in whichever test they had reached (stops 27 and
-# 28: test_loop_multihost; earlier, jax's executable.serialize()). Dropping the compiled programs
+# workers segfaulted at 95-99% of the suite, in whichever test they had reached (stop 27:
+# test_loop_multihost; earlier, jax's executable.serialize()). Dropping the compiled programs
 # after each test file, and whenever a file's tests pass MAX_MAPS, kept both workers of a full
 # run under 15,100 maps (2026-12-04).
 MAX_MAPS = 30_000
