@@ -260,6 +260,71 @@ def test_inverse_cdf_two_levels():
   assert _chi2_pvalue(counts, w) > 1e-3
 
 
+def _large_vocab_logits(v, seed, flat):
+  """Logits over v ids: two dozen likely ones (a nucleus in a few blocks), or nearly flat ones
+  (a nucleus spanning most blocks)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=v).astype(np.float32) * (0.3 if flat else 1.0)
+  if not flat:
+    x[rng.choice(v, 24, replace=False)] += rng.uniform(8, 12, 24).astype(np.float32)
+  return x
+
+
+def _uniforms(keys, step):
+  """next_token's per-row uniforms."""
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(keys)
+
+
+@pytest.mark.parametrize('top_p,min_p', [(0.9, 0.0), (0.8, 0.02)])
+@pytest.mark.parametrize('flat', [False, True])
+def test_top_p_over_a_large_vocabulary_draws_the_exact_filter(top_p, min_p, flat):
+  """Top-p over more blocks than the block search reads: a peaked row fits its blocks, a flat
+  one spills to the search over all of V, and both draw from the sort-based filter."""
+  v, n = 16384, 3000
+  assert v // token_draw.NUCLEUS_BLOCK > token_draw.NUCLEUS_BLOCKS
+  x = _large_vocab_logits(v, 1, flat)
+  mode = token_draw.make_mode(temperature=1.0, top_p=top_p, min_p=min_p)
+  knobs = token_draw.make_knobs(max_new_tokens=1, temperature=1.0, top_p=top_p, min_p=min_p)
+  fits = token_draw.block_nucleus(jnp.asarray(x[None]), knobs['top_p'], knobs['min_p'], mode)[2]
+  assert bool(fits[0]) is not flat
+  draw = jax.jit(token_draw.next_token, static_argnames='mode')
+  tokens, _ = draw(jnp.tile(x, (n, 1)), jax.random.split(jax.random.key(2), n), 0, knobs,
+                   mode=mode)
+  want = _reference_filter(x, 1.0, 0, top_p, min_p)
+  counts = np.bincount(np.asarray(tokens), minlength=v)
+  assert counts[want == 0].sum() == 0, np.nonzero(counts * (want == 0))
+  if flat:  # thousands of ids in the nucleus: the counts of 64 groups of ids
+    counts, want = counts.reshape(64, -1).sum(1), want.reshape(64, -1).sum(1)
+  assert _chi2_pvalue(counts, want) > 1e-3
+
+
+def test_top_p_draw_of_a_row_does_not_depend_on_how_many_rows_spill():
+  """A row draws the same token whether no row, a few (gathered) or many of its batch spill
+  out of the block search, and the same token as the search over all of V."""
+  v, r, step = 16384, 16, 5
+  peaked = np.stack([_large_vocab_logits(v, 10 + i, False) for i in range(r)])
+  flat = np.stack([_large_vocab_logits(v, 40 + i, True) for i in range(r)])
+  keys = jax.random.split(jax.random.key(3), r)
+  mode = token_draw.make_mode(temperature=1.0, top_p=0.9)
+  knobs = token_draw.make_knobs(max_new_tokens=8, temperature=1.0, top_p=0.9)
+  draw = jax.jit(lambda x: token_draw.next_token(x, keys, step, knobs, mode)[0])
+  over_vocab = jax.jit(lambda x: token_draw._nucleus_over_vocab(  # pylint: disable=protected-access
+      x, _uniforms(keys, step), knobs['top_p'], knobs['min_p'], mode))
+  assert 3 <= token_draw.NUCLEUS_SPILL < 12
+  got = {}
+  for k in (0, 3, 12):  # none, a few, more than NUCLEUS_SPILL rows spill
+    x = jnp.asarray(np.concatenate([flat[:k], peaked[k:]]))
+    fits = np.asarray(token_draw.block_nucleus(x, knobs['top_p'], knobs['min_p'], mode)[2])
+    np.testing.assert_array_equal(fits, np.arange(r) >= k)
+    got[k] = np.asarray(draw(x))
+    np.testing.assert_array_equal(got[k], np.asarray(over_vocab(x)))
+    for i, t in enumerate(got[k]):
+      assert _reference_filter(x[i], 1.0, 0, 0.9, 0.0)[t] > 0, (k, i)
+  np.testing.assert_array_equal(got[0][12:], got[3][12:])
+  np.testing.assert_array_equal(got[0][12:], got[12][12:])
+  np.testing.assert_array_equal(got[3][:3], got[12][:3])
+
+
 def test_stop_sequences_and_eos_end_rows_on_their_own(tiny_params):
   rows = _prompts([4, 9, 13], seed=5)
   tokens, mask = _left_pad(rows)
