@@ -97,8 +97,10 @@ def test_rows_in_input_order_whatever_the_batching(tiny):
 
 def test_long_prompts_go_in_smaller_batches(tiny, monkeypatch):
   # The default batch: DEFAULT_ROWS // n prompts, and at most PREFILL_SCORES / longest^2 ...
-  assert rollout.default_batch_size(1, 200) == rollout.DEFAULT_ROWS
-  assert rollout.default_batch_size(4, 200) == rollout.DEFAULT_ROWS // 4
+  assert rollout.DEFAULT_ROWS == 192  # rounded down to a power of two:
+  assert rollout.default_batch_size(1, 200) == 128
+  assert rollout.default_batch_size(3, 200) == 64
+  assert rollout.default_batch_size(4, 200) == 32
   assert rollout.default_batch_size(1, 1448) == 16  # 2^25 / 1448^2 = 16.0
   assert rollout.default_batch_size(1, 1449) == 8
   assert rollout.default_batch_size(1, 100_000) == 1

@@ -40,6 +40,13 @@ def _prompts(lengths, seed=0, vocab=TINY.vocab_size):
   return [list(rng.integers(3, vocab, n)) for n in lengths]
 
 
+def test_prompt_buckets_step_by_quarters_above_128():
+  assert [sampler.prompt_bucket(n) for n in (1, 33, 65, 128, 129, 161, 217, 225, 257, 1448)] == [
+      32, 48, 96, 128, 160, 192, 224, 256, 320, 1536]
+  padding = [1 - n / sampler.prompt_bucket(n) for n in range(sampler.FINE_BUCKET + 1, 5000)]
+  assert max(padding) < 0.2
+
+
 def test_decode_step_logits_equal_full_forward(tiny_params):
   rows = _prompts([5, 17, 1, 40])
   tokens, mask = _left_pad(rows, p=64)  # the prompt bucket `sample` would use

@@ -21,12 +21,13 @@ import numpy as np
 
 from srlm_jax import bars, sampler, sharding
 
-# Rows (prompts * n) per device batch. A decode step's weight matmuls cost less per row in
-# larger batches: SmolLM2-135M's MLP, 30 layers on the 2-core CPU, ran at 135 / 198 / 224 / 259
+# Rows (prompts * n) per device batch, at most. A decode step's weight matmuls cost less per row
+# in larger batches: SmolLM2-135M's MLP, 30 layers on the 2-core CPU, ran at 135 / 198 / 224 / 259
 # GFLOP/s at 48 / 64 / 96 / 192 rows (2026-12-04). Sampling 3 judgments of 128 tokens for
-# additive-judge-sized requests (255 tokens after a 256-token shared prefix) took 33.7 s per 16
-# requests in batches of 16 and 25.3 s in batches of 32.
-DEFAULT_ROWS = 128
+# additive-judge-sized requests (255 tokens after a 256-token shared prefix), the sampler on its
+# own, took 33.7 s per 16 requests in batches of 16 and 25.3 s in batches of 32; a decode step
+# took 291 ms for 32 requests (96 rows) and 550 ms for 64 (192 rows), 5% less per row.
+DEFAULT_ROWS = 192
 # ... and at most this many bytes of generation cache (rows x new-token bucket x the KV bytes
 # of one slot in all layers): SmolLM2's 128 rows of 1024 new tokens would take 6 GB in float32.
 DECODE_CACHE_BYTES = 1 << 31
