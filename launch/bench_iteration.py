@@ -11,8 +11,9 @@ tokens and the judge prompts have the same lengths.
   A first pass compiles; the table reports the best of `--repeats` passes after it, and the
   compile time on its own.
 - transformers: `LlamaForCausalLM.generate` with the same weights, the same left-padded ids,
-  batches of the same prompts (num_return_sequences samples each), KV cache, do_sample with
-  the same temperature and top-p, and the judge's own host regex for the scores.
+  batches of the same prompts (num_return_sequences samples each; as srlm_jax's batches, or of
+  --reference_rows rows: 64, 16 prompts at a time, was its fastest measured), KV cache,
+  do_sample with the same temperature and top-p, and the judge's own host regex for the scores.
 
 Besides the ratio, each stage reports its fraction of the compute floor: 2 * params FLOPs per
 prompt and generated token at the matmul peak measured in the same run, once with every prompt
@@ -20,6 +21,7 @@ prefilled in full and once with the shared prefix prefilled once.
 
   python launch/bench_iteration.py --out=/tmp/bench_iteration.json
   python launch/bench_iteration.py --no_reference --compare_unshared   # the prefix's effect
+  python launch/bench_iteration.py --reference_rows=64   # transformers in its best batches
 """
 
 import json
@@ -42,6 +44,9 @@ flags.DEFINE_integer('judgments', 3, 'Judgments per candidate.')
 flags.DEFINE_integer('new_tokens', 128, 'Tokens per candidate and per judgment.')
 flags.DEFINE_integer('repeats', 1, 'Timed passes after the compiling one (the best is kept).')
 flags.DEFINE_bool('no_reference', False, "Skip transformers' generate.")
+flags.DEFINE_integer('reference_rows', 0, "transformers' rows per generate call (prompts x "
+                     'samples, prompts rounded down to a power of two); 0: as srlm_jax batches, '
+                     'DEFAULT_ROWS.')
 flags.DEFINE_bool('compare_unshared', False, 'Also time srlm_jax without the shared prefix.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (srlm_jax).')
 flags.DEFINE_bool('random_init', False, '--model is a directory with config.json and tokenizer '
@@ -133,7 +138,8 @@ def reference(model, torch_llama) -> dict:
 
   out = {}
   ids, _ = rollout.encode_prompts(model, PROMPTS, max_new_tokens=m)
-  batch = lambda samples: 1 << (max(1, DEFAULT_ROWS // samples).bit_length() - 1)  # as ours
+  rows = FLAGS.reference_rows or DEFAULT_ROWS  # by default as srlm_jax batches
+  batch = lambda samples: 1 << (max(1, rows // samples).bit_length() - 1)
   responses, out['candidates'] = timed(lambda: generate(ids, n, batch(n)))
   requests = judge.requests([p for p in PROMPTS for _ in range(n)], responses)
   judge_ids, _ = rollout.encode_prompts(model, requests, max_new_tokens=m)
