@@ -307,7 +307,8 @@ def test_top_p_over_a_large_vocabulary_draws_the_exact_filter(top_p, min_p, flat
 
 def test_top_p_draw_of_a_row_does_not_depend_on_how_many_rows_spill():
   """A row draws the same token whether no row, a few (gathered) or many of its batch spill
-  out of the block search, and the same token as the search over all of V."""
+  out of the block search, the same token as the search over all of V, and the same with its
+  logits sharded over 8 devices (rows and vocabulary)."""
   v, r, step = 16384, 16, 5
   peaked = np.stack([_large_vocab_logits(v, 10 + i, False) for i in range(r)])
   flat = np.stack([_large_vocab_logits(v, 40 + i, True) for i in range(r)])
@@ -318,6 +319,7 @@ def test_top_p_draw_of_a_row_does_not_depend_on_how_many_rows_spill():
   over_vocab = jax.jit(lambda x: token_draw._nucleus_over_vocab(  # pylint: disable=protected-access
       x, _uniforms(keys, step), knobs['top_p'], knobs['min_p'], mode))
   assert 3 <= token_draw.NUCLEUS_SPILL < 12
+  mesh = sharding.make_mesh(2, 2, 2)
   got = {}
   for k in (0, 3, 12):  # none, a few, more than NUCLEUS_SPILL rows spill
     x = jnp.asarray(np.concatenate([flat[:k], peaked[k:]]))
@@ -325,6 +327,10 @@ def test_top_p_draw_of_a_row_does_not_depend_on_how_many_rows_spill():
     np.testing.assert_array_equal(fits, np.arange(r) >= k)
     got[k] = np.asarray(draw(x))
     np.testing.assert_array_equal(got[k], np.asarray(over_vocab(x)))
+    with jax.set_mesh(mesh):
+      spread = jax.device_put(x, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(sharding.BATCH, 'tensor')))
+      np.testing.assert_array_equal(np.asarray(draw(spread)), got[k])
     for i, t in enumerate(got[k]):
       assert _reference_filter(x[i], 1.0, 0, 0.9, 0.0)[t] > 0, (k, i)
   np.testing.assert_array_equal(got[0][12:], got[3][12:])
