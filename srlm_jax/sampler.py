@@ -19,8 +19,8 @@ the prompt's keys and values once per step, not N times: judging (N = 3, prompts
 a response) is bound by these reads on a CPU.
 
 Static shapes: `sample` pads prompts to P = prompt_bucket(length), 32 * {1, 1.5} * 2^i up to 128,
-then 128 * {1, 1.25, 1.5, 1.75} * 2^i (at most a fifth of a long prompt batch is padding: prefill
-and every decode step scale with P), and buffers to
+then 128 * {1, 1.25, 1.5, 1.75} * 2^i (the bucket pads a prompt by under a fifth above 128
+tokens, under a third below: prefill and every decode step scale with P), and buffers to
 M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
 sampling mode (`token_draw.Mode`; temperature, top_p, min_p and max_new_tokens are device
 scalars, no recompile when they change).
