@@ -13,7 +13,10 @@ projections, SwiGLU MLP) takes an `attend_kv` that decides which key slots its q
 keeps the KV cache, and `attend` is the attention over one or more blocks of slots.
 `transformer` runs the layers over a sequence (a scan without a cache; one by one with one);
 the sampler runs the same `layer` for one token per row. The cache (`init_cache`) is, per
-layer, {'k', 'v'} [B, K, S, Dh]: prefill writes the arrays decoding reads.
+layer, {'k': [B, K, Dh, S], 'v': [B, K, S, Dh]}: prefill writes the arrays decoding reads. Keys
+are stored slot-minor, so that a decode step's scores (one query against S slots per kv head)
+are contiguous rows of the product: on a CPU this made the score products of a batch-64 decode
+step 1.6x faster (22.2 -> 13.5 ms for 30 layers of 128 slots), where values stay slot-major.
 
 The param tree (layers are stacked on a leading L axis by `nn.scan`; kernels are [in, out]):
 
@@ -198,16 +201,16 @@ def _to_rows(x_bKXTX: Array, n: int) -> Array:
 def attend(q_BKGTd: Array, blocks, dtype) -> Array:
   """Returns attention [B, K, G, T, Dh] of the queries over blocks of key slots, one softmax.
 
-  Each block is (key_bKSd, val_bKSd, allowed_bTS) with b = B, or b = B / N for a block shared
+  Each block is (key_bKdS, val_bKSd, allowed_bTS) with b = B, or b = B / N for a block shared
   by N consecutive rows (a prompt's keys read once by its N samples: they act as N*G query
   heads per kv head). Scores are float32. One block is plain softmax(q k^T / sqrt(Dh)) v;
   several are merged through their running max and sum, with no concatenation.
   """
   b, dh = q_BKGTd.shape[0], q_BKGTd.shape[-1]
   parts = []
-  for key_bKSd, val_bKSd, allowed_bTS in blocks:
-    n = b // key_bKSd.shape[0]
-    scores = jnp.einsum('bkxtd,bksd->bkxts', _to_block(q_BKGTd, n), key_bKSd,
+  for key_bKdS, val_bKSd, allowed_bTS in blocks:
+    n = b // key_bKdS.shape[0]
+    scores = jnp.einsum('bkxtd,bkds->bkxts', _to_block(q_BKGTd, n), key_bKdS,
                         preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
     parts.append((n, jnp.where(allowed_bTS[:, None, None], scores, _NEG_INF), val_bKSd))
   if len(parts) == 1:
@@ -228,7 +231,7 @@ def layer(config: LlamaConfig, p, x_BTD: Array, positions_BT: Array, attend_kv):
   """Returns (x after one decoder layer, what attend_kv returned beside its output).
 
   `p` is one layer's params (the tree under layers/, without the L axis). attend_kv(q_BKGTd,
-  key_BKTd, val_BKTd) -> (out_BKGTd, cache) decides which key slots the queries see and keeps
+  key_BKdT, val_BKTd) -> (out_BKGTd, cache) decides which key slots the queries see and keeps
   the cache: `self_attention` for a sequence (training, prefill), the sampler's for decoding.
   """
   cfg, dt = config, config.dtype
@@ -240,10 +243,10 @@ def layer(config: LlamaConfig, p, x_BTD: Array, positions_BT: Array, attend_kv):
   inv_freq = rope_frequencies(cfg)
   q = apply_rope(proj('q_proj', h), positions_BT, inv_freq)
   key = apply_rope(proj('k_proj', k), positions_BT, inv_freq)
-  # Heads-major operands [B, K, G, T, Dh] and [B, K, T, Dh]: both products of `attend` are then
-  # plain batched matmuls, and the cache keeps this layout.
+  # Heads-major operands [B, K, G, T, Dh], keys [B, K, Dh, T] and values [B, K, T, Dh]: both
+  # products of `attend` are then plain batched matmuls, and the cache keeps this layout.
   out, cache = attend_kv(q.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4),
-                         key.transpose(0, 2, 1, 3), proj('v_proj', k).transpose(0, 2, 1, 3))
+                         key.transpose(0, 2, 3, 1), proj('v_proj', k).transpose(0, 2, 1, 3))
   out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
   x_BTD = sharding.constrain(x_BTD + dense(out, att['o_proj']['kernel'], dt), sharding.ACTIVATION)
   x_BTD = x_BTD + mlp(cfg, p['mlp'], rms_norm(x_BTD, p['mlp_norm']['scale'], cfg.norm_eps, dt))
@@ -254,18 +257,19 @@ def self_attention(config: LlamaConfig, kv_mask_BS: Array, cache_index=0, layer_
                    segment_ids_BT: Optional[Array] = None):
   """Returns the attend_kv of a sequence: causal over cache slots, the mask and segments applied.
 
-  With a layer cache ({'k', 'v'} [B, K, S, Dh]) the new keys and values are written at slots
+  With a layer cache (`init_cache`'s layout) the new keys and values are written at slots
   [cache_index, cache_index + T) and the queries attend over all S slots; without one, S = T.
   """
-  def attend_kv(q_BKGTd, key_BKTd, val_BKTd):
+  def attend_kv(q_BKGTd, key_BKdT, val_BKTd):
     t = q_BKGTd.shape[3]
     new_cache = None
     if layer_cache is not None:
-      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), cache_index,
-                                                               axis=2)
-      new_cache = {'k': write(layer_cache['k'], key_BKTd), 'v': write(layer_cache['v'], val_BKTd)}
-      key_BKTd, val_BKTd = (new_cache[n].astype(config.dtype) for n in ('k', 'v'))
-    s = key_BKTd.shape[2]
+      write = lambda c, x, axis: jax.lax.dynamic_update_slice_in_dim(
+          c, x.astype(c.dtype), cache_index, axis=axis)
+      new_cache = {'k': write(layer_cache['k'], key_BKdT, 3),
+                   'v': write(layer_cache['v'], val_BKTd, 2)}
+      key_BKdT, val_BKTd = (new_cache[n].astype(config.dtype) for n in ('k', 'v'))
+    s = val_BKTd.shape[2]
     q_slot = cache_index + jnp.arange(t)
     allowed_BTS = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & kv_mask_BS[:, None, :]
     if segment_ids_BT is not None:
@@ -277,7 +281,7 @@ def self_attention(config: LlamaConfig, kv_mask_BS: Array, cache_index=0, layer_
     ends = [s] if blocks == 1 else [(i + 1) * size for i in range(blocks)]
     out = jnp.concatenate([
         attend(q_BKGTd[:, :, :, i * size:(i + 1) * size],
-               [(key_BKTd[:, :, :end], val_BKTd[:, :, :end],
+               [(key_BKdT[..., :end], val_BKTd[:, :, :end],
                  allowed_BTS[:, i * size:(i + 1) * size, :end])], config.dtype)
         for i, end in enumerate(ends)], axis=3)
     return out, new_cache
@@ -414,11 +418,12 @@ def forward(config: LlamaConfig, params, tokens: Array, positions: Optional[Arra
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=None) -> tuple:
-  """Returns an empty KV cache: per layer {'k', 'v'} [B, K, S, Dh] (S = length slots)."""
-  shape = (batch, config.n_kv_heads, length, config.head_dim)
+  """Returns an empty KV cache of S = length slots: per layer {'k': [B, K, Dh, S],
+  'v': [B, K, S, Dh]} (keys slot-minor: the module docstring says why)."""
+  k, dh = config.n_kv_heads, config.head_dim
   dtype = dtype or config.dtype
-  return tuple({'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
-               for _ in range(config.n_layers))
+  return tuple({'k': jnp.zeros((batch, k, dh, length), dtype),
+                'v': jnp.zeros((batch, k, length, dh), dtype)} for _ in range(config.n_layers))
 
 
 def init_params(config: LlamaConfig, rng: Array):

@@ -70,8 +70,9 @@ class SampleOutput:
 class DecodeState:
   """The decode loop's carry."""
   step: Array  # [] int32: tokens generated so far
-  cache: dict  # 'prompt': llama.init_cache's layout, per layer {'k', 'v'} [B, K, Q, Dh], as
-  #             prefill wrote it; 'rows': the same [R, K, M, Dh], the rows' generation slots
+  cache: dict  # 'prompt': llama.init_cache's layout, per layer keys [B, K, Dh, Q] and values
+  #             [B, K, Q, Dh], as prefill wrote it; 'rows': the same with R rows and M slots,
+  #             the rows' generation slots
   prompt_mask_BQ: Array  # real (not padding) prompt cache slots
   token_R: Array  # the token fed at this step
   position_R: Array  # its RoPE position
@@ -101,14 +102,14 @@ def prompt_bucket(n: int) -> int:
   return size + -(-(n - size) // step) * step
 
 
-CACHE = P(sharding.BATCH, 'tensor', None, None)  # a KV cache layer [B, K, S, Dh]
+CACHE = P(sharding.BATCH, 'tensor', None, None)  # a KV cache layer's keys or values
 
 
 def _constrain_cache(cache):
   return jax.tree.map(lambda c: sharding.constrain(c, CACHE), cache)
 
 
-SHARED = P(None, 'tensor', None, None)  # the shared prefix's cache layer [1, K, S0, Dh]
+SHARED = P(None, 'tensor', None, None)  # the shared prefix's cache layer (batch 1, S0 slots)
 
 
 @functools.partial(jax.jit, static_argnames='config')
@@ -128,7 +129,7 @@ def prefill_prefix(config: llama.LlamaConfig, params, prefix_tokens_1S: Array) -
 
 def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_BT: Array,
                  mask_BT: Array, shared: tuple) -> tuple[Array, tuple]:
-  """Returns (final-norm hidden states [B, T, D], the [B, K, T, Dh] cache) of sequences whose
+  """Returns (final-norm hidden states [B, T, D], their T-slot cache) of sequences whose
   tokens follow the shared prefix (`prefill_prefix`'s cache), positions counted after it.
 
   Each layer's attention is one softmax over two blocks: the shared prefix (every slot, read
@@ -139,12 +140,12 @@ def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_
   x_BTD = sharding.constrain(llama.embed(config, params, tokens_BT), sharding.ACTIVATION)
   cache = []
   for l in range(config.n_layers):
-    def attend_kv(q_BKGTd, key_BKTd, val_BKTd, l=l):
+    def attend_kv(q_BKGTd, key_BKdT, val_BKTd, l=l):
       dt = config.dtype
       blocks = [(shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
-                 jnp.ones((1, t, shared[l]['k'].shape[2]), bool)),
-                (key_BKTd.astype(dt), val_BKTd.astype(dt), own_allowed_BTT)]
-      own = {'k': key_BKTd.astype(config.dtype), 'v': val_BKTd.astype(config.dtype)}
+                 jnp.ones((1, t, shared[l]['v'].shape[2]), bool)),
+                (key_BKdT.astype(dt), val_BKTd.astype(dt), own_allowed_BTT)]
+      own = {'k': key_BKdT.astype(config.dtype), 'v': val_BKTd.astype(config.dtype)}
       return llama.attend(q_BKGTd, blocks, dt), own
     x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, positions_BT,
                              attend_kv)
@@ -168,7 +169,7 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
   mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
-  s0 = 0 if shared is None else shared[0]['k'].shape[2]
+  s0 = 0 if shared is None else shared[0]['v'].shape[2]
   positions_BP = llama.default_positions(mask_BP) + s0
   # Only the cache is kept: no output head runs.
   if shared is None:
@@ -216,20 +217,21 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
   slot, prompt, rows = state.step, state.cache['prompt'], state.cache['rows']
   shared = state.cache.get('shared')
   prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
-  own_allowed_11M = (jnp.arange(rows[0]['k'].shape[2]) <= slot)[None, None, :]
+  own_allowed_11M = (jnp.arange(rows[0]['v'].shape[2]) <= slot)[None, None, :]
   x_R1D = sharding.constrain(llama.embed(config, dparams, state.token_R[:, None]),
                              sharding.ACTIVATION)
   new_rows = []
   for l, lp in enumerate(dparams['layers']):
-    def attend_kv(q_RKG1d, key_RK1d, val_RK1d, l=l):
-      write = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), slot, axis=2)
-      own = {'k': write(rows[l]['k'], key_RK1d), 'v': write(rows[l]['v'], val_RK1d)}
+    def attend_kv(q_RKG1d, key_RKd1, val_RK1d, l=l):
+      write = lambda c, x, axis: jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), slot,
+                                                                     axis=axis)
+      own = {'k': write(rows[l]['k'], key_RKd1, 3), 'v': write(rows[l]['v'], val_RK1d, 2)}
       dt = config.dtype
       blocks = [(prompt[l]['k'].astype(dt), prompt[l]['v'].astype(dt), prompt_allowed_B1Q),
                 (own['k'].astype(dt), own['v'].astype(dt), own_allowed_11M)]
       if shared is not None:  # one block read once for all R rows
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
-                          jnp.ones((1, 1, shared[l]['k'].shape[2]), bool)))
+                          jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
       return llama.attend(q_RKG1d, blocks, dt), own
     x_R1D, own = llama.layer(config, lp, x_R1D, state.position_R[:, None], attend_kv)
     new_rows.append(own)
@@ -254,7 +256,7 @@ def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_
   """
   t = tokens_RT.shape[1]
   prompt, rows, shared = state.cache['prompt'], state.cache['rows'], state.cache.get('shared')
-  m = rows[0]['k'].shape[2]
+  m = rows[0]['v'].shape[2]
   positions_RT = (state.position_R - state.step + start_R)[:, None] + jnp.arange(t)[None, :]
   prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
   kept_allowed_R1M = (jnp.arange(m)[None, :] < start_R[:, None])[:, None, :]
@@ -262,15 +264,15 @@ def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_
   x_RTD = sharding.constrain(llama.embed(config, params, tokens_RT.astype(jnp.int32)),
                              sharding.ACTIVATION)
   for l in range(config.n_layers):
-    def attend_kv(q_RKGTd, key_RKTd, val_RKTd, l=l):
+    def attend_kv(q_RKGTd, key_RKdT, val_RKTd, l=l):
       dt = config.dtype
       as_cached = lambda x: x.astype(rows[l]['k'].dtype).astype(dt)  # as decode stores them
       blocks = [(prompt[l]['k'].astype(dt), prompt[l]['v'].astype(dt), prompt_allowed_B1Q),
                 (rows[l]['k'].astype(dt), rows[l]['v'].astype(dt), kept_allowed_R1M),
-                (as_cached(key_RKTd), as_cached(val_RKTd), new_allowed_1TT)]
+                (as_cached(key_RKdT), as_cached(val_RKTd), new_allowed_1TT)]
       if shared is not None:
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
-                          jnp.ones((1, 1, shared[l]['k'].shape[2]), bool)))
+                          jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
       return llama.attend(q_RKGTd, blocks, dt), None
     x_RTD, _ = llama.layer(config, llama.layer_params(params, l), x_RTD, positions_RT,
                            attend_kv)
