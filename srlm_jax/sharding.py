@@ -151,6 +151,14 @@ def init_params(init_fn, mesh: Mesh, *args, rules=PARAM_RULES):
   return jax.jit(init_fn, out_shardings=param_shardings(mesh, shapes, rules))(*args)
 
 
+def batch_multiple() -> int:
+  """Returns how many shards a batch dimension splits into under the current mesh (1 without)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or set(mesh.axis_names) != set(AXES):
+    return 1
+  return _axis_size(mesh, BATCH)
+
+
 def constrain(x, spec: P):
   """Returns x constrained to spec under the current mesh (`jax.set_mesh`); a no-op without one."""
   mesh = jax.sharding.get_abstract_mesh()

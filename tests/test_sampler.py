@@ -47,6 +47,51 @@ def test_prompt_buckets_step_by_quarters_above_128():
   assert max(padding) < 0.2
 
 
+def test_prefill_groups_halve_while_they_pay():
+  # Four lengths, four rows each, longest first: two groups of 8 cut 2032 slots to 1520; four
+  # groups would have 4 rows, under MIN_GROUP_ROWS. With eight rows each: 4064 -> 3040 -> 2528.
+  lengths = [126] * 4 + [90] * 4 + [50] * 4 + [30] * 4
+  assert sampler.prefill_groups(lengths) == (128, 64)
+  assert sampler.prefill_groups(sorted(lengths * 2, reverse=True)) == (128, 96, 64, 32)
+  assert sampler.prefill_groups([40] * 16) == ()  # nothing to gain
+  assert sampler.prefill_groups([126, 120] * 8) == ()  # under GROUP_GAIN: 2032 -> 2032
+  assert sampler.prefill_groups(lengths, multiple=16) == ()  # groups must fill the shards
+  rng = np.random.default_rng(0)
+  for _ in range(50):  # any order: every row fits its group's width
+    lengths = rng.integers(1, 300, 64)
+    widths = sampler.prefill_groups(lengths) or (sampler.prompt_bucket(lengths.max()),)
+    size = 64 // len(widths)
+    assert all(n <= widths[i // size] for i, n in enumerate(lengths))
+
+
+def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params):
+  lengths = [5, 60, 12, 33, 3, 47, 20, 58, 9, 40, 26, 2, 51, 15, 37, 7]
+  rows = _prompts(lengths, seed=3)
+  tokens, mask = _left_pad(rows)
+  assert sampler.prefill_groups(sorted(lengths, reverse=True)) == (64, 32)
+  kw = dict(max_new_tokens=12, eos_ids=(5,))
+  for extra in (dict(), dict(n=2, temperature=1.0, top_p=0.9)):
+    grouped = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, **kw, **extra))
+    whole = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(),
+                                          **kw, **extra))
+    np.testing.assert_array_equal(grouped.tokens, whole.tokens)
+    np.testing.assert_array_equal(grouped.lengths, whole.lengths)
+    np.testing.assert_allclose(grouped.logprobs, whole.logprobs, atol=1e-5)
+  # The rows sorted longest first, grouped on 8 devices (groups of 8 rows over 4 batch shards),
+  # on sharded device arrays: the same tokens again.
+  order = np.argsort([-n for n in lengths], kind='stable')
+  mesh = sharding.make_mesh(2, 2, 2)
+  params = jax.device_put(tiny_params, sharding.param_shardings(mesh, tiny_params))
+  with jax.set_mesh(mesh):
+    assert sharding.batch_multiple() == 4
+    t, m, ids = sharding.shard_batch(mesh, tokens[order], mask[order], order.astype(np.int32))
+    out = jax.device_get(sampler.sample(TINY, params, t, m, 4, prompt_ids_B=ids, groups=(64, 32),
+                                        **kw))
+  single = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(), **kw))
+  np.testing.assert_array_equal(out.tokens, single.tokens[order])
+  np.testing.assert_allclose(out.logprobs, single.logprobs[order], atol=1e-4)
+
+
 def test_decode_step_logits_equal_full_forward(tiny_params):
   rows = _prompts([5, 17, 1, 40])
   tokens, mask = _left_pad(rows, p=64)  # the prompt bucket `sample` would use

@@ -203,21 +203,25 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
       shared = sampler.prefill_prefix(model.config, model.params, prefix)
     for start in range(0, len(order), batch_size):
       chunk = order[start:start + batch_size]
-      # A last, smaller batch is padded to a power of two, rows repeating a real prompt.
+      # A last, smaller batch is padded to a power of two, rows repeating its shortest prompt
+      # (the rows stay longest first, for the prefill's row groups).
       b = len(chunk) if len(chunk) == batch_size else min(sampler.bucket(len(chunk), 1),
                                                           batch_size)
-      rows = chunk + [chunk[0]] * (-(-b // multiple) * multiple - len(chunk))
+      rows = chunk + [chunk[-1]] * (-(-b // multiple) * multiple - len(chunk))
       p = max(len(rest[i]) for i in rows)
+      groups = sampler.prefill_groups([len(rest[i]) for i in rows], multiple)
       tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
                                rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
       out = sampler.sample(model.config, model.params, tokens, mask, key, prompt_ids_B=pids,
-                           shared=shared, return_state=on_batch is not None, **settings)
+                           shared=shared, return_state=on_batch is not None, groups=groups,
+                           **settings)
       if on_batch is not None:
         out, state = out
         extras.append(on_batch(out, state, tokens))
         del state  # the batch's caches are freed before the next batch runs
       parts.append(out)
-      slots += len(rows) * (sampler.prompt_bucket(p) - 1)
+      slots += len(rows) // len(groups or [0]) * sum(
+          w - 1 for w in (groups or [sampler.prompt_bucket(p)]))
       for r, i in enumerate(chunk):
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
       offset += len(rows) * n
