@@ -165,6 +165,7 @@ def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_
   b, t = tokens_BT.shape
   own_allowed_BTT = (jnp.tril(jnp.ones((t, t), bool))[None] & mask_BT[:, None, :])
   x_BTD = sharding.constrain(llama.embed(config, params, tokens_BT), sharding.ACTIVATION)
+  rope_BT1h = llama.rope(config, positions_BT)
   cache = []
   for l in range(config.n_layers):
     def attend_kv(q_BKGTd, key_BKdT, val_BKTd, l=l):
@@ -174,7 +175,7 @@ def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_
                 (key_BKdT.astype(dt), val_BKTd.astype(dt), own_allowed_BTT)]
       own = {'k': key_BKdT.astype(config.dtype), 'v': val_BKTd.astype(config.dtype)}
       return llama.attend(q_BKGTd, blocks, dt), own
-    x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, positions_BT,
+    x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, rope_BT1h,
                              attend_kv)
     cache.append(own)
   x_BTD = llama.rms_norm(x_BTD, params['final_norm']['scale'], config.norm_eps, config.dtype)
@@ -258,6 +259,7 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
   shared = state.cache.get('shared')
   prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
   own_allowed_11M = (jnp.arange(rows[0]['v'].shape[2]) <= slot)[None, None, :]
+  rope_R11h = llama.rope(config, state.position_R[:, None])
   x_R1D = sharding.constrain(llama.embed(config, dparams, state.token_R[:, None]),
                              sharding.ACTIVATION)
   new_rows = []
@@ -273,7 +275,7 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
                           jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
       return llama.attend(q_RKG1d, blocks, dt), own
-    x_R1D, own = llama.layer(config, lp, x_R1D, state.position_R[:, None], attend_kv)
+    x_R1D, own = llama.layer(config, lp, x_R1D, rope_R11h, attend_kv)
     new_rows.append(own)
   x_RD = llama.rms_norm(x_R1D[:, 0], dparams['final_norm']['scale'], config.norm_eps,
                         config.dtype)
@@ -301,6 +303,7 @@ def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_
   prompt_allowed_B1Q = state.prompt_mask_BQ[:, None, :]
   kept_allowed_R1M = (jnp.arange(m)[None, :] < start_R[:, None])[:, None, :]
   new_allowed_1TT = jnp.tril(jnp.ones((t, t), bool))[None]
+  rope_RT1h = llama.rope(config, positions_RT)
   x_RTD = sharding.constrain(llama.embed(config, params, tokens_RT.astype(jnp.int32)),
                              sharding.ACTIVATION)
   for l in range(config.n_layers):
@@ -314,7 +317,7 @@ def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
                           jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
       return llama.attend(q_RKGTd, blocks, dt), None
-    x_RTD, _ = llama.layer(config, llama.layer_params(params, l), x_RTD, positions_RT,
+    x_RTD, _ = llama.layer(config, llama.layer_params(params, l), x_RTD, rope_RT1h,
                            attend_kv)
   return llama.rms_norm(x_RTD, params['final_norm']['scale'], config.norm_eps, config.dtype)
 
