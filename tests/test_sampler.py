@@ -49,10 +49,12 @@ def test_prompt_buckets_step_by_quarters_above_128():
 
 def test_prefill_groups_halve_while_they_pay():
   # Four lengths, four rows each, longest first: two groups of 8 cut 2032 slots to 1520; four
-  # groups would have 4 rows, under MIN_GROUP_ROWS. With eight rows each: 4064 -> 3040 -> 2528.
+  # groups would have 4 rows, under MIN_GROUP_ROWS. With eight rows each: 4064 -> 3040 (-25%),
+  # and four groups would only cut 17% more (2528), under GROUP_GAIN.
   lengths = [126] * 4 + [90] * 4 + [50] * 4 + [30] * 4
   assert sampler.prefill_groups(lengths) == (128, 64)
-  assert sampler.prefill_groups(sorted(lengths * 2, reverse=True)) == (128, 96, 64, 32)
+  assert sampler.prefill_groups(sorted(lengths * 2, reverse=True)) == (128, 64)
+  assert sampler.prefill_groups([126] * 8 + [60] * 8 + [30] * 16) == (128, 64, 32, 32)
   assert sampler.prefill_groups([40] * 16) == ()  # nothing to gain
   assert sampler.prefill_groups([126, 120] * 8) == ()  # under GROUP_GAIN: 2032 -> 2032
   assert sampler.prefill_groups(lengths, multiple=16) == ()  # groups must fill the shards
