@@ -141,7 +141,7 @@ def rope(config: 'LlamaConfig', positions_BT: Array) -> tuple[Array, Array]:
   """Returns the float32 (cos, sin) [B, T, 1, Dh] of the positions' rotary angles.
 
   Computed once per forward pass and shared by every layer (`layer` takes them): a batch-64
-  decode step spent 7 ms of 167 on the rotations when each layer computed its own.
+  decode step took 171 ms when each layer computed its own, 166 ms with these.
   """
   inv_freq = rope_frequencies(config)
   angles = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]

@@ -200,6 +200,9 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
   mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
+  if groups and (b % len(groups) or max(groups) > p):
+    raise ValueError(f'prefill groups {groups}: need widths of at most the {p} prompt slots '
+                     f'and a number of groups that divides the {b} rows')
   s0 = 0 if shared is None else shared[0]['v'].shape[2]
   positions_BP = llama.default_positions(mask_BP) + s0
   # Only the cache is kept: no output head runs.
@@ -404,10 +407,15 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
     lengths = np.asarray(prompt_mask_BP).sum(axis=1)
     order = np.arange(b) if return_state else np.argsort(-lengths, kind='stable')
     groups = prefill_groups(lengths[order], sharding.batch_multiple())
-    if groups and (order != np.arange(b)).any():
+    if groups and (order != np.arange(b)).any():  # sorted here, restored by _output
       prompt_tokens_BP, prompt_mask_BP, prompt_ids_B = (
           np.asarray(x)[order] for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
       rows_R = put((np.argsort(order)[:, None] * n + np.arange(n)).reshape(-1), np.int32)
+  if groups and b % len(groups) == 0 and not isinstance(prompt_mask_BP, jax.Array):
+    fits = np.asarray(prompt_mask_BP).sum(axis=1) <= np.repeat(groups, b // len(groups))
+    if not fits.all():
+      raise ValueError(f'prompt row {int(np.argmin(fits))} is longer than its prefill group\'s '
+                       f'width ({groups})')
   state = prefill(config, params, put(prompt_tokens_BP, np.int32), put(prompt_mask_BP, bool), key,
                   put(prompt_ids_B, np.int32), n=n, max_new_bucket=bucket(max_new_tokens),
                   stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p),

@@ -92,6 +92,11 @@ def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params):
   single = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(), **kw))
   np.testing.assert_array_equal(out.tokens, single.tokens[order])
   np.testing.assert_allclose(out.logprobs, single.logprobs[order], atol=1e-4)
+  # Groups the rows do not fit are refused, naming the row.
+  with pytest.raises(ValueError, match='prompt row 9 is longer'):
+    sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(64, 32), **kw)
+  with pytest.raises(ValueError, match='divides the 16 rows'):
+    sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(64, 64, 64), **kw)
 
 
 def test_decode_step_logits_equal_full_forward(tiny_params):

@@ -220,8 +220,8 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
         extras.append(on_batch(out, state, tokens))
         del state  # the batch's caches are freed before the next batch runs
       parts.append(out)
-      slots += len(rows) // len(groups or [0]) * sum(
-          w - 1 for w in (groups or [sampler.prompt_bucket(p)]))
+      widths = groups or (sampler.prompt_bucket(p),)
+      slots += len(rows) // len(widths) * sum(w - 1 for w in widths)
       for r, i in enumerate(chunk):
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
       offset += len(rows) * n
