@@ -91,9 +91,7 @@ def left_pad(ids, pad_id):
 def decode_times(config, params, tokens, mask, m: int) -> dict:
   """Returns the sampler's greedy decode tokens/s (prefill excluded) and prefill seconds, the
   prompts sorted and prefilled in row groups as `sampler.sample` runs them."""
-  lengths = mask.sum(axis=1)
-  order = np.argsort(-lengths, kind='stable')
-  groups = sampler.prefill_groups(lengths[order])
+  order, groups = sampler.longest_first(mask)
   if groups:
     tokens, mask = tokens[order], mask[order]
   pad = ((0, 0), (sampler.prompt_bucket(tokens.shape[1]) - tokens.shape[1], 0))

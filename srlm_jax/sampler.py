@@ -130,6 +130,14 @@ def prefill_groups(lengths: Sequence[int], multiple: int = 1) -> tuple:
   return widths(groups) if groups > 1 else ()
 
 
+def longest_first(prompt_mask_BP, multiple: int = 1) -> tuple[np.ndarray, tuple]:
+  """Returns (the rows' order longest prompt first, `prefill_groups` of that order) for a
+  host mask: how `sample` runs host prompts."""
+  lengths = np.asarray(prompt_mask_BP).sum(axis=1)
+  order = np.argsort(-lengths, kind='stable')
+  return order, prefill_groups(lengths[order], multiple)
+
+
 CACHE = P(sharding.BATCH, 'tensor', None, None)  # a KV cache layer's keys or values
 
 
@@ -404,9 +412,11 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
                     for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
   rows_R = None
   if groups is None and on_host:
-    lengths = np.asarray(prompt_mask_BP).sum(axis=1)
-    order = np.arange(b) if return_state else np.argsort(-lengths, kind='stable')
-    groups = prefill_groups(lengths[order], sharding.batch_multiple())
+    if return_state:  # its rows keep their order
+      order = np.arange(b)
+      groups = prefill_groups(np.asarray(prompt_mask_BP).sum(axis=1), sharding.batch_multiple())
+    else:
+      order, groups = longest_first(prompt_mask_BP, sharding.batch_multiple())
     if groups and (order != np.arange(b)).any():  # sorted here, restored by _output
       prompt_tokens_BP, prompt_mask_BP, prompt_ids_B = (
           np.asarray(x)[order] for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))

@@ -66,12 +66,16 @@ def test_prefill_groups_halve_while_they_pay():
     assert all(n <= widths[i // size] for i, n in enumerate(lengths))
 
 
-def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params):
+def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params, monkeypatch):
   lengths = [5, 60, 12, 33, 3, 47, 20, 58, 9, 40, 26, 2, 51, 15, 37, 7]
   rows = _prompts(lengths, seed=3)
   tokens, mask = _left_pad(rows)
   assert sampler.prefill_groups(sorted(lengths, reverse=True)) == (64, 32)
   kw = dict(max_new_tokens=12, eos_ids=(5,))
+  ran = []  # the groups each prefill ran with: the automatic ones must be taken
+  prefill = sampler.prefill
+  monkeypatch.setattr(sampler, 'prefill', lambda *a, **k: ran.append(k['groups']) or prefill(
+      *a, **k))
   for extra in (dict(), dict(n=2, temperature=1.0, top_p=0.9)):
     grouped = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, **kw, **extra))
     whole = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(),
@@ -79,6 +83,7 @@ def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params):
     np.testing.assert_array_equal(grouped.tokens, whole.tokens)
     np.testing.assert_array_equal(grouped.lengths, whole.lengths)
     np.testing.assert_allclose(grouped.logprobs, whole.logprobs, atol=1e-5)
+  assert ran == [(64, 32), (), (64, 32), ()]
   # The rows sorted longest first, grouped on 8 devices (groups of 8 rows over 4 batch shards),
   # on sharded device arrays: the same tokens again.
   order = np.argsort([-n for n in lengths], kind='stable')
