@@ -10,7 +10,7 @@ Dh head dim, F MLP hidden dim, V vocabulary, L layers.
 
 One implementation of the layers serves training, prefill and decoding: `layer` (norms, RoPE,
 projections, SwiGLU MLP) takes an `attend_kv` that decides which key slots its queries see and
-keeps the KV cache, and `attend` is the attention over one or more blocks of slots.
+keeps the KV cache, and `attention.attend` is the attention over one or more blocks of slots.
 `transformer` runs the layers over a sequence (a scan without a cache; one by one with one);
 the sampler runs the same `layer` for one token per row. The cache (`init_cache`) is, per
 layer, {'k': [B, K, Dh, S], 'v': [B, K, S, Dh]}: prefill writes the arrays decoding reads (keys
@@ -43,12 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import sharding
+from srlm_jax import attention, sharding
 # head_matmul is part of this module's API (train and judge take logits at chosen positions).
 from srlm_jax.gemm import head_matmul, matmul
 
 Array = jax.Array
-_NEG_INF = float(np.finfo(np.float32).min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,53 +184,6 @@ def mlp(config: LlamaConfig, p, x_BTD: Array) -> Array:
   return dense(sharding.constrain(hidden, sharding.ACTIVATION_FFN), p['down_proj']['kernel'], dt)
 
 
-def _to_block(x_BKGTX: Array, n: int) -> Array:
-  """[B, K, G, ...] per row -> [B/N, K, N*G, ...]: the N consecutive rows of a shared block."""
-  if n == 1:
-    return x_BKGTX
-  b, k, g = x_BKGTX.shape[:3]
-  x = x_BKGTX.reshape((b // n, n, k, g) + x_BKGTX.shape[3:])
-  return jnp.swapaxes(x, 1, 2).reshape((b // n, k, n * g) + x_BKGTX.shape[3:])
-
-
-def _to_rows(x_bKXTX: Array, n: int) -> Array:
-  """The inverse of `_to_block`: [B/N, K, N*G, ...] -> [B, K, G, ...]."""
-  if n == 1:
-    return x_bKXTX
-  b, k, x = x_bKXTX.shape[:3]
-  y = x_bKXTX.reshape((b, k, n, x // n) + x_bKXTX.shape[3:])
-  return jnp.swapaxes(y, 1, 2).reshape((b * n, k, x // n) + x_bKXTX.shape[3:])
-
-
-def attend(q_BKGTd: Array, blocks, dtype) -> Array:
-  """Returns attention [B, K, G, T, Dh] of the queries over blocks of key slots, one softmax.
-
-  Each block is (key_bKdS, val_bKSd, allowed_bTS) with b = B, or b = B / N for a block shared
-  by N consecutive rows (a prompt's keys read once by its N samples: they act as N*G query
-  heads per kv head). Scores are float32. One block is plain softmax(q k^T / sqrt(Dh)) v;
-  several are merged through their running max and sum, with no concatenation.
-  """
-  b, dh = q_BKGTd.shape[0], q_BKGTd.shape[-1]
-  parts = []
-  for key_bKdS, val_bKSd, allowed_bTS in blocks:
-    n = b // key_bKdS.shape[0]
-    scores = jnp.einsum('bkxtd,bkds->bkxts', _to_block(q_BKGTd, n), key_bKdS,
-                        preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
-    parts.append((n, jnp.where(allowed_bTS[:, None, None], scores, _NEG_INF), val_bKSd))
-  if len(parts) == 1:
-    _, scores, val_bKSd = parts[0]
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    return jnp.einsum('bkxts,bksd->bkxtd', probs, val_bKSd)
-  max_BKGT1 = functools.reduce(jnp.maximum, [
-      _to_rows(jnp.max(s, axis=-1, keepdims=True), n) for n, s, _ in parts])
-  total, out = 0.0, 0.0
-  for n, scores, val_bKSd in parts:
-    e = jnp.exp(scores - _to_block(max_BKGT1, n))
-    total = total + _to_rows(jnp.sum(e, axis=-1, keepdims=True), n)
-    out = out + _to_rows(jnp.einsum('bkxts,bksd->bkxtd', e.astype(dtype), val_bKSd), n)
-  return out / total.astype(dtype)
-
-
 def layer(config: LlamaConfig, p, x_BTD: Array, rope_BT1h: tuple[Array, Array], attend_kv):
   """Returns (x after one decoder layer, what attend_kv returned beside its output).
 
@@ -249,7 +201,7 @@ def layer(config: LlamaConfig, p, x_BTD: Array, rope_BT1h: tuple[Array, Array], 
   q = apply_rope(proj('q_proj', h), rope_BT1h)
   key = apply_rope(proj('k_proj', k), rope_BT1h)
   # Heads-major operands [B, K, G, T, Dh], keys [B, K, Dh, T] and values [B, K, T, Dh]: both
-  # products of `attend` are then plain batched matmuls, and the cache keeps this layout.
+  # products of `attention.attend` are then plain batched matmuls; the cache keeps this layout.
   out, cache = attend_kv(q.reshape(b, t, k, h // k, dh).transpose(0, 2, 3, 1, 4),
                          key.transpose(0, 2, 3, 1), proj('v_proj', k).transpose(0, 2, 1, 3))
   out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * dh)
@@ -283,7 +235,7 @@ def self_attention(config: LlamaConfig, kv_mask_BS: Array, cache_index=0, layer_
     # masked for all its queries, so they are left out.
     ends = [s] if blocks == 1 else [(i + 1) * size for i in range(blocks)]
     out = jnp.concatenate([
-        attend(q_BKGTd[:, :, :, i * size:(i + 1) * size],
+        attention.attend(q_BKGTd[:, :, :, i * size:(i + 1) * size],
                [(key_BKdT[..., :end], val_BKTd[:, :, :end],
                  allowed_BTS[:, i * size:(i + 1) * size, :end])], config.dtype)
         for i, end in enumerate(ends)], axis=3)

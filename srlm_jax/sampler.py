@@ -12,7 +12,7 @@ donated, so the cache is updated in place) runs `decode_step` in a `lax.while_lo
 row per step, the prompt's last token first, until every row is done or max_new_tokens are made.
 Each row also has a generation cache of M slots ([R, ...], the same layout): step t writes the
 token it feeds (the last prompt token, then generated token t-1) at slot t. A step runs
-`llama.layer`, the layers of training and prefill; its attention (`llama.attend`) is one softmax
+`llama.layer`, the layers of training and prefill; its attention (`attention.attend`) is one softmax
 over two blocks, the prompt's real (unpadded) slots and the row's own generation slots up to the
 current one. RoPE positions count real tokens only. Sharing the prompt cache makes N samples read
 the prompt's keys and values once per step, not N times: judging (N = 3, prompts of a rubric plus
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srlm_jax import data_io, llama, sharding, token_draw
+from srlm_jax import attention, data_io, llama, sharding, token_draw
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
@@ -183,7 +183,7 @@ def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_
                  jnp.ones((1, t, shared[l]['v'].shape[2]), bool)),
                 (key_BKdT.astype(dt), val_BKTd.astype(dt), own_allowed_BTT)]
       own = {'k': key_BKdT.astype(config.dtype), 'v': val_BKTd.astype(config.dtype)}
-      return llama.attend(q_BKGTd, blocks, dt), own
+      return attention.attend(q_BKGTd, blocks, dt), own
     x_BTD, own = llama.layer(config, llama.layer_params(params, l), x_BTD, rope_BT1h,
                              attend_kv)
     cache.append(own)
@@ -286,7 +286,7 @@ def step_logits(config: llama.LlamaConfig, dparams, state: DecodeState) -> tuple
       if shared is not None:  # one block read once for all R rows
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
                           jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
-      return llama.attend(q_RKG1d, blocks, dt), own
+      return attention.attend(q_RKG1d, blocks, dt), own
     x_R1D, own = llama.layer(config, lp, x_R1D, rope_R11h, attend_kv)
     new_rows.append(own)
   x_RD = llama.rms_norm(x_R1D[:, 0], dparams['final_norm']['scale'], config.norm_eps,
@@ -328,7 +328,7 @@ def continue_rows(config: llama.LlamaConfig, params, state: DecodeState, tokens_
       if shared is not None:
         blocks.insert(0, (shared[l]['k'].astype(dt), shared[l]['v'].astype(dt),
                           jnp.ones((1, 1, shared[l]['v'].shape[2]), bool)))
-      return llama.attend(q_RKGTd, blocks, dt), None
+      return attention.attend(q_RKGTd, blocks, dt), None
     x_RTD, _ = llama.layer(config, llama.layer_params(params, l), x_RTD, rope_RT1h,
                            attend_kv)
   return llama.rms_norm(x_RTD, params['final_norm']['scale'], config.norm_eps, config.dtype)
