@@ -56,7 +56,7 @@ def test_attend_matches_the_formula(t):
     np.testing.assert_allclose(np.asarray(got), _reference(q, chosen), rtol=2e-5, atol=2e-6)
 
 
-def test_decode_scores_are_the_dot_without_one():
+def test_decode_scores_equal_the_dot_without_running_one():
   """One query a row on a CPU takes the sum of products (no dot), equal to the batched dot."""
   rng = np.random.default_rng(0)
   q = rng.standard_normal((B, K, G * 3, 1, DH)).astype(np.float32)
