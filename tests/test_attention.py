@@ -1,7 +1,8 @@
 """attention.attend against the formula softmax(q k^T / sqrt(Dh)) v, written here in numpy.
 
-The decode path (one query a row, on a CPU) computes its scores as a sum of broadcast products,
-not a dot; both paths must give the formula's numbers, shared blocks and masks included.
+The decode path (one query a row, SUM_MIN_ROWS query rows or more, on a CPU) computes its
+scores as a sum of broadcast products, not a dot; both paths must give the formula's numbers,
+shared blocks and masks included.
 """
 
 import jax
