@@ -65,6 +65,12 @@ def attend(q_BKGTd: Array, blocks, dtype) -> Array:
   by N consecutive rows (a prompt's keys read once by its N samples: they act as N*G query
   heads per kv head). Scores are float32. One block is plain softmax(q k^T / sqrt(Dh)) v;
   several are merged through their running max and sum, with no concatenation.
+
+  The max is taken over every block before any exponential. A max and sum per block, rescaled
+  when merged (as flash attention merges), made bench_sampler's batch-64 decode step slower on
+  a 2-core CPU (164-167 -> 181-185 ms), and so did splitting a row's generation slots into
+  32-slot blocks, the ones not written yet skipped by a `cond` (161 -> 270 ms: the cache's
+  slices were copied, and sums of products over 32 slots run slowly).
   """
   b, dh = q_BKGTd.shape[0], q_BKGTd.shape[-1]
   parts = []
