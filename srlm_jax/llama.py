@@ -236,8 +236,8 @@ def self_attention(config: LlamaConfig, kv_mask_BS: Array, cache_index=0, layer_
     ends = [s] if blocks == 1 else [(i + 1) * size for i in range(blocks)]
     out = jnp.concatenate([
         attention.attend(q_BKGTd[:, :, :, i * size:(i + 1) * size],
-               [(key_BKdT[..., :end], val_BKTd[:, :, :end],
-                 allowed_BTS[:, i * size:(i + 1) * size, :end])], config.dtype)
+                         [(key_BKdT[..., :end], val_BKTd[:, :, :end],
+                           allowed_BTS[:, i * size:(i + 1) * size, :end])], config.dtype)
         for i, end in enumerate(ends)], axis=3)
     return out, new_cache
   return attend_kv
