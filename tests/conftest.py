@@ -98,6 +98,22 @@ def pytest_runtest_teardown(item, nextitem):
     compiled_programs.release()
 
 
+# The test files that took a minute or more on the 2-core machine (`--durations=0`, 2026-12-05),
+# longest first. `--dist loadfile` hands whole files to the two workers in collection order, and
+# xdist's default reorder (files with more tests first, off in pytest.ini) left these for last:
+# one worker ran its tests for 1131 s, the other for 1019 s. Run first, they even the workers
+# out (about 1075 s each, by those durations).
+SLOW_FILES = ('test_loop.py', 'test_colabs.py', 'test_grpo_loop.py', 'test_sampler.py',
+              'test_rollout.py', 'test_loop_multihost.py', 'test_guard.py', 'test_guard_run.py',
+              'test_train.py', 'test_console.py', 'test_process.py', 'test_hf_io.py')
+
+
+def pytest_collection_modifyitems(items):
+  """Runs SLOW_FILES first, longest first; every file keeps its tests' order (a stable sort)."""
+  rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_unconfigure(config):
   del config  # unused
   if _OWN_XLA_CACHE:

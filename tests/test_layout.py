@@ -193,3 +193,18 @@ def test_line_limit_exceptions_are_still_over():
            or _lines(p) <= MAX_LINES]
   assert not stale, (f'now within {MAX_LINES} lines or gone (remove from OVER_LINES in '
                      f'{__file__}): {stale}')
+
+
+def test_slow_files_run_first_and_exist():
+  import conftest  # pylint: disable=g-import-not-at-top
+  missing = [f for f in conftest.SLOW_FILES
+             if not os.path.isfile(os.path.join(ROOT, 'tests', f))]
+  assert not missing, f'renamed or removed (update SLOW_FILES in tests/conftest.py): {missing}'
+
+  class Item:
+    def __init__(self, name):
+      self.path = type('Path', (), {'name': name})()
+  items = [Item(n) for n in ('test_a.py', 'test_loop.py', 'test_a.py', 'test_colabs.py')]
+  conftest.pytest_collection_modifyitems(items)
+  assert [i.path.name for i in items] == ['test_loop.py', 'test_colabs.py', 'test_a.py',
+                                          'test_a.py']
