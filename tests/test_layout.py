@@ -12,6 +12,7 @@ to-do. An exception that no longer occurs is an error too, so the lists only shr
 
 import ast
 import os
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = 'srlm_jax'
@@ -200,11 +201,8 @@ def test_slow_files_run_first_and_exist():
   missing = [f for f in conftest.SLOW_FILES
              if not os.path.isfile(os.path.join(ROOT, 'tests', f))]
   assert not missing, f'renamed or removed (update SLOW_FILES in tests/conftest.py): {missing}'
-
-  class Item:
-    def __init__(self, name):
-      self.path = type('Path', (), {'name': name})()
-  items = [Item(n) for n in ('test_a.py', 'test_loop.py', 'test_a.py', 'test_colabs.py')]
+  items = [types.SimpleNamespace(path=types.SimpleNamespace(name=n))
+           for n in ('test_a.py', 'test_loop.py', 'test_a.py', 'test_colabs.py')]
   conftest.pytest_collection_modifyitems(items)
   assert [i.path.name for i in items] == ['test_loop.py', 'test_colabs.py', 'test_a.py',
                                           'test_a.py']
