@@ -90,17 +90,21 @@ def left_pad(ids, pad_id):
 
 def decode_times(config, params, tokens, mask, m: int) -> dict:
   """Returns the sampler's greedy decode tokens/s (prefill excluded) and prefill seconds, the
-  prompts sorted and prefilled in row groups as `sampler.sample` runs them."""
-  order, groups = sampler.longest_first(mask)
-  if groups:
-    tokens, mask = tokens[order], mask[order]
+  prompts packed, or sorted and prefilled in row groups, as `sampler.sample` runs them."""
+  packing = sampler.pack_plan(mask.sum(axis=1), sampler.prompt_bucket(tokens.shape[1]) - 1)
+  groups = ()
+  if packing is None:
+    order, groups = sampler.longest_first(mask)
+    if groups:
+      tokens, mask = tokens[order], mask[order]
   pad = ((0, 0), (sampler.prompt_bucket(tokens.shape[1]) - tokens.shape[1], 0))
   tokens, mask = jnp.asarray(np.pad(tokens, pad)), jnp.asarray(np.pad(mask, pad))
+  packing = None if packing is None else jnp.asarray(packing)
   mode, knobs = token_draw.make_mode(), token_draw.make_knobs(max_new_tokens=m)
   ids = jnp.arange(tokens.shape[0], dtype=jnp.int32)
   prefill = lambda: jax.block_until_ready(sampler.prefill(
       config, params, tokens, mask, jax.random.key(0), ids, n=1,
-      max_new_bucket=sampler.bucket(m), groups=groups))
+      max_new_bucket=sampler.bucket(m), groups=groups, packing=packing))
   decode = lambda state: jax.block_until_ready(sampler.decode(config, params, state, knobs, mode))
   prefill_s, decode_s = [], []
   for _ in range(2):  # the calls of `sample` above compiled both

@@ -56,6 +56,11 @@ FINE_BUCKET = 128
 # tokens) take 8128 slots in one group, 6080 in two (-25%), 5568 in four (-8%: not taken).
 GROUP_GAIN = 0.2
 MIN_GROUP_ROWS = 8
+# Packing (`pack_plan`) goes further: every prompt's prefill tokens are laid end to end in rows
+# of the Q prompt cache slots, first fit longest first, each prompt attending only to its own
+# tokens, and one program runs them all. bench_sampler's 64 prompts take 38 such rows, 40 with the
+# row count rounded as `pack_rows` rounds it: 5080 slots (against 6080 in two groups, 8128 in
+# one). Packing is taken when it cuts the slots of one group by GROUP_GAIN.
 
 
 class StopReason(enum.IntEnum):
@@ -138,6 +143,50 @@ def longest_first(prompt_mask_BP, multiple: int = 1) -> tuple[np.ndarray, tuple]
   return order, prefill_groups(lengths[order], multiple)
 
 
+def pack_rows(n: int, multiple: int = 1) -> int:
+  """Returns the packed row count for n rows of prompts: n rounded up to a quarter of its power
+  of two (38 -> 40, 18 -> 20, 5 -> 5) and to a multiple of `multiple` (the mesh's batch
+  shards), so that batches of similar prompts share one compiled prefill."""
+  step = max(1, 1 << max(int(n).bit_length() - 3, 0))
+  step = int(np.lcm(step, max(int(multiple), 1)))
+  return -(-int(n) // step) * step
+
+
+def pack_plan(lengths: Sequence[int], width: int, multiple: int = 1):
+  """Returns the packed prefill layout of prompts, or None when packing does not pay.
+
+  `lengths` are the rows' real prompt lengths (a prompt's last token is decode's first input,
+  so it prefills length - 1 tokens), `width` = Q, the prompt cache slots of the padded batch.
+  The layout is an int32 [R', Q] array: each packed slot's flat index b * Q + j into the
+  left-padded [B, Q] prefill tokens (a prompt's tokens keep their order and stay together in one
+  packed row), -1 for padding. Rows are filled first fit, longest prompt first, and R' is
+  `pack_rows` of their count. None when R' * Q would not cut B * Q by GROUP_GAIN.
+  """
+  lengths = [int(x) for x in lengths]
+  b = len(lengths)
+  if any(n - 1 > width for n in lengths):
+    raise ValueError(f'prompt row {int(np.argmax(lengths))} has {max(lengths)} tokens: more '
+                     f'than the {width + 1} of its batch\'s prompt bucket')
+  free, placed = [], []  # free slots per packed row; (row, packed row, offset) per prompt
+  for row in sorted(range(b), key=lambda i: -lengths[i]):
+    n = lengths[row] - 1
+    if n <= 0:
+      continue
+    r = next((i for i, f in enumerate(free) if f >= n), len(free))
+    if r == len(free):
+      free.append(width)
+    placed.append((row, r, width - free[r]))
+    free[r] -= n
+  rows = pack_rows(max(len(free), 1), multiple)
+  if rows * width > (1 - GROUP_GAIN) * b * width:
+    return None
+  plan = np.full((rows, width), -1, np.int32)
+  for row, r, offset in placed:
+    n = lengths[row] - 1
+    plan[r, offset:offset + n] = row * width + np.arange(width - n, width)
+  return plan
+
+
 CACHE = P(sharding.BATCH, 'tensor', None, None)  # a KV cache layer's keys or values
 
 
@@ -164,15 +213,18 @@ def prefill_prefix(config: llama.LlamaConfig, params, prefix_tokens_1S: Array) -
 
 
 def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_BT: Array,
-                 mask_BT: Array, shared: tuple) -> tuple[Array, tuple]:
+                 mask_BT: Array, shared: tuple, segment_ids_BT=None) -> tuple[Array, tuple]:
   """Returns (final-norm hidden states [B, T, D], their T-slot cache) of sequences whose
   tokens follow the shared prefix (`prefill_prefix`'s cache), positions counted after it.
 
   Each layer's attention is one softmax over two blocks: the shared prefix (every slot, read
-  once for the B rows) and the sequence's own slots, causal and without its padding.
+  once for the B rows) and the sequence's own slots, causal, without its padding and, with
+  `segment_ids_BT` (packed prompts), within the query's segment.
   """
   b, t = tokens_BT.shape
   own_allowed_BTT = (jnp.tril(jnp.ones((t, t), bool))[None] & mask_BT[:, None, :])
+  if segment_ids_BT is not None:
+    own_allowed_BTT &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
   x_BTD = sharding.constrain(llama.embed(config, params, tokens_BT), sharding.ACTIVATION)
   rope_BT1h = llama.rope(config, positions_BT)
   cache = []
@@ -195,7 +247,8 @@ def after_prefix(config: llama.LlamaConfig, params, tokens_BT: Array, positions_
                                              'pad_id', 'length', 'groups'))
 def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_mask_BP: Array,
             key: Array, prompt_ids_B: Array, *, n: int, max_new_bucket: int, stop_width: int = 1,
-            pad_id: int = 0, length: int = 0, groups: tuple = (), shared=None) -> DecodeState:
+            pad_id: int = 0, length: int = 0, groups: tuple = (), shared=None,
+            packing=None) -> DecodeState:
   """Returns the decode state after one pass over the prompts (all but their last token).
 
   The prompts are first left-padded to `length` tokens when it is longer than they are. With
@@ -203,26 +256,35 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   their positions start at S0 and they attend to it. With `groups` (`prefill_groups`' widths),
   the rows run in len(groups) equal consecutive groups, group g on its last groups[g] tokens
   (its rows' prompts must fit them), and the groups' caches are left-padded to the widest.
+  With `packing` (`pack_plan`'s [R', Q] layout of the padded prompts, on the device), the
+  prompts' tokens run packed in R' rows, each attending only to its own, and their cache is then
+  gathered back into the rows' left-padded layout (zeros in the padding slots).
   """
   pad = ((0, 0), (max(length - prompt_tokens_BP.shape[1], 0), 0))
   prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
   mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
+  if packing is not None and (groups or packing.shape[1] != p - 1):
+    raise ValueError(f'a packed prefill has no groups and rows of the {p - 1} prompt cache '
+                     f'slots; got groups {groups} and rows of {packing.shape[1]}')
   if groups and (b % len(groups) or max(groups) > p):
     raise ValueError(f'prefill groups {groups}: need widths of at most the {p} prompt slots '
                      f'and a number of groups that divides the {b} rows')
   s0 = 0 if shared is None else shared[0]['v'].shape[2]
   positions_BP = llama.default_positions(mask_BP) + s0
   # Only the cache is kept: no output head runs.
-  def run(tokens_BT, positions_BT, mask_BT):
+  def run(tokens_BT, positions_BT, mask_BT, segment_ids_BT=None):
     if shared is None:
       return llama.transformer(
           config, params, tokens_BT, positions_BT, mask_BT, cache=_constrain_cache(
               llama.init_cache(config, tokens_BT.shape[0], tokens_BT.shape[1])),
-          cache_index=0, hidden_only=True)[1]
-    return after_prefix(config, params, tokens_BT, positions_BT, mask_BT, shared)[1]
+          cache_index=0, segment_ids=segment_ids_BT, hidden_only=True)[1]
+    return after_prefix(config, params, tokens_BT, positions_BT, mask_BT, shared,
+                        segment_ids_BT)[1]
   inputs = (prompt_tokens_BP[:, :-1], positions_BP[:, :-1], mask_BP[:, :-1])
-  if not groups:
+  if packing is not None:
+    prompt_cache = _packed_prefill(run, inputs, packing, pad_id)
+  elif not groups:
     prompt_cache = run(*inputs)
   else:
     size = b // len(groups)
@@ -250,6 +312,27 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
       tokens_RM=jnp.full((r, m), pad_id, jnp.int32), logprobs_RM=jnp.zeros((r, m), jnp.float32),
       done_R=jnp.zeros((r,), bool), length_R=jnp.zeros((r,), jnp.int32),
       reason_R=jnp.full((r,), int(StopReason.MAX_TOKENS), jnp.int32))
+
+
+def _packed_prefill(run, inputs, packing_RQ: Array, pad_id: int) -> tuple:
+  """Returns `run`'s cache of the [B, Q] inputs (tokens, positions, mask) run packed as
+  `pack_plan` laid them out, in the inputs' [B, Q] layout."""
+  tokens_BQ, positions_BQ, mask_BQ = inputs
+  (b, q), valid_RQ = tokens_BQ.shape, packing_RQ >= 0
+  index_RQ = jnp.maximum(packing_RQ, 0)
+  take = lambda x_BQ, fill: jnp.where(valid_RQ, x_BQ.reshape(-1)[index_RQ], fill)
+  packed = run(take(tokens_BQ, pad_id), take(positions_BQ, 0), valid_RQ,
+               jnp.where(valid_RQ, index_RQ // q, -1))  # a prompt's segment id is its row
+  # Each [B, Q] slot's packed slot (the layout inverted); padding slots read slot 0, then 0.
+  source = jnp.zeros((b * q,), jnp.int32).at[jnp.where(valid_RQ, packing_RQ, b * q)].set(
+      jnp.arange(packing_RQ.size, dtype=jnp.int32).reshape(packing_RQ.shape), mode='drop')
+
+  def unpack(c, axis):  # [R', ...] with the Q slots on `axis` -> [B, ...] likewise
+    c = jnp.moveaxis(c, axis, 1)
+    c = c.reshape((-1,) + c.shape[2:])[source].reshape((b, q) + c.shape[2:])
+    c = jnp.where(mask_BQ.reshape((b, q) + (1,) * (c.ndim - 2)), c, jnp.zeros((), c.dtype))
+    return jnp.moveaxis(c, 1, axis)
+  return tuple({'k': unpack(c['k'], 3), 'v': unpack(c['v'], 2)} for c in packed)
 
 
 def split_layers(params) -> dict:
@@ -380,7 +463,8 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
            max_new_tokens: int, n: int = 1, temperature: float = 0.0, top_k: int = 0,
            top_p: float = 1.0, min_p: float = 0.0, eos_ids: Sequence[int] = (),
            stop_seqs: Sequence[Sequence[int]] = (), pad_id: int = 0,
-           prompt_ids_B=None, shared=None, return_state: bool = False, groups=None):
+           prompt_ids_B=None, shared=None, return_state: bool = False, groups=None,
+           packing=None):
   """Returns n samples per left-padded prompt (prompt-major rows), from one prefill per prompt.
 
   Call it from the host (under `jax.set_mesh` for a sharded run): the float settings pick the
@@ -390,10 +474,12 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   without that prefix. With `return_state`, returns (SampleOutput, the final DecodeState), whose
   cache `continue_rows` reads.
 
-  `groups` are `prefill`'s row groups (`prefill_groups` of the rows' lengths). By default they
-  are chosen here when the prompts are host arrays: the rows are sorted longest first (not when
-  the state is returned, whose rows keep their order), grouped, and the output is returned in
-  the rows' order. A row's tokens do not depend on the grouping.
+  `packing` is `prefill`'s packed layout (`pack_plan` of the rows' lengths at the prompt
+  bucket), `groups` its row groups (`prefill_groups`). By default, for host prompts, the prompts
+  are packed when packing pays; if not, the rows are sorted longest first (not when the state is
+  returned, whose rows keep their order), grouped when that pays, and the output is returned in
+  the rows' order. `packing=False`, or explicit groups (`()`: one), turn packing off. A row's
+  tokens do not depend on the packing or grouping.
   """
   b, p = np.shape(prompt_tokens_BP)
   if max_new_tokens < 1 or n < 1:
@@ -411,6 +497,12 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   on_host = not any(isinstance(x, jax.Array)
                     for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
   rows_R = None
+  if groups is None and packing is None and on_host:
+    packing = pack_plan(np.asarray(prompt_mask_BP).sum(axis=1), prompt_bucket(p) - 1,
+                        sharding.batch_multiple())
+  packing = None if packing is False else packing
+  if packing is not None:
+    groups = ()
   if groups is None and on_host:
     if return_state:  # its rows keep their order
       order = np.arange(b)
@@ -429,7 +521,8 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   state = prefill(config, params, put(prompt_tokens_BP, np.int32), put(prompt_mask_BP, bool), key,
                   put(prompt_ids_B, np.int32), n=n, max_new_bucket=bucket(max_new_tokens),
                   stop_width=mode.stop_width, pad_id=mode.pad_id, length=prompt_bucket(p),
-                  groups=tuple(groups or ()), shared=shared)
+                  groups=tuple(groups or ()), shared=shared,
+                  packing=None if packing is None else put(packing, np.int32))
   knobs = token_draw.make_knobs(max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, min_p=min_p)
   state = decode(config, params, state, knobs, mode)

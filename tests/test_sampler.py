@@ -77,7 +77,8 @@ def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params, monk
   monkeypatch.setattr(sampler, 'prefill', lambda *a, **k: ran.append(k['groups']) or prefill(
       *a, **k))
   for extra in (dict(), dict(n=2, temperature=1.0, top_p=0.9)):
-    grouped = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, **kw, **extra))
+    grouped = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, packing=False,
+                                            **kw, **extra))
     whole = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(),
                                           **kw, **extra))
     np.testing.assert_array_equal(grouped.tokens, whole.tokens)
@@ -102,6 +103,84 @@ def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params, monk
     sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(64, 32), **kw)
   with pytest.raises(ValueError, match='divides the 16 rows'):
     sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(64, 64, 64), **kw)
+
+
+def test_pack_plan_lays_each_prompt_out_once_in_order():
+  rng = np.random.default_rng(1)
+  for b, width, multiple in [(16, 63, 1), (64, 127, 1), (64, 127, 4), (24, 95, 3)]:
+    lengths = rng.integers(1, width + 2, b)
+    plan = sampler.pack_plan(lengths, width, multiple)
+    if plan is None:  # packing did not pay: the rows it would take
+      continue
+    rows, cols = np.divmod(plan[plan >= 0], width)
+    # Every prefill token (a prompt's all but its last, right-aligned in the [B, Q] layout)
+    # appears exactly once.
+    want = sorted((r, c) for r in range(b) for c in range(width - lengths[r] + 1, width))
+    assert sorted(zip(rows.tolist(), cols.tolist())) == want
+    for r in range(b):  # contiguous and in order, in one packed row
+      hits = np.argwhere(plan // width == r)
+      hits = hits[plan[tuple(hits.T)] >= 0]
+      if len(hits):
+        assert len(set(hits[:, 0])) == 1 and (np.diff(hits[:, 1]) == 1).all()
+        assert (np.diff(plan[tuple(hits.T)]) == 1).all()
+    assert plan.shape[0] % multiple == 0 and plan.shape[0] == sampler.pack_rows(
+        plan.shape[0], multiple)
+    assert plan.size <= (1 - sampler.GROUP_GAIN) * b * width
+  # bench_sampler's MT-Bench mix: 38 rows of 127 slots, rounded to 40.
+  assert [sampler.pack_rows(n) for n in (1, 5, 7, 8, 9, 18, 38, 64)] == [1, 5, 7, 8, 10, 20, 40,
+                                                                      64]
+  assert sampler.pack_rows(5, multiple=4) == 8
+  assert sampler.pack_plan([100, 120, 110, 128], 127) is None  # one prompt a row: no gain
+  assert sampler.pack_plan([20] * 8, 63).shape == (3, 63)  # 3 prompts of 19 tokens a row
+  with pytest.raises(ValueError, match='prompt row 2 has 70 tokens'):
+    sampler.pack_plan([20, 30, 70], 63)
+
+
+def test_packed_prefill_gives_the_rows_their_unpacked_tokens(tiny_params, monkeypatch):
+  lengths = [5, 60, 12, 33, 3, 47, 20, 58, 9, 40, 26, 2, 51, 15, 37, 7]
+  tokens, mask = _left_pad(_prompts(lengths, seed=3))
+  plan = sampler.pack_plan(lengths, 63)
+  assert plan.shape == (7, 63) and (plan >= 0).sum() == sum(lengths) - len(lengths)
+  kw = dict(max_new_tokens=12, eos_ids=(5,))
+  ran = []  # each prefill's packed rows: the automatic packing must be taken
+  prefill = sampler.prefill
+  monkeypatch.setattr(sampler, 'prefill', lambda *a, **k: ran.append(
+      None if k['packing'] is None else k['packing'].shape) or prefill(*a, **k))
+  for extra in (dict(), dict(n=2, temperature=1.0, top_p=0.9)):
+    packed = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, **kw, **extra))
+    whole = jax.device_get(sampler.sample(TINY, tiny_params, tokens, mask, 4, groups=(),
+                                          **kw, **extra))
+    np.testing.assert_array_equal(packed.tokens, whole.tokens)
+    np.testing.assert_array_equal(packed.lengths, whole.lengths)
+    np.testing.assert_allclose(packed.logprobs, whole.logprobs, atol=1e-5)
+    greedy = whole if not extra else greedy
+  assert ran == [(7, 63), None, (7, 63), None]
+  # The prompt cache, gathered back from the packed rows: the unpacked one at every real slot,
+  # zeros in the padding.
+  bucket = np.pad(tokens, ((0, 0), (4, 0))), np.pad(mask, ((0, 0), (4, 0)))
+  args = (TINY, tiny_params, *map(jnp.asarray, bucket), jax.random.key(0),
+          jnp.arange(16, dtype=jnp.int32))
+  a = prefill(*args, n=1, max_new_bucket=32, packing=jnp.asarray(plan)).cache['prompt']
+  b = prefill(*args, n=1, max_new_bucket=32).cache['prompt']
+  real = bucket[1][:, :-1]
+  for la, lb in zip(a, b):
+    np.testing.assert_allclose(la['k'] * real[:, None, None], lb['k'] * real[:, None, None],
+                               atol=1e-6)
+    np.testing.assert_allclose(la['v'] * real[:, None, :, None],
+                               lb['v'] * real[:, None, :, None], atol=1e-6)
+    assert not np.asarray(la['k'])[~np.broadcast_to(real[:, None, None], la['k'].shape)].any()
+  # On 8 devices (8 packed rows over 4 batch shards), sharded device arrays: the same tokens.
+  mesh = sharding.make_mesh(2, 2, 2)
+  params = jax.device_put(tiny_params, sharding.param_shardings(mesh, tiny_params))
+  with jax.set_mesh(mesh):
+    plan4 = sampler.pack_plan(lengths, 63, sharding.batch_multiple())
+    assert plan4.shape == (8, 63)
+    t, m, p4 = sharding.shard_batch(mesh, tokens, mask, plan4)
+    out = jax.device_get(sampler.sample(TINY, params, t, m, 4, packing=p4, **kw))
+  np.testing.assert_array_equal(out.tokens, greedy.tokens)
+  np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-4)
+  with pytest.raises(ValueError, match='a packed prefill has no groups'):
+    sampler.sample(TINY, tiny_params, tokens, mask, 4, packing=plan[:, :40], **kw)
 
 
 def test_decode_step_logits_equal_full_forward(tiny_params):

@@ -212,19 +212,24 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
                                                           batch_size)
       rows = chunk + [chunk[-1]] * (-(-b // multiple) * multiple - len(chunk))
       p = max(len(rest[i]) for i in rows)
-      groups = sampler.prefill_groups([len(rest[i]) for i in rows], multiple)
+      # Packed when that pays, else in row groups when those do (`sampler.pack_plan`).
+      packing = sampler.pack_plan([len(rest[i]) for i in rows], sampler.prompt_bucket(p) - 1,
+                                  multiple)
+      groups = (() if packing is not None
+                else sampler.prefill_groups([len(rest[i]) for i in rows], multiple))
       tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
                                rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
       out = sampler.sample(model.config, model.params, tokens, mask, key, prompt_ids_B=pids,
                            shared=shared, return_state=on_batch is not None, groups=groups,
-                           **settings)
+                           packing=None if packing is None else put(packing)[0], **settings)
       if on_batch is not None:
         out, state = out
         extras.append(on_batch(out, state, tokens))
         del state  # the batch's caches are freed before the next batch runs
       parts.append(out)
       widths = groups or (sampler.prompt_bucket(p),)
-      slots += len(rows) // len(widths) * sum(w - 1 for w in widths)
+      slots += (packing.size if packing is not None
+                else len(rows) // len(widths) * sum(w - 1 for w in widths))
       for r, i in enumerate(chunk):
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
       offset += len(rows) * n
