@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import srlm_jax
-from srlm_jax import llama, sampler, token_draw
+from srlm_jax import llama, rollout, sampler, token_draw
 from bench_util import matmul_peak, timed, torch_model, write_json  # launch/, beside this file
 
 FLAGS = flags.FLAGS
@@ -88,9 +88,10 @@ def left_pad(ids, pad_id):
   return tokens, mask
 
 
-def decode_times(config, params, tokens, mask, m: int) -> dict:
+def decode_times(config, params, tokens, mask, m: int, prefix=None) -> dict:
   """Returns the sampler's greedy decode tokens/s (prefill excluded) and prefill seconds, the
-  prompts packed, or sorted and prefilled in row groups, as `sampler.sample` runs them."""
+  prompts packed, or sorted and prefilled in row groups, as `sampler.sample` runs them, after
+  the shared `prefix` ([1, S0] ids; the prompts are what follows it) when there is one."""
   packing = sampler.pack_plan(mask.sum(axis=1), sampler.prompt_bucket(tokens.shape[1]) - 1)
   groups = ()
   if packing is None:
@@ -104,7 +105,8 @@ def decode_times(config, params, tokens, mask, m: int) -> dict:
   ids = jnp.arange(tokens.shape[0], dtype=jnp.int32)
   prefill = lambda: jax.block_until_ready(sampler.prefill(
       config, params, tokens, mask, jax.random.key(0), ids, n=1,
-      max_new_bucket=sampler.bucket(m), groups=groups, packing=packing))
+      max_new_bucket=sampler.bucket(m), groups=groups, packing=packing,
+      shared=None if prefix is None else sampler.prefill_prefix(config, params, prefix)))
   decode = lambda state: jax.block_until_ready(sampler.decode(config, params, state, knobs, mode))
   prefill_s, decode_s = [], []
   for _ in range(2):  # the calls of `sample` above compiled both
@@ -165,15 +167,23 @@ def main(argv):
         f'GB/s (copy) {read_bw / 1e9:.1f} GB/s (matvec read), {os.cpu_count()} CPUs')
   rows = []
   for b in [int(x) for x in FLAGS.batch_sizes]:
-    tokens, mask = left_pad(prompt_ids(model, b, FLAGS.max_prompt_len), pad_id)
+    ids = [np.asarray(x) for x in prompt_ids(model, b, FLAGS.max_prompt_len)]
+    tokens, mask = left_pad(ids, pad_id)  # the whole prompts: the reference's, the floors'
+    # The sampler runs them as `rollout.sample` does: the prefix every prompt starts with (the
+    # chat template's system header), when it is long enough, prefilled once for all.
+    s0 = rollout.shared_prefix_length(ids)
+    rest_tokens, rest_mask = left_pad([x[s0:] for x in ids], pad_id)
+    prefix = jnp.asarray([ids[0][:s0]], jnp.int32) if s0 else None
     run = lambda: jax.block_until_ready(sampler.sample(
-        config, model.params, tokens, mask, 0, max_new_tokens=m).tokens)
+        config, model.params, rest_tokens, rest_mask, 0, max_new_tokens=m,
+        shared=None if prefix is None else sampler.prefill_prefix(config, model.params, prefix)
+    ).tokens)
     _, first = timed(run)
     out, t_ours = timed(run)
     assert out.shape == (b, m)
-    row = {'batch': b, 'prompt_len': tokens.shape[1], 'new_tokens': m,
+    row = {'batch': b, 'prompt_len': tokens.shape[1], 'shared_prefix': s0, 'new_tokens': m,
            'ours_tok_s': b * m / t_ours, 'compile_s': max(first - t_ours, 0.0)}
-    row.update(decode_times(config, model.params, tokens, mask, m))
+    row.update(decode_times(config, model.params, rest_tokens, rest_mask, m, prefix))
     if reference is not None:
       ids, att = torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
       gen = lambda n: reference.generate(input_ids=ids, attention_mask=att, max_new_tokens=n,
@@ -211,7 +221,7 @@ def main(argv):
       row['ceiling_ratio'] = row['ceiling_tok_s'] / row['transformers_tok_s']
     rows.append(row)
     print(json.dumps(row))
-  cols = ['batch', 'prompt_len', 'ours_tok_s', 'decode_tok_s', 'prefill_s', 'transformers_tok_s',
+  cols = ['batch', 'prompt_len', 'shared_prefix', 'ours_tok_s', 'decode_tok_s', 'prefill_s', 'transformers_tok_s',
           'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s',
           'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction',
           'matmul_step_ms', 'kv_read_step_ms', 'ceiling_tok_s', 'ceiling_ratio',

@@ -23,7 +23,10 @@ then 128 * {1, 1.25, 1.5, 1.75} * 2^i (the bucket pads a prompt by under a fifth
 tokens, under a third below: prefill and every decode step scale with P), and buffers to
 M = bucket(max_new), powers of two from 32, so a run compiles once per (batch, P, M) and
 sampling mode (`token_draw.Mode`; temperature, top_p, min_p and max_new_tokens are device
-scalars, no recompile when they change).
+scalars, no recompile when they change). A batch of prompts of mixed lengths is prefilled packed
+(`pack_plan`: the prompts end to end in fewer rows of Q slots, each attending to its own
+tokens), or failing that in row groups (`prefill_groups`), when either cuts the padding enough;
+the prompt cache decode reads keeps the left-padded [B, Q] layout either way.
 
 Each step draws its tokens with `token_draw.next_token` (the filters, in Hugging Face's order).
 Row j of prompt i uses the key fold_in(key, prompt_id_i * N + j), so a sample does not depend on

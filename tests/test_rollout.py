@@ -227,11 +227,12 @@ JUDGE_PROMPTS = [RUBRIC + f'Question: {q}\nResponse: {a}' for q, a in [
 
 def test_shared_prefix_length():
   ids = [np.arange(100), np.r_[np.arange(70), [5, 6]], np.arange(90)]
-  assert rollout.shared_prefix_length(ids) == 64  # 70 common tokens, down to a multiple of 16
+  assert rollout.shared_prefix_length(ids) == 64  # 70 common tokens, down to a multiple of 8
   assert rollout.shared_prefix_length(ids, minimum=80) == 0
   assert rollout.shared_prefix_length(ids[:1]) == 0  # one prompt: nothing to share
   # Every prompt keeps its last token (decode's first input) out of the prefix.
-  assert rollout.shared_prefix_length([np.arange(48), np.arange(48)]) == 32
+  assert rollout.shared_prefix_length([np.arange(48), np.arange(48)]) == 40
+  assert rollout.shared_prefix_length([np.arange(20), np.arange(15)]) == 0  # 14 < SHARE_MIN
 
 
 @pytest.mark.parametrize('temperature', [0.0, 0.7])

@@ -38,14 +38,16 @@ DECODE_CACHE_BYTES = 1 << 31
 # (a question, a response and a judgment, up to ~1500 tokens) in 64-prompt batches took 24 GB
 # and were killed on a 24 GB CPU machine; with this bound the same run peaked at 12.7 GB.
 PREFILL_SCORES = 1 << 25
-# A token prefix every prompt of a call starts with (a judge's rubric, a few-shot header) is
-# prefilled once when it is at least SHARE_MIN tokens; its length is rounded down to a multiple
-# of SHARE_MULTIPLE so that calls whose prefixes differ a little share compiled shapes. Shorter
-# prefixes did not pay: bench_sampler's 64 chat prompts (42-126 tokens) share a 24-token system
-# header; sampled with it prefilled once, a call took 24.9-28.4 s against 25.4-26.7 s without
-# (2026-12-05): the prefill went 5.5 -> 3.8 s, but every decode step reads one more block.
-SHARE_MIN = 32
-SHARE_MULTIPLE = 16
+# A token prefix every prompt of a call starts with (a judge's rubric, a few-shot header, a chat
+# template's system header) is prefilled once when it is at least SHARE_MIN tokens; its length
+# is rounded down to a multiple of SHARE_MULTIPLE so that calls whose prefixes differ a little
+# share compiled shapes. bench_sampler's 64 chat prompts (42-126 tokens) share a 24-token system
+# header: with the prompts packed (`sampler.pack_plan`), a call took 28.2-30.3 s with it
+# prefilled once against 29.4-31.8 s without, in three pairs on 2026-12-05, each pair faster
+# shared (tokens equal). Before packing the same comparison was within noise (24.9-28.4 s
+# against 25.4-26.7 s), and the bound was 32 tokens in multiples of 16.
+SHARE_MIN = 16
+SHARE_MULTIPLE = 8
 FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'logprobs', 'lengths', 'stop_reason')
 
 
