@@ -2,7 +2,10 @@ r"""Benchmarks the sampler's greedy tokens/s against transformers' `generate` (P
 
 Both sides get the same left-padded chat prompts (MT-Bench first turns), the same fp32 weights,
 greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens, and the same
-CPU threads. Times are whole calls (prefill + decode) measured after a warm-up call; the
+CPU threads. The sampler runs them as `rollout.sample` does: their common prefix (the chat
+template's system header, `shared_prefix`), when long enough, is prefilled once and the rest
+packed (`sampler.pack_plan`). Times are whole calls (prefill + decode) measured after a warm-up
+call; the
 sampler's compile time (first call minus a timed call) is reported on its own, and so are its
 decode loop alone (`decode_tok_s`: generated tokens over the time of `sampler.decode`, the best
 of two runs after its prefill) and its prefill (`prefill_s`). Beside each measurement, the
@@ -10,10 +13,11 @@ floors and the fraction of them reached: compute (2 * params * generated tokens 
 measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt tokens) and
 memory (params + KV cache read once per decode step, at the better of a measured copy and
 matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
-at that peak, its prompts run without padding (2 * params * (generated + real prompt tokens)):
+at that peak, its prompts run without padding and their shared prefix once (2 * params *
+(generated + real prompt tokens)):
 a speed-up over transformers above `unpadded_floor_tok_s / transformers_tok_s` would need more
-than the device's matmul peak. `ceiling_tok_s` is a tighter bound, measured: a prefill of the
-real prompt tokens at that peak, then decode steps that cost only their weight matmuls at that
+than the device's matmul peak. `ceiling_tok_s` is a tighter bound, measured: a prefill of
+those prompt tokens at that peak, then decode steps that cost only their weight matmuls at that
 batch size (timed alone, `matmul_step_ms`) and reading the cache slots written so far at the
 best bandwidth (`kv_read_step_ms`); `ceiling_ratio` and `ceiling_floor_fraction` are the ratio
 over transformers and the fraction of the floor such a sampler would reach.
@@ -200,7 +204,8 @@ def main(argv):
     cache_bytes = b * s * slot_bytes
     compute_floor = 2 * config.num_params * b * m / peak
     prefill_floor = 2 * config.num_params * tokens.size / peak  # the padded prompts, extra
-    unpadded_floor = 2 * config.num_params * (b * m + mask.sum()) / peak
+    unique = int(rest_mask.sum()) + s0  # the prompt tokens to prefill: the shared prefix once
+    unpadded_floor = 2 * config.num_params * (b * m + unique) / peak
     memory_floor = m * (param_bytes + cache_bytes) / bw
     row.update(compute_floor_tok_s=b * m / compute_floor, memory_floor_tok_s=b * m / memory_floor,
                unpadded_floor_tok_s=b * m / float(max(unpadded_floor, memory_floor)),
@@ -212,8 +217,8 @@ def main(argv):
     # ones) at the best bandwidth measured, after a prefill of the real prompt tokens at the
     # matmul peak: a figure above it would need faster matmuls or memory than these.
     matmul_s = matmul_step_seconds(config, model.params, b)
-    kv_s = (int(mask.sum()) + b * (m + 1) / 2) * slot_bytes / bw
-    ceiling = 2 * config.num_params * int(mask.sum()) / peak + m * (matmul_s + kv_s)
+    kv_s = (unique + b * (m + 1) / 2) * slot_bytes / bw
+    ceiling = 2 * config.num_params * unique / peak + m * (matmul_s + kv_s)
     row.update(matmul_step_ms=1e3 * matmul_s, kv_read_step_ms=1e3 * kv_s,
                ceiling_tok_s=b * m / ceiling,
                ceiling_floor_fraction=max(compute_floor, memory_floor) / ceiling)

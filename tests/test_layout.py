@@ -30,7 +30,8 @@ LAYERS = (
               'srlm_jax/store.py')),
     # One decoder and what reads weights and text into it.
     ('models', ('srlm_jax/models/', 'srlm_jax/llama.py', 'srlm_jax/attention.py',
-                'srlm_jax/gemm.py', 'srlm_jax/sampler.py', 'srlm_jax/token_draw.py',
+                'srlm_jax/gemm.py', 'srlm_jax/sampler.py', 'srlm_jax/prompt_layout.py',
+                'srlm_jax/token_draw.py',
                 'srlm_jax/tokenizer.py',
                 'srlm_jax/gguf_tokenizer.py',
                 'srlm_jax/hf_io.py', 'srlm_jax/hf_config.py',
