@@ -5,22 +5,21 @@ greedy decoding with EOS disabled so every row makes exactly --new_tokens tokens
 CPU threads. The sampler runs them as `rollout.sample` does: their common prefix (the chat
 template's system header, `shared_prefix`), when long enough, is prefilled once and the rest
 packed (`sampler.pack_plan`). Times are whole calls (prefill + decode) measured after a warm-up
-call; the
-sampler's compile time (first call minus a timed call) is reported on its own, and so are its
-decode loop alone (`decode_tok_s`: generated tokens over the time of `sampler.decode`, the best
-of two runs after its prefill) and its prefill (`prefill_s`). Beside each measurement, the
-floors and the fraction of them reached: compute (2 * params * generated tokens FLOPs at a
+call; the sampler's compile time (first call minus a timed call) is reported on its own, and so
+are its decode loop alone (`decode_tok_s`: generated tokens over the time of `sampler.decode`,
+the best of two runs after its prefill) and its prefill (`prefill_s`). Beside each measurement,
+the floors and the fraction of them reached: compute (2 * params * generated tokens FLOPs at a
 measured matmul peak; `floor_with_prefill_fraction` adds 2 * params * padded prompt tokens) and
 memory (params + KV cache read once per decode step, at the better of a measured copy and
-matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach
-at that peak, its prompts run without padding and their shared prefix once (2 * params *
-(generated + real prompt tokens)):
-a speed-up over transformers above `unpadded_floor_tok_s / transformers_tok_s` would need more
-than the device's matmul peak. `ceiling_tok_s` is a tighter bound, measured: a prefill of
-those prompt tokens at that peak, then decode steps that cost only their weight matmuls at that
-batch size (timed alone, `matmul_step_ms`) and reading the cache slots written so far at the
-best bandwidth (`kv_read_step_ms`); `ceiling_ratio` and `ceiling_floor_fraction` are the ratio
-over transformers and the fraction of the floor such a sampler would reach.
+matvec-read bandwidth). `unpadded_floor_tok_s` is the most tokens/s any sampler could reach at
+that peak, its prompts run without padding and their shared prefix once (2 * params * (generated
++ real prompt tokens)): a speed-up over transformers above `unpadded_floor_tok_s /
+transformers_tok_s` would need more than the device's matmul peak. `ceiling_tok_s` is a tighter
+bound, measured: a prefill of those prompt tokens at that peak, then decode steps that cost only
+their weight matmuls at that batch size (timed alone, `matmul_step_ms`) and reading the cache
+slots written so far at the best bandwidth (`kv_read_step_ms`); `ceiling_ratio` and
+`ceiling_floor_fraction` are the ratio over transformers and the fraction of the floor such a
+sampler would reach.
 
   python launch/bench_sampler.py --out=/tmp/bench_sampler.json
   python launch/bench_sampler.py --batch_sizes=1,16 --new_tokens=32 --out=/tmp/b.json  # quick
@@ -226,8 +225,9 @@ def main(argv):
       row['ceiling_ratio'] = row['ceiling_tok_s'] / row['transformers_tok_s']
     rows.append(row)
     print(json.dumps(row))
-  cols = ['batch', 'prompt_len', 'shared_prefix', 'ours_tok_s', 'decode_tok_s', 'prefill_s', 'transformers_tok_s',
-          'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s', 'memory_floor_tok_s',
+  cols = ['batch', 'prompt_len', 'shared_prefix', 'ours_tok_s', 'decode_tok_s', 'prefill_s',
+          'transformers_tok_s', 'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s',
+          'memory_floor_tok_s',
           'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction',
           'matmul_step_ms', 'kv_read_step_ms', 'ceiling_tok_s', 'ceiling_ratio',
           'ceiling_floor_fraction']

@@ -44,9 +44,9 @@ import numpy as np
 
 from srlm_jax import attention, llama, sharding, token_draw
 # Prompt buckets, row groups and packing (prompt_layout), also importable from here.
-from srlm_jax.prompt_layout import (FINE_BUCKET, GROUP_GAIN, MIN_BUCKET,  # pylint: disable=unused-import
-                                    MIN_GROUP_ROWS, bucket, longest_first, pack_plan,
-                                    pack_rows, prefill_groups, prompt_bucket)
+from srlm_jax.prompt_layout import (  # pylint: disable=unused-import
+    FINE_BUCKET, GROUP_GAIN, MIN_BUCKET, MIN_GROUP_ROWS, bucket, longest_first, pack_plan,
+    pack_rows, prefill_groups, prompt_bucket)
 
 Array = jax.Array
 P = jax.sharding.PartitionSpec
