@@ -27,9 +27,9 @@ GROUP_GAIN = 0.2
 MIN_GROUP_ROWS = 8
 # Packing (`pack_plan`) goes further: every prompt's prefill tokens are laid end to end in rows
 # of the Q prompt cache slots, first fit longest first, each prompt attending only to its own
-# tokens, and one program runs them all. bench_sampler's 64 prompts take 38 such rows, 40 with the
-# row count rounded as `pack_rows` rounds it: 5080 slots (against 6080 in two groups, 8128 in
-# one). Packing is taken when it cuts the slots of one group by GROUP_GAIN.
+# tokens, and one program runs them all. bench_sampler's 64 whole prompts take 38 such rows, 40
+# with the row count rounded as `pack_rows` rounds it: 5080 slots (against 6080 in two groups,
+# 8128 in one). Packing is taken when it cuts the slots of one group by GROUP_GAIN.
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
