@@ -215,10 +215,9 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
       rows = chunk + [chunk[-1]] * (-(-b // multiple) * multiple - len(chunk))
       p = max(len(rest[i]) for i in rows)
       # Packed when that pays, else in row groups when those do (`sampler.pack_plan`).
-      packing = sampler.pack_plan([len(rest[i]) for i in rows], sampler.prompt_bucket(p) - 1,
-                                  multiple)
-      groups = (() if packing is not None
-                else sampler.prefill_groups([len(rest[i]) for i in rows], multiple))
+      rest_lengths = [len(rest[i]) for i in rows]
+      packing = sampler.pack_plan(rest_lengths, sampler.prompt_bucket(p) - 1, multiple)
+      groups = () if packing is not None else sampler.prefill_groups(rest_lengths, multiple)
       tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
                                rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
       out = sampler.sample(model.config, model.params, tokens, mask, key, prompt_ids_B=pids,
