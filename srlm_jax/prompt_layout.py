@@ -78,45 +78,65 @@ def longest_first(prompt_mask_BP, multiple: int = 1) -> tuple[np.ndarray, tuple]
   return order, prefill_groups(lengths[order], multiple)
 
 
-def pack_rows(n: int, multiple: int = 1) -> int:
+def pack_rows(n: int) -> int:
   """Returns the packed row count for n rows of prompts: n rounded up to a quarter of its power
-  of two (38 -> 40, 18 -> 20, 5 -> 5) and to a multiple of `multiple` (the mesh's batch
-  shards), so that batches of similar prompts share one compiled prefill."""
+  of two (38 -> 40, 18 -> 20, 5 -> 5), so that batches of similar prompts share one compiled
+  prefill."""
   step = max(1, 1 << max(int(n).bit_length() - 3, 0))
-  step = int(np.lcm(step, max(int(multiple), 1)))
   return -(-int(n) // step) * step
 
 
-def pack_plan(lengths: Sequence[int], width: int, multiple: int = 1):
+def deal(rows: Sequence[int], shards: int) -> list:
+  """Returns `rows` dealt to `shards` consecutive blocks as cards are dealt (block s holds rows
+  s, s + shards, ...), so that in a longest-first batch every mesh shard's rows, and so its
+  share of a packed prefill (`pack_plan`), hold prompts of every length. The identity for one
+  shard; len(rows) must be a multiple of `shards`."""
+  rows = list(rows)
+  if len(rows) % shards:
+    raise ValueError(f'{len(rows)} rows do not split into {shards} batch shards')
+  return [r for s in range(shards) for r in rows[s::shards]]
+
+
+def pack_plan(lengths: Sequence[int], width: int, shards: int = 1):
   """Returns the packed prefill layout of prompts, or None when packing does not pay.
 
   `lengths` are the rows' real prompt lengths (a prompt's last token is decode's first input,
   so it prefills length - 1 tokens), `width` = Q, the prompt cache slots of the padded batch.
-  The layout is an int32 [R', Q] array: each packed slot's flat index b * Q + j into the
-  left-padded [B, Q] prefill tokens (a prompt's tokens keep their order and stay together in one
-  packed row), -1 for padding. Rows are filled first fit, longest prompt first, and R' is
-  `pack_rows` of their count. None when R' * Q would not cut B * Q by GROUP_GAIN.
+  The B rows split into `shards` consecutive blocks of B / shards rows (the mesh's batch
+  shards), each packed on its own, so that a block's prompts never leave its device: the layout
+  is an int32 [shards, R, Q] array, block s's R packed rows, each slot the flat index i * Q + j
+  into the block's left-padded [B / shards, Q] prefill tokens (row i of the block), -1 for
+  padding. A prompt's tokens keep their order and stay together in one packed row. Rows are
+  filled first fit, longest prompt first, and R is `pack_rows` of the fullest block's count.
+  None when shards * R * Q would not cut B * Q by GROUP_GAIN.
   """
   lengths = [int(x) for x in lengths]
   b = len(lengths)
   if any(n - 1 > width for n in lengths):
     raise ValueError(f'prompt row {int(np.argmax(lengths))} has {max(lengths)} tokens: more '
                      f'than the {width + 1} of its batch\'s prompt bucket')
-  free, placed = [], []  # free slots per packed row; (row, packed row, offset) per prompt
-  for row in sorted(range(b), key=lambda i: -lengths[i]):
-    n = lengths[row] - 1
-    if n <= 0:
-      continue
-    r = next((i for i, f in enumerate(free) if f >= n), len(free))
-    if r == len(free):
-      free.append(width)
-    placed.append((row, r, width - free[r]))
-    free[r] -= n
-  rows = pack_rows(max(len(free), 1), multiple)
-  if rows * width > (1 - GROUP_GAIN) * b * width:
+  if b % shards:
+    raise ValueError(f'{b} prompt rows do not split into {shards} batch shards')
+  size = b // shards
+  blocks = []  # per block: (row in the block, packed row, offset) per prompt, and the row count
+  for s in range(shards):
+    free, placed = [], []  # free slots per packed row
+    for i in sorted(range(size), key=lambda i: -lengths[s * size + i]):
+      n = lengths[s * size + i] - 1
+      if n <= 0:
+        continue
+      r = next((k for k, f in enumerate(free) if f >= n), len(free))
+      if r == len(free):
+        free.append(width)
+      placed.append((i, r, width - free[r]))
+      free[r] -= n
+    blocks.append((placed, len(free)))
+  rows = pack_rows(max(max(n for _, n in blocks), 1))
+  if shards * rows * width > (1 - GROUP_GAIN) * b * width:
     return None
-  plan = np.full((rows, width), -1, np.int32)
-  for row, r, offset in placed:
-    n = lengths[row] - 1
-    plan[r, offset:offset + n] = row * width + np.arange(width - n, width)
+  plan = np.full((shards, rows, width), -1, np.int32)
+  for s, (placed, _) in enumerate(blocks):
+    for i, r, offset in placed:
+      n = lengths[s * size + i] - 1
+      plan[s, r, offset:offset + n] = i * width + np.arange(width - n, width)
   return plan

@@ -45,7 +45,7 @@ import numpy as np
 from srlm_jax import attention, llama, sharding, token_draw
 # Prompt buckets, row groups and packing (prompt_layout), also importable from here.
 from srlm_jax.prompt_layout import (  # pylint: disable=unused-import
-    FINE_BUCKET, GROUP_GAIN, MIN_BUCKET, MIN_GROUP_ROWS, bucket, longest_first, pack_plan,
+    FINE_BUCKET, GROUP_GAIN, MIN_BUCKET, MIN_GROUP_ROWS, bucket, deal, longest_first, pack_plan,
     pack_rows, prefill_groups, prompt_bucket)
 
 Array = jax.Array
@@ -155,17 +155,19 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
   their positions start at S0 and they attend to it. With `groups` (`prefill_groups`' widths),
   the rows run in len(groups) equal consecutive groups, group g on its last groups[g] tokens
   (its rows' prompts must fit them), and the groups' caches are left-padded to the widest.
-  With `packing` (`pack_plan`'s [R', Q] layout of the padded prompts, on the device), the
-  prompts' tokens run packed in R' rows, each attending only to its own, and their cache is then
-  gathered back into the rows' left-padded layout (zeros in the padding slots).
+  With `packing` (`pack_plan`'s [S, R, Q] layout of the padded prompts, on the device), the
+  prompts' tokens run packed in S * R rows, each attending only to its own, and their cache is
+  then gathered back into the rows' left-padded layout (zeros in the padding slots).
   """
   pad = ((0, 0), (max(length - prompt_tokens_BP.shape[1], 0), 0))
   prompt_tokens_BP = jnp.pad(prompt_tokens_BP.astype(jnp.int32), pad, constant_values=pad_id)
   mask_BP = jnp.pad(prompt_mask_BP.astype(bool), pad)
   (b, p), m = prompt_tokens_BP.shape, max_new_bucket
-  if packing is not None and (groups or packing.shape[1] != p - 1):
-    raise ValueError(f'a packed prefill has no groups and rows of the {p - 1} prompt cache '
-                     f'slots; got groups {groups} and rows of {packing.shape[1]}')
+  if packing is not None and (groups or packing.ndim != 3 or packing.shape[2] != p - 1
+                              or b % packing.shape[0]):
+    raise ValueError(f'a packed prefill has no groups and a [blocks, rows, {p - 1}] layout '
+                     f'(the prompt cache slots) of blocks that divide the {b} rows; got groups '
+                     f'{groups} and a layout of shape {packing.shape}')
   if groups and (b % len(groups) or max(groups) > p):
     raise ValueError(f'prefill groups {groups}: need widths of at most the {p} prompt slots '
                      f'and a number of groups that divides the {b} rows')
@@ -213,22 +215,34 @@ def prefill(config: llama.LlamaConfig, params, prompt_tokens_BP: Array, prompt_m
       reason_R=jnp.full((r,), int(StopReason.MAX_TOKENS), jnp.int32))
 
 
-def _packed_prefill(run, inputs, packing_RQ: Array, pad_id: int) -> tuple:
+def _packed_prefill(run, inputs, packing_SRQ: Array, pad_id: int) -> tuple:
   """Returns `run`'s cache of the [B, Q] inputs (tokens, positions, mask) run packed as
-  `pack_plan` laid them out, in the inputs' [B, Q] layout."""
-  tokens_BQ, positions_BQ, mask_BQ = inputs
-  (b, q), valid_RQ = tokens_BQ.shape, packing_RQ >= 0
-  index_RQ = jnp.maximum(packing_RQ, 0)
-  take = lambda x_BQ, fill: jnp.where(valid_RQ, x_BQ.reshape(-1)[index_RQ], fill)
-  packed = run(take(tokens_BQ, pad_id), take(positions_BQ, 0), valid_RQ,
-               jnp.where(valid_RQ, index_RQ // q, -1))  # a prompt's segment id is its row
-  # Each [B, Q] slot's packed slot (the layout inverted); padding slots read slot 0, then 0.
-  source = jnp.zeros((b * q,), jnp.int32).at[jnp.where(valid_RQ, packing_RQ, b * q)].set(
-      jnp.arange(packing_RQ.size, dtype=jnp.int32).reshape(packing_RQ.shape), mode='drop')
+  `pack_plan` laid them out, in the inputs' [B, Q] layout.
 
-  def unpack(c, axis):  # [R', ...] with the Q slots on `axis` -> [B, ...] likewise
+  Each of the S blocks of B / S rows is gathered into its R packed rows and back by a gather
+  batched over the blocks, which XLA partitions over the mesh's batch shards with no
+  communication when S is their number (a flat gather over all B * Q slots needs all-gathers
+  and collective-permutes)."""
+  tokens_BQ, positions_BQ, mask_BQ = inputs
+  (b, q), (s, r, _) = tokens_BQ.shape, packing_SRQ.shape
+  packing_SRQ = sharding.constrain(packing_SRQ, P(sharding.BATCH))
+  valid_SRQ = packing_SRQ >= 0
+  index_SRQ = jnp.maximum(packing_SRQ, 0)
+  per_block = jax.vmap(lambda x, i: x[i])  # block s's slots x[s] at its indices i[s]
+  flat = lambda x: x.reshape((s * r,) + x.shape[2:])  # [S, R, Q, ...] -> [S * R, Q, ...]
+  take = lambda x_BQ, fill: flat(jnp.where(valid_SRQ, per_block(x_BQ.reshape(s, -1), index_SRQ),
+                                           fill))
+  packed = run(take(tokens_BQ, pad_id), take(positions_BQ, 0), flat(valid_SRQ),
+               flat(jnp.where(valid_SRQ, index_SRQ // q, -1)))  # a prompt's segment: its row
+  # Each [B, Q] slot's packed slot in its block (the layout inverted); padding reads slot 0,
+  # then 0.
+  source_SX = jax.vmap(lambda p, v: jnp.zeros((b // s * q,), jnp.int32).at[
+      jnp.where(v, p, b // s * q)].set(jnp.arange(r * q, dtype=jnp.int32).reshape(r, q),
+                                       mode='drop'))(packing_SRQ, valid_SRQ)
+
+  def unpack(c, axis):  # [S * R, ...] with the Q slots on `axis` -> [B, ...] likewise
     c = jnp.moveaxis(c, axis, 1)
-    c = c.reshape((-1,) + c.shape[2:])[source].reshape((b, q) + c.shape[2:])
+    c = per_block(c.reshape((s, r * q) + c.shape[2:]), source_SX).reshape((b, q) + c.shape[2:])
     c = jnp.where(mask_BQ.reshape((b, q) + (1,) * (c.ndim - 2)), c, jnp.zeros((), c.dtype))
     return jnp.moveaxis(c, 1, axis)
   return tuple({'k': unpack(c['k'], 3), 'v': unpack(c['v'], 2)} for c in packed)
@@ -375,10 +389,11 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
 
   `packing` is `prefill`'s packed layout (`pack_plan` of the rows' lengths at the prompt
   bucket), `groups` its row groups (`prefill_groups`). By default, for host prompts, the prompts
-  are packed when packing pays; if not, the rows are sorted longest first (not when the state is
-  returned, whose rows keep their order), grouped when that pays, and the output is returned in
-  the rows' order. `packing=False`, or explicit groups (`()`: one), turn packing off. A row's
-  tokens do not depend on the packing or grouping.
+  are packed when packing pays, under a mesh each batch shard's rows on their own, the rows
+  first dealt to the shards longest first (`deal`); if packing does not pay, the rows are sorted
+  longest first and grouped when that pays. The state's rows keep their order (no sorting or
+  dealing when it is returned); the output is returned in the rows' order. `packing=False`, or
+  explicit groups (`()`: one), turn packing off. A row's tokens do not depend on the layout.
   """
   b, p = np.shape(prompt_tokens_BP)
   if max_new_tokens < 1 or n < 1:
@@ -395,23 +410,27 @@ def sample(config: llama.LlamaConfig, params, prompt_tokens_BP, prompt_mask_BP, 
   prompt_ids_B = np.arange(b) if prompt_ids_B is None else prompt_ids_B
   on_host = not any(isinstance(x, jax.Array)
                     for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
-  rows_R = None
+  rows_R, order = None, np.arange(b)
+  lengths = np.asarray(prompt_mask_BP).sum(axis=1) if on_host else None
   if groups is None and packing is None and on_host:
-    packing = pack_plan(np.asarray(prompt_mask_BP).sum(axis=1), prompt_bucket(p) - 1,
-                        sharding.batch_multiple())
+    shards = sharding.batch_multiple()
+    shards = shards if b % shards == 0 else 1
+    if shards > 1 and not return_state:  # every shard's rows of every length
+      order = np.asarray(deal(np.argsort(-lengths, kind='stable'), shards))
+    packing = pack_plan(lengths[order], prompt_bucket(p) - 1, shards)
+    order = order if packing is not None else np.arange(b)
   packing = None if packing is False else packing
   if packing is not None:
     groups = ()
   if groups is None and on_host:
     if return_state:  # its rows keep their order
-      order = np.arange(b)
-      groups = prefill_groups(np.asarray(prompt_mask_BP).sum(axis=1), sharding.batch_multiple())
+      groups = prefill_groups(lengths, sharding.batch_multiple())
     else:
       order, groups = longest_first(prompt_mask_BP, sharding.batch_multiple())
-    if groups and (order != np.arange(b)).any():  # sorted here, restored by _output
-      prompt_tokens_BP, prompt_mask_BP, prompt_ids_B = (
-          np.asarray(x)[order] for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
-      rows_R = put((np.argsort(order)[:, None] * n + np.arange(n)).reshape(-1), np.int32)
+  if (groups or packing is not None) and (order != np.arange(b)).any():  # restored by _output
+    prompt_tokens_BP, prompt_mask_BP, prompt_ids_B = (
+        np.asarray(x)[order] for x in (prompt_tokens_BP, prompt_mask_BP, prompt_ids_B))
+    rows_R = put((np.argsort(order)[:, None] * n + np.arange(n)).reshape(-1), np.int32)
   if groups and b % len(groups) == 0 and not isinstance(prompt_mask_BP, jax.Array):
     fits = np.asarray(prompt_mask_BP).sum(axis=1) <= np.repeat(groups, b // len(groups))
     if not fits.all():

@@ -213,6 +213,32 @@ def test_sharded_rollout_equals_the_single_device_one(tiny):
   assert rollout.texts(four, tiny.tokenizer) == rollout.texts(one, tiny.tokenizer)
 
 
+def test_sharded_rollout_packs_each_shards_rows(tiny, monkeypatch):
+  """On a 4-device mesh a batch of prompts of many lengths is packed, each batch shard's rows on
+  their own, the rows dealt to the shards: the single-device rollout's tokens, and on_batch's
+  rows in the prompts' order."""
+  from srlm_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
+  sharded = srlm_jax.load('tiny', mesh=mesh)
+  prompts = [' '.join(['colour'] * k) for k in (3, 60, 9, 25, 1, 33, 14, 50, 41, 6, 19, 28)]
+  ids, _ = rollout.encode_prompts(tiny, prompts, max_new_tokens=8)
+  plans = []
+  pack_plan = sampler.pack_plan
+  monkeypatch.setattr(sampler, 'pack_plan', lambda *a: plans.append(pack_plan(*a)) or plans[-1])
+  kw = dict(n=2, max_new_tokens=8, progress=False, share_prefix=False, batch_size=12,
+            on_batch=lambda out, state, prompts: {
+                'length': jax.numpy.repeat(state.prompt_mask_BQ.sum(axis=1) + 1, 2)})
+  one, one_extras = rollout.sample(tiny, ids, **kw)
+  four, four_extras = rollout.sample(sharded, ids, **kw)
+  assert [None if p is None else p.shape[:2] for p in plans] == [(1, 8), (4, 2)]
+  a, b = rollout.to_host(one), rollout.to_host(four)
+  np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  np.testing.assert_allclose(a['logprobs'], b['logprobs'], atol=1e-5, rtol=0)
+  want = np.repeat([len(x) for x in ids], 2)
+  np.testing.assert_array_equal(jax.device_get(one_extras['length']), want)
+  np.testing.assert_array_equal(jax.device_get(four_extras['length']), want)
+
+
 RUBRIC = ('Review the response to the question below with the points of this rubric, one by '
           'one: relevance, coverage, directness, expertise and clarity. Add a point for each '
           'one the response earns, explain each decision in a sentence, then end with a line '

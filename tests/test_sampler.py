@@ -107,40 +107,50 @@ def test_grouped_prefill_gives_the_rows_their_ungrouped_tokens(tiny_params, monk
 
 def test_pack_plan_lays_each_prompt_out_once_in_order():
   rng = np.random.default_rng(1)
-  for b, width, multiple in [(16, 63, 1), (64, 127, 1), (64, 127, 4), (24, 95, 3)]:
-    lengths = rng.integers(1, width + 2, b)
-    plan = sampler.pack_plan(lengths, width, multiple)
-    if plan is None:  # packing did not pay: the rows it would take
-      continue
-    rows, cols = np.divmod(plan[plan >= 0], width)
-    # Every prefill token (a prompt's all but its last, right-aligned in the [B, Q] layout)
-    # appears exactly once.
-    want = sorted((r, c) for r in range(b) for c in range(width - lengths[r] + 1, width))
-    assert sorted(zip(rows.tolist(), cols.tolist())) == want
-    for r in range(b):  # contiguous and in order, in one packed row
-      hits = np.argwhere(plan // width == r)
-      hits = hits[plan[tuple(hits.T)] >= 0]
-      if len(hits):
-        assert len(set(hits[:, 0])) == 1 and (np.diff(hits[:, 1]) == 1).all()
-        assert (np.diff(plan[tuple(hits.T)]) == 1).all()
-    assert plan.shape[0] % multiple == 0 and plan.shape[0] == sampler.pack_rows(
-        plan.shape[0], multiple)
+  for b, width, shards in [(16, 63, 1), (64, 127, 1), (64, 127, 4), (24, 95, 3)]:
+    lengths = rng.integers(1, width + 2, b) // rng.choice([1, 4], b)  # long and short prompts
+    plan = sampler.pack_plan(lengths, width, shards)
+    assert plan.shape[0] == shards and plan.shape[2] == width
+    size = b // shards
+    for s, block in enumerate(plan):  # block s: rows s * size ... (s + 1) * size - 1
+      own = lengths[s * size:(s + 1) * size]
+      rows, cols = np.divmod(block[block >= 0], width)
+      # Every prefill token (a prompt's all but its last, right-aligned in the block's [B/S, Q]
+      # layout) appears exactly once.
+      want = sorted((r, c) for r in range(size) for c in range(width - own[r] + 1, width))
+      assert sorted(zip(rows.tolist(), cols.tolist())) == want
+      for r in range(size):  # contiguous and in order, in one packed row
+        hits = np.argwhere((block // width == r) & (block >= 0))
+        if len(hits):
+          assert len(set(hits[:, 0])) == 1 and (np.diff(hits[:, 1]) == 1).all()
+          assert (np.diff(block[tuple(hits.T)]) == 1).all()
+    assert plan.shape[1] == sampler.pack_rows(plan.shape[1])
     assert plan.size <= (1 - sampler.GROUP_GAIN) * b * width
   # bench_sampler's MT-Bench mix: 38 rows of 127 slots, rounded to 40.
   assert [sampler.pack_rows(n) for n in (1, 5, 7, 8, 9, 18, 38, 64)] == [1, 5, 7, 8, 10, 20, 40,
                                                                       64]
-  assert sampler.pack_rows(5, multiple=4) == 8
   assert sampler.pack_plan([100, 120, 110, 128], 127) is None  # one prompt a row: no gain
-  assert sampler.pack_plan([20] * 8, 63).shape == (3, 63)  # 3 prompts of 19 tokens a row
+  assert sampler.pack_plan([20] * 8, 63).shape == (1, 3, 63)  # 3 prompts of 19 tokens a row
+  # A longest-first batch in 4 shards: in consecutive blocks, the first shard's long prompts
+  # need more rows than the others and packing does not pay; dealt, every shard packs alike.
+  lengths = sorted([120, 110, 100, 90, 60, 50, 40, 30] * 4 + [20, 15, 10, 5] * 8, reverse=True)
+  assert sampler.pack_plan(lengths, 127, 4) is None
+  dealt = sampler.deal(range(64), 4)
+  assert dealt[:4] == [0, 4, 8, 12] and sorted(dealt) == list(range(64))
+  assert sampler.pack_plan([lengths[i] for i in dealt], 127, 4).shape == (4, 6, 127)  # 684 each
   with pytest.raises(ValueError, match='prompt row 2 has 70 tokens'):
     sampler.pack_plan([20, 30, 70], 63)
+  with pytest.raises(ValueError, match='3 prompt rows do not split into 2 batch shards'):
+    sampler.pack_plan([20, 30, 40], 63, 2)
+  with pytest.raises(ValueError, match='6 rows do not split into 4 batch shards'):
+    sampler.deal(range(6), 4)
 
 
 def test_packed_prefill_gives_the_rows_their_unpacked_tokens(tiny_params, monkeypatch):
   lengths = [5, 60, 12, 33, 3, 47, 20, 58, 9, 40, 26, 2, 51, 15, 37, 7]
   tokens, mask = _left_pad(_prompts(lengths, seed=3))
   plan = sampler.pack_plan(lengths, 63)
-  assert plan.shape == (7, 63) and (plan >= 0).sum() == sum(lengths) - len(lengths)
+  assert plan.shape == (1, 7, 63) and (plan >= 0).sum() == sum(lengths) - len(lengths)
   kw = dict(max_new_tokens=12, eos_ids=(5,))
   ran = []  # each prefill's packed rows: the automatic packing must be taken
   prefill = sampler.prefill
@@ -154,7 +164,7 @@ def test_packed_prefill_gives_the_rows_their_unpacked_tokens(tiny_params, monkey
     np.testing.assert_array_equal(packed.lengths, whole.lengths)
     np.testing.assert_allclose(packed.logprobs, whole.logprobs, atol=1e-5)
     greedy = whole if not extra else greedy
-  assert ran == [(7, 63), None, (7, 63), None]
+  assert ran == [(1, 7, 63), None, (1, 7, 63), None]
   # The prompt cache, gathered back from the packed rows: the unpacked one at every real slot,
   # zeros in the padding.
   bucket = np.pad(tokens, ((0, 0), (4, 0))), np.pad(mask, ((0, 0), (4, 0)))
@@ -169,18 +179,35 @@ def test_packed_prefill_gives_the_rows_their_unpacked_tokens(tiny_params, monkey
     np.testing.assert_allclose(la['v'] * real[:, None, :, None],
                                lb['v'] * real[:, None, :, None], atol=1e-6)
     assert not np.asarray(la['k'])[~np.broadcast_to(real[:, None, None], la['k'].shape)].any()
-  # On 8 devices (8 packed rows over 4 batch shards), sharded device arrays: the same tokens.
+  # On 8 devices, each of the 4 batch shards' rows packed on their own: the same tokens, from
+  # sharded device arrays (the rows dealt to the shards) and from host prompts (dealt by
+  # `sample`, the output in the prompts' order).
   mesh = sharding.make_mesh(2, 2, 2)
   params = jax.device_put(tiny_params, sharding.param_shardings(mesh, tiny_params))
+  dealt = sampler.deal(np.argsort(-np.asarray(lengths), kind='stable'), 4)  # as `sample` deals
+  ran.clear()
   with jax.set_mesh(mesh):
-    plan4 = sampler.pack_plan(lengths, 63, sharding.batch_multiple())
-    assert plan4.shape == (8, 63)
-    t, m, p4 = sharding.shard_batch(mesh, tokens, mask, plan4)
+    plan4 = sampler.pack_plan([lengths[i] for i in dealt], 63, sharding.batch_multiple())
+    assert plan4.shape == (4, 3, 63)
+    t, m, p4 = sharding.shard_batch(mesh, tokens[dealt], mask[dealt], plan4)
     out = jax.device_get(sampler.sample(TINY, params, t, m, 4, packing=p4, **kw))
-  np.testing.assert_array_equal(out.tokens, greedy.tokens)
-  np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-4)
+    auto = jax.device_get(sampler.sample(TINY, params, tokens, mask, 4, **kw))
+    # The gathers into the packed rows and back need no communication: the packed prefill has
+    # the collectives of the unpacked one (a gather over the whole batch's slots: 6 more
+    # all-gathers, 2 more collective-permutes and an all-reduce).
+    args = (TINY, params, *sharding.shard_batch(mesh, *bucket), jax.random.key(0),
+            sharding.shard_batch(mesh, np.arange(16, dtype=np.int32)))
+    texts = [prefill.lower(*args, n=1, max_new_bucket=32, packing=packing).compile().as_text()
+             for packing in (sharding.shard_batch(mesh, plan4), None)]
+  np.testing.assert_array_equal(out.tokens, greedy.tokens[dealt])
+  np.testing.assert_allclose(out.logprobs, greedy.logprobs[dealt], atol=1e-4)
+  np.testing.assert_array_equal(auto.tokens, greedy.tokens)
+  assert ran == [(4, 3, 63), (4, 3, 63)]
+  collectives = [{op: t.count(f'{op}(') + t.count(f'{op}-start(') for op in
+                  ('all-gather', 'all-to-all', 'collective-permute', 'all-reduce')} for t in texts]
+  assert collectives[0] == collectives[1], collectives
   with pytest.raises(ValueError, match='a packed prefill has no groups'):
-    sampler.sample(TINY, tiny_params, tokens, mask, 4, packing=plan[:, :40], **kw)
+    sampler.sample(TINY, tiny_params, tokens, mask, 4, packing=plan[:, :, :40], **kw)
 
 
 def test_decode_step_logits_equal_full_forward(tiny_params):

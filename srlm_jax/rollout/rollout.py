@@ -214,10 +214,14 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
                                                           batch_size)
       rows = chunk + [chunk[-1]] * (-(-b // multiple) * multiple - len(chunk))
       p = max(len(rest[i]) for i in rows)
-      # Packed when that pays, else in row groups when those do (`sampler.pack_plan`).
-      rest_lengths = [len(rest[i]) for i in rows]
-      packing = sampler.pack_plan(rest_lengths, sampler.prompt_bucket(p) - 1, multiple)
-      groups = () if packing is not None else sampler.prefill_groups(rest_lengths, multiple)
+      # Packed when that pays, each batch shard's rows on their own, the rows dealt to the
+      # shards (`sampler.pack_plan`, `sampler.deal`); else in row groups when those do.
+      dealt = sampler.deal(rows, multiple)
+      packing = sampler.pack_plan([len(rest[i]) for i in dealt], sampler.prompt_bucket(p) - 1,
+                                  multiple)
+      rows = dealt if packing is not None else rows
+      groups = () if packing is not None else sampler.prefill_groups(
+          [len(rest[i]) for i in rows], multiple)
       tokens, mask, pids = put(rest_tokens[rows, rest_width - p:],
                                rest_mask[rows, rest_width - p:], np.asarray(rows, np.int32))
       out = sampler.sample(model.config, model.params, tokens, mask, key, prompt_ids_B=pids,
@@ -231,7 +235,7 @@ def sample(model: Any, prompt_ids: Sequence[np.ndarray], *, n: int = 1, max_new_
       widths = groups or (sampler.prompt_bucket(p),)
       slots += (packing.size if packing is not None
                 else len(rows) // len(widths) * sum(w - 1 for w in widths))
-      for r, i in enumerate(chunk):
+      for r, i in reversed(list(enumerate(rows))):  # a repeated prompt: its first row
         src[i * n:(i + 1) * n] = offset + r * n + np.arange(n)
       offset += len(rows) * n
       bar.update(len(chunk))
