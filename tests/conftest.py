@@ -86,17 +86,15 @@ def shared_data():
 # vm.max_map_count (65530) a process dies by SIGSEGV (srlm_jax/compiled_programs.py). Four test
 # files in one process left 27,362 maps after 56 tests, and an xdist worker runs ~340: CI's
 # workers segfaulted at 95-99% of the suite, in whichever test they had reached (stop 27:
-# test_loop_multihost; earlier, jax's executable.serialize()). The compiled programs are dropped
-# after any test that leaves more than MAX_MAPS, well under the limit. They are kept across test
-# files otherwise: the files that run the tiny loop's stages compile the same programs, and
-# test_guard_run, test_eft and test_meta_judge in one process took 191 s when every file
-# compiled its own (dropped after each file, 2026-12-04 to 12-05) and 156 s sharing them.
+# test_loop_multihost; earlier, jax's executable.serialize()). Dropping the compiled programs
+# after each test file, and whenever a file's tests pass MAX_MAPS, kept both workers of a full
+# run under 15,100 maps (2026-12-04).
 MAX_MAPS = 30_000
 
 
 def pytest_runtest_teardown(item, nextitem):
-  del item, nextitem  # unused
-  if compiled_programs.memory_maps() > MAX_MAPS:
+  if (nextitem is None or nextitem.module is not item.module
+      or compiled_programs.memory_maps() > MAX_MAPS):
     compiled_programs.release()
 
 
