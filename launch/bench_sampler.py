@@ -227,10 +227,9 @@ def main(argv):
     print(json.dumps(row))
   cols = ['batch', 'prompt_len', 'shared_prefix', 'ours_tok_s', 'decode_tok_s', 'prefill_s',
           'transformers_tok_s', 'ratio', 'same_tokens', 'compile_s', 'compute_floor_tok_s',
-          'memory_floor_tok_s',
-          'unpadded_floor_tok_s', 'floor_fraction', 'floor_with_prefill_fraction',
-          'matmul_step_ms', 'kv_read_step_ms', 'ceiling_tok_s', 'ceiling_ratio',
-          'ceiling_floor_fraction']
+          'memory_floor_tok_s', 'unpadded_floor_tok_s', 'floor_fraction',
+          'floor_with_prefill_fraction', 'matmul_step_ms', 'kv_read_step_ms', 'ceiling_tok_s',
+          'ceiling_ratio', 'ceiling_floor_fraction']
   print('\n| ' + ' | '.join(cols) + ' |\n|' + '---|' * len(cols))
   cell = lambda v: f'{v:.3g}' if isinstance(v, float) else str(v)
   for row in rows:
