@@ -16,8 +16,9 @@ import time
 # LLVM's optimisation of XLA:CPU's generated loops is much of a small program's compile time, and
 # tests compile many small programs: at level 0, tests/test_train.py took 64 s, not 91 s. The
 # matmuls are library calls either way and the HLO is the same. The whole suite at XLA's default
-# level (2026-12-06, 2-core AMD): 22:48 rather than 21:23, and five tests that hold a row's tokens
-# the same however rows are batched or sharded failed (tests/test_rollout.py, test_grpo_loop.py).
+# level (2026-12-06, 2-core AMD) took 22:48 rather than 21:23, and five tests that require a row's
+# tokens to be the same however rows are batched or sharded failed there (tests/test_rollout.py,
+# test_grpo_loop.py).
 # A process that computes more than it compiles is the exception: it keeps the optimisations
 # (`fast_compile=False`; the GRPO run and the custom_loss notebook, which train for many steps).
 FAST_COMPILE = '--xla_backend_optimization_level=0'
