@@ -115,7 +115,8 @@ def test_grpo_raises_the_rule_reward_and_runs_as_a_stage(tmp_path):
       [sys.executable, os.path.join(ROOT, 'launch', 'srlm.py'),
        f"--config={os.path.join(ROOT, 'configs', 'tiny_grpo.py')}", f'--workdir={workdir}'],
       capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False,
-      env={**os.environ, 'PYTHONPATH': ROOT, 'XLA_FLAGS': multihost.xla_flags(8, False)})
+      env={**os.environ, 'PYTHONPATH': ROOT,
+           'XLA_FLAGS': multihost.xla_flags(8, fast_compile=False)})
   assert proc.returncode == 0, proc.stderr[-3000:]
   stage_dir = os.path.join(workdir, 'iter_1', 'grpo')
   metrics = read_metrics(os.path.join(stage_dir, 'metrics.jsonl'))
