@@ -14,11 +14,13 @@ import numpy as np
 
 Array = jax.Array
 _NEG_INF = float(np.finfo(np.float32).min)
-# A decode step's scores on a CPU are a sum of products (`scores`) from this many query rows
-# (b * K * X) on; a step of bench_sampler's prompts with the sum, against the dot: batch 64
-# (576 rows) 151 against 167 ms, batch 32 (288) 117 against 119, batch 16 (144) 81.5 against
-# 80.6, batch 1 31.1 against 29.8.
-SUM_MIN_ROWS = 256
+# The scores are one batched dot on every backend. A decode step's were a sum of Dh broadcast
+# products on a CPU (from 256 query rows) from 2026-12-05 to 2026-12-06: XLA:CPU runs a batched
+# dot's [X, Dh] x [Dh, S] products on one core and such a sum on all. On that day's Intel CPU the
+# sum made bench_sampler's batch-64 decode 357-368 -> 405-425 tok/s and bench_iteration 99.8 ->
+# 96.5 s; on the 2-core AMD CPU of 2026-12-06 the batch-64 decode was the same (356 and 357
+# tok/s), the additive judge's decode step (192 rows) took 551-619 ms with the dot against
+# 618-678 summed, and bench_iteration 108 s against 116.
 
 
 def _to_block(x_BKGTX: Array, n: int) -> Array:
@@ -40,26 +42,8 @@ def _to_rows(x_bKXTX: Array, n: int) -> Array:
 
 
 def scores(q_bKXTd: Array, key_bKdS: Array) -> Array:
-  """Returns the float32 products [b, K, X, T, S] of the queries with slot-minor keys.
-
-  For one query a row (a decode step) of at least SUM_MIN_ROWS query rows on a CPU, a sum of
-  Dh broadcast products: XLA:CPU runs the batched dot's [X, Dh] x [Dh, S] products on one core
-  and this loop on all (scores 36 -> 24 ms of a 167-ms step at bench_sampler's batch 64). The
-  `cond` on a value XLA cannot fold keeps the sum from being fused into, and computed again by,
-  both users of the scores (the softmax's max and its exponentials); either branch returns it
-  unchanged.
-
-  Summed instead as 16 products of 4-entry head-dim slices, the partial sums reduced after, the
-  scores took 20 ms a step, not 26, but the step took 172 ms, not 160-164: XLA:CPU then ran
-  the two blocks' single-core value products one after the other instead of one per core.
-  """
-  query_rows, t = int(np.prod(q_bKXTd.shape[:3])), q_bKXTd.shape[3]
-  if t > 1 or query_rows < SUM_MIN_ROWS or jax.default_backend() != 'cpu':
-    return jnp.einsum('bkxtd,bkds->bkxts', q_bKXTd, key_bKdS, preferred_element_type=jnp.float32)
-  q, k = q_bKXTd.astype(jnp.float32), key_bKdS.astype(jnp.float32)
-  total = functools.reduce(jnp.add, [q[..., i, None] * k[:, :, None, None, i]
-                                     for i in range(q.shape[-1])])
-  return jax.lax.cond(jnp.isnan(q[0, 0, 0, 0, 0]), lambda x: x * 1.0, lambda x: x, total)
+  """Returns the float32 products [b, K, X, T, S] of the queries with slot-minor keys."""
+  return jnp.einsum('bkxtd,bkds->bkxts', q_bKXTd, key_bKdS, preferred_element_type=jnp.float32)
 
 
 def attend(q_BKGTd: Array, blocks, dtype) -> Array:
