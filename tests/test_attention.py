@@ -45,6 +45,7 @@ def _blocks(rng, t, n_shared=3):
 
 @pytest.mark.parametrize('t', [1, 3])
 def test_attend_matches_the_formula(t):
+  """With one query a row (a decode step) and with three, over several blocks and over one."""
   rng = np.random.default_rng(t)
   q = rng.standard_normal((B, K, G, t, DH)).astype(np.float32)
   blocks = _blocks(rng, t)
