@@ -14,8 +14,8 @@ import numpy as np
 
 Array = jax.Array
 _NEG_INF = float(np.finfo(np.float32).min)
-# The scores are one batched dot on every backend. A decode step's were a sum of Dh broadcast
-# products on a CPU (from 256 query rows) from 2026-12-05 to 2026-12-06: XLA:CPU runs a batched
+# `attend`'s scores are one batched dot on every backend. A decode step's were a sum of Dh
+# broadcast products on a CPU (from 256 query rows) from 2026-12-05 to 2026-12-06: XLA:CPU runs a batched
 # dot's [X, Dh] x [Dh, S] products on one core and such a sum on all. On that day's Intel CPU the
 # sum made bench_sampler's batch-64 decode 357-368 -> 405-425 tok/s and bench_iteration 99.8 ->
 # 96.5 s; on the 2-core AMD CPU of 2026-12-06 the batch-64 decode was the same (357 tok/s
@@ -41,11 +41,6 @@ def _to_rows(x_bKXTX: Array, n: int) -> Array:
   return jnp.swapaxes(y, 1, 2).reshape((b * n, k, x // n) + x_bKXTX.shape[3:])
 
 
-def scores(q_bKXTd: Array, key_bKdS: Array) -> Array:
-  """Returns the float32 products [b, K, X, T, S] of the queries with slot-minor keys."""
-  return jnp.einsum('bkxtd,bkds->bkxts', q_bKXTd, key_bKdS, preferred_element_type=jnp.float32)
-
-
 def attend(q_BKGTd: Array, blocks, dtype) -> Array:
   """Returns attention [B, K, G, T, Dh] of the queries over blocks of key slots, one softmax.
 
@@ -64,7 +59,8 @@ def attend(q_BKGTd: Array, blocks, dtype) -> Array:
   parts = []
   for key_bKdS, val_bKSd, allowed_bTS in blocks:
     n = b // key_bKdS.shape[0]
-    s = scores(_to_block(q_BKGTd, n), key_bKdS) / np.sqrt(dh).astype(np.float32)
+    s = jnp.einsum('bkxtd,bkds->bkxts', _to_block(q_BKGTd, n), key_bKdS,
+                   preferred_element_type=jnp.float32) / np.sqrt(dh).astype(np.float32)
     parts.append((n, jnp.where(allowed_bTS[:, None, None], s, _NEG_INF), val_bKSd))
   if len(parts) == 1:
     _, s, val_bKSd = parts[0]
