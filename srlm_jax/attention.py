@@ -14,13 +14,13 @@ import numpy as np
 
 Array = jax.Array
 _NEG_INF = float(np.finfo(np.float32).min)
-# `attend`'s scores are one batched dot on every backend. A decode step's were a sum of Dh
-# broadcast products on a CPU (from 256 query rows) from 2026-12-05 to 2026-12-06: XLA:CPU runs a batched
+# `attend`'s scores are one batched dot on every backend. A decode step's were a sum of Dh broadcast
+# products on a CPU (from 256 query rows) from 2026-12-05 to 2026-12-06: XLA:CPU runs a batched
 # dot's [X, Dh] x [Dh, S] products on one core and such a sum on all. On that day's Intel CPU the
-# sum made bench_sampler's batch-64 decode 357-368 -> 405-425 tok/s and bench_iteration 99.8 ->
-# 96.5 s; on the 2-core AMD CPU of 2026-12-06 the batch-64 decode was the same (357 tok/s
-# summed, 356 with the dot), the additive judge's decode step (192 rows) took 551-619 ms with the
-# dot against 630-678 summed, and bench_iteration 108 s against 116.
+# sum made bench_sampler's batch-64 decode 357-368 -> 405-425 tok/s and bench_iteration 99.8 -> 96.5
+# s; on the 2-core AMD CPU of 2026-12-06 the batch-64 decode was the same (357 tok/s summed, 356
+# with the dot), the additive judge's decode step (192 rows) took 551-619 ms with the dot against
+# 630-678 summed, and bench_iteration 108 s against 116.
 
 
 def _to_block(x_BKGTX: Array, n: int) -> Array:
